@@ -1,0 +1,63 @@
+# dspool developer commands. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv lint typecheck unit cluster-test test crds crds-check cluster-up cluster-down cluster-build demo bench clean
+
+help:
+	@echo "make test          lint, type-check, unit tests, then cluster tests on the local control plane"
+	@echo "make demo          run the operator on a simulated GPU/NPU pool (local control plane)"
+	@echo "make crds          regenerate crds/ from the pydantic models"
+	@echo "make cluster-up    build (once, cached) and start etcd, kube-apiserver, controller-manager, scheduler, kwok"
+	@echo "make cluster-down  stop the local control plane and remove its state"
+	@echo "make bench         run the benchmarks in bench/"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests e2e bench
+	$(BIN)/ruff format --check operator tests e2e bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests -m "not cluster"
+
+cluster-test: $(STAMP)
+	$(BIN)/pytest -q tests -m cluster
+
+crds: $(STAMP)
+	$(BIN)/python -m dspool.crdgen crds
+
+crds-check: $(STAMP)
+	$(BIN)/python -m dspool.crdgen crds --check
+
+test: lint typecheck crds-check unit cluster-test
+
+cluster-build: $(STAMP)
+	$(BIN)/python e2e/cluster.py build
+
+cluster-up: $(STAMP)
+	$(BIN)/python e2e/cluster.py up
+
+cluster-down: $(STAMP)
+	$(BIN)/python e2e/cluster.py down
+
+demo: $(STAMP)
+	$(BIN)/python e2e/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/placement.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

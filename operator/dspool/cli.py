@@ -1,0 +1,290 @@
+"""The ``dspool`` command line: plan, models, accelerators (and the operator's commands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
+from dspool.sizing import Backend, Plan, SizingRequest, plan
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be in (0, 1], e.g. 0.90")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text} must be a number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every dspool subcommand."""
+    parser = _Parser(prog="dspool", description="Size, place and serve DeepSeek models on a pooled cluster.")
+    parser.add_argument("--catalog", metavar="FILE", help="extra catalog YAML (adds or overrides entries)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p_plan = sub.add_parser("plan", help="size a model: devices, nodes, precision, TP/PP, memory account")
+    p_plan.add_argument("model", nargs="?", help="model id (see 'dspool models')")
+    p_plan.add_argument("--accelerator", "-a", help="accelerator id (see 'dspool accelerators')")
+    p_plan.add_argument("--all", action="store_true", help="every model x every accelerator")
+    p_plan.add_argument("--precision", choices=["auto", *[p.value for p in Precision]], default="auto")
+    p_plan.add_argument("--backend", choices=["auto", *[b.value for b in Backend]], default="auto")
+    p_plan.add_argument("--kv-cache-tokens", type=_positive_int, default=SizingRequest().kv_cache_tokens)
+    p_plan.add_argument(
+        "--max-model-len", type=_positive_int, help="longest request; the KV budget covers it"
+    )
+    p_plan.add_argument(
+        "--gpu-memory-utilization", type=_fraction, default=SizingRequest().gpu_memory_utilization
+    )
+    p_plan.add_argument("--devices-per-node", type=_positive_int, help="server size (default: catalog)")
+    p_plan.add_argument("--device-memory-gib", type=_positive_float, help="device memory (default: catalog)")
+    p_plan.add_argument("--overhead-gib", type=_non_negative_float, help="runtime overhead per device")
+    p_plan.add_argument("--max-nodes", type=_positive_int, default=SizingRequest().max_nodes)
+    p_plan.add_argument("--single-node", action="store_true", help="never span nodes")
+    p_plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p_plan.set_defaults(handler=_cmd_plan)
+
+    p_models = sub.add_parser("models", help="list the models in the catalog")
+    p_models.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p_models.set_defaults(handler=_cmd_models)
+
+    p_acc = sub.add_parser("accelerators", help="list the accelerators in the catalog")
+    p_acc.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p_acc.set_defaults(handler=_cmd_accelerators)
+    return parser
+
+
+def _request_from_args(args: argparse.Namespace) -> SizingRequest:
+    if args.devices_per_node is not None and args.devices_per_node > 64:
+        raise UsageError("--devices-per-node must be at most 64")
+    if args.max_nodes > 64:
+        raise UsageError("--max-nodes must be at most 64")
+    return SizingRequest(
+        precision=args.precision,
+        backend=args.backend,
+        kv_cache_tokens=args.kv_cache_tokens,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        devices_per_node=args.devices_per_node,
+        device_memory_gib=args.device_memory_gib,
+        overhead_gib=args.overhead_gib,
+        max_nodes=args.max_nodes,
+        allow_multi_node=not args.single_node,
+    )
+
+
+def _cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.all and (args.model or args.accelerator):
+        raise UsageError(
+            "--all plans every model on every accelerator; give no MODEL or --accelerator with it"
+        )
+    if not args.all and not args.model:
+        raise UsageError(f"give a MODEL or --all; models: {', '.join(catalog.model_ids)}")
+    request = _request_from_args(args)
+    models = list(catalog.models) if args.all else [catalog.model(args.model)]
+    accelerators = [catalog.accelerator(args.accelerator)] if args.accelerator else list(catalog.accelerators)
+    plans = [plan(model, accelerator, request) for model in models for accelerator in accelerators]
+    if args.output == "json":
+        payload: Any = (
+            plans[0].model_dump(mode="json", by_alias=True)
+            if args.accelerator
+            else [p.model_dump(mode="json", by_alias=True) for p in plans]
+        )
+        print(json.dumps(payload, indent=2))
+    elif args.accelerator:
+        print(format_plan_detail(plans[0]))
+    else:
+        print(format_plan_table(plans))
+    return 0
+
+
+def format_plan_detail(result: Plan) -> str:
+    """One plan as a short human-readable block."""
+    mem = result.memory_gib
+    lines = [
+        f"model:        {result.model}",
+        f"accelerator:  {result.accelerator}",
+        f"precision:    {result.precision.value if result.precision else '-'}",
+        f"backend:      {result.backend.value if result.backend else '-'}",
+        f"feasible:     {'yes' if result.feasible else 'no'}",
+    ]
+    if result.feasible:
+        lines += [
+            f"devices:      {result.devices_per_replica} per replica, {result.devices_per_node} per node "
+            f"on {result.nodes_per_replica} node(s)",
+            f"layout:       {result.layout}",
+            f"maxModelLen:  {result.max_model_len}",
+        ]
+    lines += [
+        f"memory/device (GiB): device {mem.device_memory:.1f}, usable {mem.usable_per_device:.1f}, "
+        f"weights {mem.weights_per_device:.1f}, KV {mem.kv_cache_per_device:.1f}, "
+        f"overhead {mem.overhead_per_device:.1f}, free {mem.free_per_device:.1f}",
+        f"reason:       {result.reason}",
+    ]
+    return "\n".join(lines)
+
+
+def format_plan_table(plans: Sequence[Plan]) -> str:
+    """Plans as an aligned table, one row each; infeasible rows carry their reason."""
+    header = ["MODEL", "ACCELERATOR", "PREC", "DEVICES", "NODES", "LAYOUT", "BACKEND", "MAX-LEN",
+              "WEIGHTS/DEV", "KV/DEV", "USABLE/DEV", "NOTE"]  # fmt: skip
+    rows = []
+    for p in plans:
+        mem = p.memory_gib
+        note = p.reason if not p.feasible else _short_note(p)
+        rows.append(
+            [
+                p.model,
+                p.accelerator,
+                p.precision.value if p.precision else "-",
+                str(p.devices_per_replica) if p.feasible else "-",
+                str(p.nodes_per_replica) if p.feasible else "-",
+                p.layout,
+                p.backend.value if p.backend else "-",
+                str(p.max_model_len) if p.feasible else "-",
+                f"{mem.weights_per_device:.1f}" if p.feasible else "-",
+                f"{mem.kv_cache_per_device:.1f}" if p.feasible else "-",
+                f"{mem.usable_per_device:.1f}",
+                note,
+            ]
+        )
+    return format_table(header, rows)
+
+
+def _short_note(result: Plan) -> str:
+    notes = [part for part in result.reason.split("; ")[1:] if "converted" in part]
+    return notes[0] if notes else ""
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(cell).ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [str(row[-1])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _cmd_models(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.output == "json":
+        print(json.dumps([m.model_dump(mode="json", by_alias=True) for m in catalog.models], indent=2))
+        return 0
+    rows = [
+        [
+            m.id,
+            ", ".join(m.aliases) or "-",
+            f"{m.params_b:g}B",
+            m.attention.upper() + (" MoE" if m.moe else ""),
+            str(m.layers),
+            f"{m.attention_heads}/{m.kv_heads}",
+            str(m.max_context),
+            m.native_precision.value,
+            str(m.kv_bytes_per_token),
+            m.hf_id,
+        ]
+        for m in catalog.models
+    ]
+    header = [
+        "MODEL",
+        "ALIASES",
+        "PARAMS",
+        "ATTN",
+        "LAYERS",
+        "HEADS/KV",
+        "MAX-CTX",
+        "NATIVE",
+        "KV-B/TOKEN",
+        "HF-ID",
+    ]
+    print(format_table(header, rows))
+    return 0
+
+
+def _cmd_accelerators(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.output == "json":
+        print(json.dumps([a.model_dump(mode="json", by_alias=True) for a in catalog.accelerators], indent=2))
+        return 0
+    rows = [
+        [
+            a.id,
+            a.vendor.value,
+            a.architecture + (f" {a.compute_capability}" if a.compute_capability else ""),
+            f"{a.memory_gib:g}",
+            "yes" if a.fp8 else "no",
+            str(a.devices_per_node),
+            a.intra_node_link,
+            a.resource_name,
+        ]
+        for a in catalog.accelerators
+    ]
+    header = ["ACCELERATOR", "VENDOR", "ARCH", "MEM-GIB", "FP8", "PER-NODE", "LINK", "RESOURCE"]
+    print(format_table(header, rows))
+    return 0
+
+
+Handler = Callable[[argparse.Namespace, Catalog], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dspool`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        catalog = load_catalog(args.catalog)
+        handler: Handler = args.handler
+        return handler(args, catalog)
+    except (UsageError, UnknownIdError, CatalogError) as exc:
+        print(f"dspool: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
