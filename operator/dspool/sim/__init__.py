@@ -1,0 +1,1 @@
+"""Simulated GPU/NPU pools for the local control plane (fake nodes that kwok keeps alive)."""
