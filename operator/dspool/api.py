@@ -1,0 +1,275 @@
+"""The DeepSeekDeployment API (dspool.io/v1alpha1): pydantic models, the single source of the CRD.
+
+``python -m dspool.crdgen crds`` turns these models into ``crds/deepseekdeployments.yaml``; CEL rules
+(``x-kubernetes-validations``) make the API server reject malformed specs at ``kubectl apply``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic.alias_generators import to_camel
+
+from dspool.catalog import Precision
+from dspool.sizing import Backend
+
+GROUP = "dspool.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DeepSeekDeployment"
+PLURAL = "deepseekdeployments"
+SINGULAR = "deepseekdeployment"
+SHORT_NAMES = ["dsd"]
+
+DEPLOYMENT_LABEL = "dspool.io/deployment"
+REPLICA_LABEL = "dspool.io/replica"
+ROLE_LABEL = "dspool.io/role"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGER = "dspool"
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-]*$"
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it (camelCase, no unset optionals)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Strategy(StrEnum):
+    """How replicas are laid over the pool."""
+
+    BINPACK = "binpack"
+    SPREAD = "spread"
+
+
+class Phase(StrEnum):
+    """Life-cycle phase of a DeepSeekDeployment."""
+
+    PENDING = "Pending"
+    UNSCHEDULABLE = "Unschedulable"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ResourceList(ApiModel):
+    """CPU/memory requests or limits for the serving container (quantities as strings)."""
+
+    model_config = ConfigDict(alias_generator=None, populate_by_name=True, extra="forbid")
+
+    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[eE][0-9]+)?$")
+
+
+class Resources(ApiModel):
+    """CPU and memory for the serving container; accelerators are set by the planner."""
+
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class EnvVar(ApiModel):
+    """An extra environment variable for the serving container."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = ""
+
+
+class ServingSpec(ApiModel):
+    """How the engine runs: KV budget, memory utilization, extra arguments, image."""
+
+    kv_cache_tokens: int | None = Field(default=None, ge=1, le=10_000_000, description="KV-cache budget in tokens")
+    max_model_len: int | None = Field(default=None, ge=1, le=10_000_000, description="longest request, tokens")
+    gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="appended to the engine command")
+    image: str | None = Field(default=None, min_length=1, description="overrides the backend's default image")
+    resources: Resources | None = None
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (same fields as core/v1)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class PlacementSpec(ApiModel):
+    """Where replicas may go and how they are packed."""
+
+    strategy: Strategy = Strategy.BINPACK
+    accelerator_types: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="allowed accelerator ids in preference order; empty = any the model fits on",
+        json_schema_extra={"items": {"type": "string", "pattern": ID_PATTERN, "maxLength": 63}},
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    allow_multi_node: bool = True
+
+
+class PvcSource(ApiModel):
+    """Weights on a PersistentVolumeClaim."""
+
+    claim_name: str = Field(min_length=1, max_length=253)
+    sub_path: str | None = None
+    read_only: bool = True
+
+
+class HostPathSource(ApiModel):
+    """Weights on every node's local disk."""
+
+    path: str = Field(min_length=1, pattern=r"^/")
+
+
+class ModelSource(ApiModel):
+    """Where the weights are: exactly one of pvc, hostPath, uri (downloaded on start)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.pvc) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
+                    "message": "modelSource needs exactly one of pvc, hostPath, uri",
+                }
+            ]
+        },
+    )
+
+    pvc: PvcSource | None = None
+    host_path: HostPathSource | None = None
+    uri: str | None = Field(default=None, pattern=r"^(hf|s3|https?|modelscope)://.+", description="download on start")
+    mount_path: str = Field(default="/models", pattern=r"^/", description="where the engine sees the weights")
+
+
+_NVIDIA_ONLY = "self.placement.acceleratorTypes.all(t, !t.lowerAscii().startsWith('ascend'))"
+_ASCEND_ONLY = "self.placement.acceleratorTypes.all(t, t.lowerAscii().startsWith('ascend'))"
+_HAS_TYPES = "has(self.placement) && has(self.placement.acceleratorTypes) && size(self.placement.acceleratorTypes) > 0"
+SPEC_RULES: list[JsonValue] = [
+    {
+        "rule": f"!(self.backend in ['mindie', 'vllm-ascend'] && {_HAS_TYPES} && {_NVIDIA_ONLY})",
+        "message": "backend mindie/vllm-ascend runs only on Ascend; placement.acceleratorTypes allows only NVIDIA",
+    },
+    {
+        "rule": f"!(self.backend == 'vllm' && {_HAS_TYPES} && {_ASCEND_ONLY})",
+        "message": "backend vllm runs on NVIDIA (use vllm-ascend on Ascend); acceleratorTypes allows only Ascend",
+    },
+    {
+        "rule": f"!(self.precision == 'fp8' && {_HAS_TYPES} && {_ASCEND_ONLY})",
+        "message": "precision fp8 needs NVIDIA compute capability >= 8.9; Ascend NPUs have no FP8",
+    },
+    {
+        "rule": "!(self.precision == 'fp8' && self.backend in ['mindie', 'vllm-ascend'])",
+        "message": "precision fp8 cannot run on Ascend backends (mindie, vllm-ascend)",
+    },
+    {
+        "rule": "!has(self.serving) || !has(self.serving.maxModelLen) || !has(self.serving.kvCacheTokens) "
+        "|| self.serving.maxModelLen <= self.serving.kvCacheTokens",
+        "message": "serving.maxModelLen must not exceed serving.kvCacheTokens (one request must fit the KV cache)",
+    },
+]
+
+
+class DeepSeekDeploymentSpec(ApiModel):
+    """What the user wants: a model, a replica count and constraints; dspool decides the rest."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"x-kubernetes-validations": SPEC_RULES},
+    )
+
+    model: str = Field(min_length=1, max_length=63, pattern=ID_PATTERN, description="catalog model id")
+    replicas: int = Field(default=1, ge=0, le=256)
+    precision: Literal["auto"] | Precision = "auto"
+    backend: Literal["auto"] | Backend = "auto"
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    model_source: ModelSource | None = None
+
+
+class NodeDevices(ApiModel):
+    """Devices of one node booked for a replica."""
+
+    name: str
+    devices: int = Field(ge=1)
+
+
+class ReplicaPlacement(ApiModel):
+    """Where one replica runs: accelerator, layout and the nodes it holds (a reservation)."""
+
+    replica: int = Field(ge=0)
+    accelerator: str
+    precision: Precision
+    backend: Backend
+    tensor_parallel: int = Field(ge=1)
+    pipeline_parallel: int = Field(ge=1)
+    max_model_len: int = Field(ge=1)
+    nodes: list[NodeDevices] = Field(min_length=1)
+    spec_hash: str = Field(default="", description="hash of the spec this replica was built from")
+
+    @property
+    def devices(self) -> int:
+        """Devices the replica holds over all its nodes."""
+        return sum(node.devices for node in self.nodes)
+
+
+class Condition(ApiModel):
+    """A status condition, as in metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class DeepSeekDeploymentStatus(ApiModel):
+    """What dspool decided and observed."""
+
+    phase: Phase = Phase.PENDING
+    replicas: int = 0
+    ready_replicas: int = 0
+    selector: str | None = Field(default=None, description="label selector of the serving pods (scale subresource)")
+    placements: list[ReplicaPlacement] = Field(default_factory=list)
+    endpoint: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    message: str | None = None
+
+
+class DeepSeekDeployment(ApiModel):
+    """A DeepSeek model served on the pool."""
+
+    api_version: Literal["dspool.io/v1alpha1"] = API_VERSION  # type: ignore[assignment]
+    kind: Literal["DeepSeekDeployment"] = KIND  # type: ignore[assignment]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: DeepSeekDeploymentSpec
+    status: DeepSeekDeploymentStatus | None = None
+
+    @property
+    def name(self) -> str:
+        """metadata.name"""
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        """metadata.namespace"""
+        return str(self.metadata.get("namespace", "default"))

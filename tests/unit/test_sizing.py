@@ -1,0 +1,189 @@
+"""The sizing planner's rules and worked outcomes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dspool.catalog import Precision, Vendor, builtin_catalog
+from dspool.sizing import (
+    SizingRequest,
+    candidate_layouts,
+    memory_account,
+    plan,
+    tensor_parallel_choices,
+)
+
+CATALOG = builtin_catalog()
+MODEL_IDS = [m.id for m in CATALOG.models]
+ACCELERATOR_IDS = CATALOG.accelerator_ids
+
+
+def plan_for(model: str, accelerator: str, **request: object) -> object:
+    return plan(CATALOG.model(model), CATALOG.accelerator(accelerator), SizingRequest(**request))
+
+
+def test_r1_on_h200_is_fp8_on_one_node_of_eight() -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("H200-141G"))
+    assert result.feasible
+    assert (result.precision, result.devices_per_replica, result.nodes_per_replica) == (Precision.FP8, 8, 1)
+    assert (result.tensor_parallel, result.pipeline_parallel) == (8, 1)
+
+
+def test_r1_on_h100_is_fp8_tp8_by_pp2_over_two_nodes() -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("H100-80G"))
+    assert result.feasible
+    assert (result.precision, result.devices_per_replica, result.nodes_per_replica) == (Precision.FP8, 16, 2)
+    assert (result.tensor_parallel, result.pipeline_parallel) == (8, 2)
+    assert "TP8 would need" in result.reason  # says why one node is not enough
+
+
+def test_r1_on_ampere_falls_back_to_bf16_and_needs_three_nodes_not_the_articles_two() -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("A100-80G"))
+    assert result.precision == Precision.BF16
+    assert (result.devices_per_replica, result.nodes_per_replica) == (24, 3)
+    assert "converted to BF16" in result.reason
+
+
+def test_r1_w8a8_on_atlas_800i_a2_is_two_servers_and_auto_hints_at_it() -> None:
+    w8a8 = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("Ascend910B3"), SizingRequest(precision="w8a8"))
+    assert (w8a8.devices_per_replica, w8a8.nodes_per_replica, w8a8.backend) == (16, 2, "mindie")
+    auto = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("Ascend910B3"))
+    assert auto.precision == Precision.BF16 and auto.devices_per_replica == 32
+    assert "--precision w8a8 needs 16 devices on 2 nodes" in auto.reason
+
+
+def test_fp8_on_ampere_is_infeasible_with_a_reason() -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("A100-80G"), SizingRequest(precision="fp8"))
+    assert not result.feasible
+    assert "8.9" in result.reason and "bf16" in result.reason
+
+
+def test_mindie_on_nvidia_is_infeasible_with_a_reason() -> None:
+    result = plan(
+        CATALOG.model("deepseek-r1-distill-qwen-7b"), CATALOG.accelerator("H100-80G"), SizingRequest(backend="mindie")
+    )
+    assert not result.feasible and "vllm" in result.reason
+
+
+def test_qwen7b_never_gets_tp8_because_28_heads() -> None:
+    assert tensor_parallel_choices(CATALOG.model("deepseek-r1-distill-qwen-7b"), 8) == [1, 2, 4, 7]
+    # A KV budget so large that TP4 overflows: the next layout is TP7 (KV stays split 4 ways), never TP8.
+    tiny = plan(
+        CATALOG.model("deepseek-r1-distill-qwen-7b"),
+        CATALOG.accelerator("RTX4090-24G"),
+        SizingRequest(kv_cache_tokens=1_220_000),
+    )
+    assert tiny.feasible and tiny.tensor_parallel == 7
+
+
+def test_vendor_table_errors_are_corrected() -> None:
+    # The article: 14B on 1 x RTX 4090 24G (weights alone are 27.5 GiB); 70B on 8 x L20 (4 suffice).
+    assert (
+        plan(CATALOG.model("deepseek-r1-distill-qwen-14b"), CATALOG.accelerator("RTX4090-24G")).devices_per_replica == 2
+    )
+    assert plan(CATALOG.model("deepseek-r1-distill-llama-70b"), CATALOG.accelerator("L20-48G")).devices_per_replica == 4
+
+
+def test_310p_never_spans_nodes() -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("Ascend310P"))
+    assert not result.feasible and "multi-node unsupported" in result.reason
+
+
+def test_single_node_request_refuses_multi_node_plans() -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("H100-80G"), SizingRequest(allow_multi_node=False))
+    assert not result.feasible and "multi-node off" in result.reason
+
+
+def test_max_model_len_is_bounded_by_context_and_by_memory() -> None:
+    roomy = plan(CATALOG.model("deepseek-r1-distill-qwen-1.5b"), CATALOG.accelerator("H200-141G"))
+    assert roomy.max_model_len == 131072
+    tight = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("H20-96G"))
+    assert 32768 <= tight.max_model_len < 163840
+
+
+def test_mla_cache_is_replicated_per_tp_rank_and_gqa_is_split() -> None:
+    r1, llama = CATALOG.model("deepseek-r1"), CATALOG.model("deepseek-r1-distill-llama-70b")
+    args = dict(kv_tokens=32768, device_memory_gib=80, utilization=0.9, overhead_gib=2.5)
+    mla_tp1 = memory_account(r1, Precision.FP8, 1, 1, **args).kv_cache_per_device  # type: ignore[arg-type]
+    mla_tp8 = memory_account(r1, Precision.FP8, 8, 1, **args).kv_cache_per_device  # type: ignore[arg-type]
+    assert mla_tp1 == mla_tp8 == pytest.approx(32768 * 70272 / 1024**3)
+    gqa_tp1 = memory_account(llama, Precision.BF16, 1, 1, **args).kv_cache_per_device  # type: ignore[arg-type]
+    gqa_tp8 = memory_account(llama, Precision.BF16, 8, 1, **args).kv_cache_per_device  # type: ignore[arg-type]
+    assert gqa_tp8 == pytest.approx(gqa_tp1 / 8)
+
+
+requests = st.builds(
+    SizingRequest,
+    precision=st.sampled_from(["auto", "fp8", "bf16", "w8a8", "w8a16"]),
+    kv_cache_tokens=st.integers(1, 400_000),
+    gpu_memory_utilization=st.floats(0.5, 0.98),
+    max_nodes=st.integers(1, 8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(MODEL_IDS), st.sampled_from(ACCELERATOR_IDS), requests)
+def test_feasible_plans_fit_and_are_minimal(model_id: str, accelerator_id: str, request: SizingRequest) -> None:
+    model, accelerator = CATALOG.model(model_id), CATALOG.accelerator(accelerator_id)
+    result = plan(model, accelerator, request)
+    mem = result.memory_gib
+    if not result.feasible:
+        return
+    # the account never exceeds usable memory
+    assert mem.weights_per_device + mem.kv_cache_per_device <= mem.usable_per_device + 1e-9
+    assert (
+        mem.usable_per_device + mem.overhead_per_device
+        <= accelerator.memory_gib * request.gpu_memory_utilization + 1e-9
+    )
+    # TP divides the head count and stays in one node
+    assert model.attention_heads % result.tensor_parallel == 0
+    assert result.tensor_parallel <= accelerator.devices_per_node
+    assert result.devices_per_replica == result.tensor_parallel * result.pipeline_parallel
+    # every layout earlier in preference order (fewer nodes, or fewer devices on as many nodes) does not fit
+    layouts = candidate_layouts(model, accelerator.devices_per_node, request.max_nodes)
+    chosen = layouts.index((result.tensor_parallel, result.pipeline_parallel))
+    for tp, pp in layouts[:chosen]:
+        smaller = memory_account(
+            model,
+            result.precision,
+            tp,
+            pp,
+            result.kv_cache_tokens,
+            accelerator.memory_gib,  # type: ignore[arg-type]
+            request.gpu_memory_utilization,
+            mem.overhead_per_device,
+        )
+        assert smaller.free_per_device < 0, f"TP{tp} x PP{pp} would have fit"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(MODEL_IDS),
+    st.sampled_from(ACCELERATOR_IDS),
+    st.floats(8, 200),
+    st.floats(1, 80),
+    st.integers(1, 200_000),
+)
+def test_more_memory_never_needs_more_nodes_or_devices(
+    model_id: str, accelerator_id: str, memory: float, extra: float, kv_tokens: int
+) -> None:
+    model, accelerator = CATALOG.model(model_id), CATALOG.accelerator(accelerator_id)
+    small = plan(model, accelerator, SizingRequest(device_memory_gib=memory, kv_cache_tokens=kv_tokens))
+    big = plan(model, accelerator, SizingRequest(device_memory_gib=memory + extra, kv_cache_tokens=kv_tokens))
+    if small.feasible:
+        assert big.feasible
+        assert big.nodes_per_replica <= small.nodes_per_replica
+        if big.nodes_per_replica == small.nodes_per_replica:
+            assert big.devices_per_replica <= small.devices_per_replica
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MODEL_IDS), st.sampled_from(ACCELERATOR_IDS), requests)
+def test_fp8_is_never_planned_on_ampere_or_ascend(model_id: str, accelerator_id: str, request: SizingRequest) -> None:
+    accelerator = CATALOG.accelerator(accelerator_id)
+    result = plan(CATALOG.model(model_id), accelerator, request)
+    if accelerator.vendor == Vendor.ASCEND or accelerator.architecture == "ampere":
+        assert result.precision != Precision.FP8
+        assert not result.feasible or result.precision in (Precision.BF16, Precision.W8A8, Precision.W8A16)
