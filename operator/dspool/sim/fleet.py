@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,19 @@ class Pool(_PoolModel):
     def node_count(self) -> int:
         """How many nodes the pool has."""
         return sum(group.count for group in self.groups)
+
+
+@dataclass(frozen=True)
+class PoolHandle:
+    """A pool as it exists in a cluster: its ``dspool.io/pool`` label value and its node names."""
+
+    name: str
+    node_names: list[str]
+
+    @property
+    def selector(self) -> str:
+        """Label selector matching exactly this pool's nodes."""
+        return f"{POOL_LABEL}={self.name}"
 
 
 def load_pool(path: str | Path) -> Pool:
@@ -233,3 +247,27 @@ def delete_pool(core_v1_api: Any, pool: Pool, catalog: Catalog | None = None) ->
 
     with ThreadPoolExecutor(max_workers=APPLY_WORKERS) as executor:
         return sum(executor.map(delete_node, node_manifests(pool, catalog)))
+
+
+def adopt_nodes(core_v1_api: Any, pool: Pool, node_names: list[str], catalog: Catalog | None = None) -> None:
+    """Dress existing (real, e.g. kind) nodes as the pool's first nodes instead of creating fake ones.
+
+    Each node gets the accelerator labels, taints and extended resource of the pool node in the same
+    position; its real hostname, CPU and memory stay. Used where no kwok runs (``e2e/kind``).
+    """
+    manifests = node_manifests(pool, catalog)
+    if len(node_names) > len(manifests):
+        raise ValueError(f"pool {pool.name} has {len(manifests)} nodes; cannot dress {len(node_names)}")
+    for name, manifest in zip(node_names, manifests, strict=False):
+        labels = {
+            key: value
+            for key, value in manifest["metadata"]["labels"].items()
+            if key not in ("kubernetes.io/hostname", "type")  # type=kwok marks fake nodes
+        }
+        core_v1_api.patch_node(name, {"metadata": {"labels": labels}, "spec": manifest["spec"]})
+        extended = {
+            key: value
+            for key, value in manifest["status"]["capacity"].items()
+            if key.startswith(("nvidia.com/", "huawei.com/"))
+        }
+        core_v1_api.patch_node_status(name, {"status": {"capacity": extended, "allocatable": extended}})

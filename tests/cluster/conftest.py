@@ -1,0 +1,178 @@
+"""Fixtures for tests against a real Kubernetes API server.
+
+Every test under tests/cluster is marked ``cluster`` (``make cluster-test`` runs them; ``make unit``
+skips them). By default the session uses the local control plane: ``e2e/cluster.py up`` starts it,
+building the binaries on first use, or reuses a healthy running one. Environment:
+
+- ``DSPOOL_KUBECONFIG=<path>``: use that existing cluster instead (e.g. kind, see e2e/kind/run-e2e.sh);
+  nothing is started or stopped.
+- ``DSPOOL_CLUSTER_TEARDOWN=1``: stop the local control plane at the end, but only when this session
+  started it (CI may set it). Otherwise the cluster stays up for the next run, which then starts in
+  about a second. A cluster that was already running is never stopped.
+- ``DSPOOL_EXISTING_POOL=<label value>``: the ``fake_pool`` fixture does not create kwok nodes but
+  uses the nodes labelled ``dspool.io/pool=<value>`` (real nodes dressed as accelerators, for kind).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from dspool.sim.fleet import POOL_LABEL, Pool, PoolHandle, apply_pool, delete_pool, load_pool, node_manifests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_SCRIPT = REPO_ROOT / "e2e" / "cluster.py"
+LOCAL_KUBECONFIG = REPO_ROOT / ".cluster" / "kubeconfig"
+POOLS_DIR = REPO_ROOT / "examples" / "pools"
+CLUSTER_TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in tests/cluster with `cluster`, before -m selection runs."""
+    for item in items:
+        if CLUSTER_TESTS_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    """Poll predicate() until it returns something truthy and return that, or fail saying what."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except ApiException as error:  # e.g. a 404 while an object is still being created
+            last_error = error
+        if time.monotonic() >= deadline:
+            detail = f" (last API error: {last_error.status} {last_error.reason})" if last_error else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def _local_cluster_is_up() -> bool:
+    status = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "status"], capture_output=True, text=True)
+    return status.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Iterator[str]:
+    """Path of an admin kubeconfig for the cluster under test (starting the local one if needed)."""
+    existing = os.environ.get("DSPOOL_KUBECONFIG")
+    if existing:
+        yield existing
+        return
+    was_running = _local_cluster_is_up()
+    if not was_running:
+        result = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.fail(f"`e2e/cluster.py up` failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    yield str(LOCAL_KUBECONFIG)
+    if not was_running and os.environ.get("DSPOOL_CLUSTER_TEARDOWN") == "1":
+        subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "down"], check=True)
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: str) -> client.ApiClient:
+    """An API client authenticated as cluster admin."""
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def core_v1(api_client: client.ApiClient) -> client.CoreV1Api:
+    """The core/v1 API."""
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def apps_v1(api_client: client.ApiClient) -> client.AppsV1Api:
+    """The apps/v1 API."""
+    return client.AppsV1Api(api_client)
+
+
+def unique_name(prefix: str) -> str:
+    """A DNS-1123 name that no other test run uses."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:40].rstrip("-")
+    return f"{cleaned}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., Any]:
+    """The `wait_for(predicate, timeout, what)` helper."""
+    return wait_for
+
+
+@pytest.fixture
+def namespace(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (its default service account ready), deleted with a wait after the test."""
+    name = unique_name(f"t-{request.node.name}")
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(
+        lambda: core_v1.read_namespaced_service_account("default", name),
+        60,
+        f"the default service account in namespace {name}",
+    )
+    yield name
+    core_v1.delete_namespace(name)
+
+    def namespace_gone() -> bool:
+        try:
+            core_v1.read_namespace(name)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(namespace_gone, 120, f"namespace {name} to be deleted")
+
+
+def _node_is_ready(node: client.V1Node) -> bool:
+    conditions = node.status.conditions or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+@pytest.fixture
+def fake_pool(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[Callable[[str], PoolHandle]]:
+    """Factory: `fake_pool("small.yaml")` applies a pool file (from examples/pools or a path).
+
+    The nodes get a unique name prefix and pool label, the call returns when kwok reports them all
+    Ready, and they are deleted after the test.
+    """
+    applied: list[Pool] = []
+
+    def apply(pool_file: str) -> PoolHandle:
+        existing = os.environ.get("DSPOOL_EXISTING_POOL")
+        if existing:
+            nodes = core_v1.list_node(label_selector=f"{POOL_LABEL}={existing}").items
+            return PoolHandle(existing, [n.metadata.name for n in nodes])
+        path = Path(pool_file) if Path(pool_file).exists() else POOLS_DIR / pool_file
+        unique = unique_name(f"p-{request.node.name}")
+        pool = load_pool(path).model_copy(update={"name": unique, "name_prefix": f"{unique}-"})
+        applied.append(pool)
+        apply_pool(core_v1, pool)
+        names = [node["metadata"]["name"] for node in node_manifests(pool)]
+
+        def all_ready() -> bool:
+            nodes = core_v1.list_node(label_selector=f"{POOL_LABEL}={unique}").items
+            return len(nodes) == len(names) and all(_node_is_ready(n) for n in nodes)
+
+        wait_for(all_ready, 60, f"the {len(names)} nodes of pool {unique} to be Ready (kwok manages them)")
+        return PoolHandle(unique, names)
+
+    yield apply
+    for pool in applied:
+        delete_pool(core_v1, pool)
