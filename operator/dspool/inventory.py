@@ -1,0 +1,334 @@
+"""The accelerator pool as dspool sees it: nodes, devices in use by others, devices booked by dspool.
+
+Pure functions over the raw dicts the kopf layer gets from its watches (``v1.Node`` and ``v1.Pod`` as
+returned by the API server, camelCase keys), plus dspool's own reservations (``status.placements`` of every
+DeepSeekDeployment). No Kubernetes API calls.
+
+Accounting rule: every device of a managed node is in exactly one of three buckets.
+
+- ``reserved``: booked by a dspool reservation, whether its pod is bound yet or not;
+- ``used``: requested by an active pod that no reservation covers (other workloads, and dspool pods of
+  replicas that no longer have a reservation, e.g. an old replica still terminating);
+- ``free``: the rest, ``max(0, allocatable - used - reserved)``.
+
+A dspool pod (labels ``dspool.io/deployment`` and ``dspool.io/replica``) on node N is covered when its
+namespace/name, replica index and N match a reservation, so a replica is counted once before and after its
+pod is bound.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from dspool.api import DEPLOYMENT_LABEL, REPLICA_LABEL, ReplicaPlacement
+from dspool.catalog import GFD_MEMORY_LABEL, Catalog, Vendor
+
+DEFAULT_FABRIC_LABEL = "dspool.io/fabric"
+NO_FABRIC = "<none>"
+UNHEALTHY_TAINT_KEYS = frozenset({"node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"})
+BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+MIB_PER_GIB = 1024
+
+_T = TypeVar("_T")
+
+
+class NodeState(BaseModel):
+    """One managed accelerator node and how its devices are accounted."""
+
+    name: str
+    accelerator: str = Field(description="catalog accelerator id")
+    vendor: Vendor
+    resource_name: str = Field(description="extended resource of the devices, e.g. nvidia.com/gpu")
+    device_memory_gib: float = Field(gt=0)
+    allocatable: int = Field(ge=0, description="devices the node advertises as allocatable")
+    used: int = Field(default=0, ge=0, description="devices held by active pods no reservation covers")
+    reserved: int = Field(default=0, ge=0, description="devices booked by dspool reservations")
+    fabric: str | None = Field(default=None, description="value of the fabric label, None when absent")
+    labels: dict[str, str] = Field(default_factory=dict)
+    taints: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def free(self) -> int:
+        """Devices neither used nor reserved (never negative)."""
+        return max(0, self.allocatable - self.used - self.reserved)
+
+    @property
+    def fabric_domain(self) -> str:
+        """The network domain a multi-node replica must stay in; unlabelled nodes share ``<none>``."""
+        return self.fabric if self.fabric is not None else NO_FABRIC
+
+
+class Reservation(BaseModel):
+    """Devices of one node booked for one replica of a DeepSeekDeployment."""
+
+    deployment: str = Field(description="namespace/name")
+    replica: int = Field(ge=0)
+    node: str
+    devices: int = Field(ge=1)
+
+
+class AcceleratorTotals(BaseModel):
+    """Device counts of one accelerator type over the pool."""
+
+    nodes: int = 0
+    allocatable: int = 0
+    used: int = 0
+    reserved: int = 0
+    free: int = 0
+
+
+class Pool(BaseModel):
+    """The managed nodes and dspool's reservations on them.
+
+    The node set and each node's labels, taints and accelerator are treated as fixed once the pool is
+    built (a new watch event builds a new pool); only ``used``/``reserved`` change, through
+    ``dspool.placement.reserve``/``release``. Derived per-node data may therefore be memoised with
+    :meth:`memo`.
+    """
+
+    nodes: dict[str, NodeState] = Field(default_factory=dict)
+    reservations: dict[str, list[Reservation]] = Field(
+        default_factory=dict, description="deployment (namespace/name) -> its reservations on pool nodes"
+    )
+    _memo: dict[Any, Any] = PrivateAttr(default_factory=dict)
+
+    def by_accelerator(self) -> dict[str, list[NodeState]]:
+        """Nodes grouped by accelerator id, each group sorted by node name; groups sorted by id."""
+        return self.memo(("by_accelerator",), self._group_by_accelerator)
+
+    def _group_by_accelerator(self) -> dict[str, list[NodeState]]:
+        groups: dict[str, list[NodeState]] = defaultdict(list)
+        for name in sorted(self.nodes):
+            node = self.nodes[name]
+            groups[node.accelerator].append(node)
+        return {accelerator: groups[accelerator] for accelerator in sorted(groups)}
+
+    def totals(self) -> dict[str, AcceleratorTotals]:
+        """Per accelerator id: nodes, allocatable, used, reserved and free devices."""
+        result: dict[str, AcceleratorTotals] = {}
+        for accelerator, nodes in self.by_accelerator().items():
+            result[accelerator] = AcceleratorTotals(
+                nodes=len(nodes),
+                allocatable=sum(n.allocatable for n in nodes),
+                used=sum(n.used for n in nodes),
+                reserved=sum(n.reserved for n in nodes),
+                free=sum(n.free for n in nodes),
+            )
+        return result
+
+    def reservations_of(self, deployment: str) -> list[Reservation]:
+        """The reservations of one deployment (namespace/name), possibly empty."""
+        return self.reservations.get(deployment, [])
+
+    def memo(self, key: Any, compute: Callable[[], _T]) -> _T:
+        """Derived data that depends only on the fixed node set (labels, taints, accelerators), cached."""
+        signature = len(self.nodes)
+        cached = self._memo.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        value = compute()
+        self._memo[key] = (signature, value)
+        return value
+
+
+def _count(value: Any) -> int:
+    """An extended-resource quantity as an integer device count (malformed -> 0)."""
+    if value is None:
+        return 0
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return 0
+    return int(number) if number.is_integer() else 0
+
+
+def _is_ready(node: Mapping[str, Any]) -> bool:
+    for condition in node.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def _is_unhealthy_taint(taint: Mapping[str, Any]) -> bool:
+    return taint.get("key") in UNHEALTHY_TAINT_KEYS and taint.get("effect") in BLOCKING_EFFECTS
+
+
+def node_from_k8s(
+    node: Mapping[str, Any], catalog: Catalog, fabric_label: str = DEFAULT_FABRIC_LABEL
+) -> NodeState | None:
+    """The managed view of a ``v1.Node``, or None when dspool must not place on it.
+
+    None unless the node is Ready, schedulable (not cordoned), free of the unreachable/not-ready
+    NoSchedule/NoExecute taints, carries an accelerator the catalog identifies from its labels, and
+    advertises at least one device of that accelerator's extended resource as allocatable. Device
+    memory comes from GFD's ``nvidia.com/gpu.memory`` label (MiB) when present, else from the catalog.
+    """
+    metadata = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    status = node.get("status") or {}
+    labels: dict[str, str] = dict(metadata.get("labels") or {})
+    taints: list[dict[str, Any]] = [dict(t) for t in spec.get("taints") or []]
+    if not _is_ready(node) or spec.get("unschedulable") or any(_is_unhealthy_taint(t) for t in taints):
+        return None
+    accelerator = catalog.identify_node(labels)
+    if accelerator is None:
+        return None
+    allocatable = _count((status.get("allocatable") or {}).get(accelerator.resource_name))
+    if allocatable <= 0:
+        return None
+    memory_mib = _count(labels.get(GFD_MEMORY_LABEL))
+    device_memory_gib = memory_mib / MIB_PER_GIB if memory_mib > 0 else accelerator.memory_gib
+    return NodeState(
+        name=str(metadata.get("name", "")),
+        accelerator=accelerator.id,
+        vendor=accelerator.vendor,
+        resource_name=accelerator.resource_name,
+        device_memory_gib=device_memory_gib,
+        allocatable=allocatable,
+        fabric=labels.get(fabric_label) or None,
+        labels=labels,
+        taints=taints,
+    )
+
+
+def _is_extended_resource(name: str) -> bool:
+    """Extended resources are domain-prefixed names outside kubernetes.io (e.g. nvidia.com/gpu)."""
+    if "/" not in name:
+        return False
+    domain = name.split("/", 1)[0]
+    return not (domain == "kubernetes.io" or domain.endswith(".kubernetes.io") or domain == "requests")
+
+
+def _container_requests(container: Mapping[str, Any]) -> dict[str, int]:
+    resources = container.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    counts: dict[str, int] = {}
+    for name in {*requests, *limits}:
+        if _is_extended_resource(name):
+            # Kubernetes defaults a missing request to the limit; extended resources cannot overcommit.
+            value = _count(requests[name] if name in requests else limits.get(name))
+            if value > 0:
+                counts[name] = value
+    return counts
+
+
+def _add(total: dict[str, int], extra: Mapping[str, int]) -> None:
+    for name, value in extra.items():
+        total[name] = total.get(name, 0) + value
+
+
+def pod_device_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+    """Extended resources a pod holds while it runs, the way the scheduler counts them.
+
+    Per resource: the larger of the sum over app containers (plus restartable "sidecar" init containers,
+    which keep running) and the peak of any one init container (plus the sidecars started before it).
+    A container's limit counts when it has no request.
+    """
+    spec = pod.get("spec") or {}
+    steady: dict[str, int] = {}
+    for container in spec.get("containers") or []:
+        _add(steady, _container_requests(container))
+    sidecars: dict[str, int] = {}
+    init_peak: dict[str, int] = {}
+    for container in spec.get("initContainers") or []:
+        requests = _container_requests(container)
+        if container.get("restartPolicy") == "Always":
+            _add(sidecars, requests)
+            continue
+        for name in {*requests, *sidecars}:
+            init_peak[name] = max(init_peak.get(name, 0), requests.get(name, 0) + sidecars.get(name, 0))
+    _add(steady, sidecars)
+    return {
+        name: value
+        for name in sorted({*steady, *init_peak})
+        if (value := max(steady.get(name, 0), init_peak.get(name, 0))) > 0
+    }
+
+
+def is_pod_active(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod holds devices: bound to a node and not Succeeded/Failed (deleting pods still hold them)."""
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return False
+    return (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+
+
+def _replica_index(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def build_pool(
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    reservations: Iterable[Reservation],
+    catalog: Catalog,
+    fabric_label: str = DEFAULT_FABRIC_LABEL,
+) -> Pool:
+    """The pool from raw nodes, pods and dspool's reservations (see the module docstring for the accounting).
+
+    Reservations and pods on nodes dspool does not manage (not Ready, cordoned, unknown accelerator) are
+    ignored: those devices are not in the pool.
+    """
+    states: dict[str, NodeState] = {}
+    for raw in nodes:
+        state = node_from_k8s(raw, catalog, fabric_label)
+        if state is not None:
+            states[state.name] = state
+
+    reserved: dict[str, int] = defaultdict(int)
+    covered: set[tuple[str, int, str]] = set()
+    booked: dict[str, list[Reservation]] = defaultdict(list)
+    for reservation in reservations:
+        if reservation.node not in states:
+            continue
+        reserved[reservation.node] += reservation.devices
+        covered.add((reservation.deployment, reservation.replica, reservation.node))
+        booked[reservation.deployment].append(reservation)
+
+    used: dict[str, int] = defaultdict(int)
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        node_name = spec.get("nodeName")
+        state = states.get(node_name) if node_name else None
+        if state is None or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            continue
+        metadata = pod.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        deployment = labels.get(DEPLOYMENT_LABEL)
+        if deployment is not None:
+            key = (f"{metadata.get('namespace', 'default')}/{deployment}", _replica_index(labels.get(REPLICA_LABEL)))
+            if (key[0], key[1], node_name) in covered:
+                continue
+        devices = pod_device_requests(pod).get(state.resource_name, 0)
+        if devices:
+            used[state.name] += devices
+
+    for name, state in states.items():
+        state.used = used.get(name, 0)
+        state.reserved = reserved.get(name, 0)
+    return Pool(nodes=states, reservations=dict(booked))
+
+
+def reservations_from_status(namespace: str, name: str, placements: Iterable[ReplicaPlacement]) -> list[Reservation]:
+    """The reservations recorded in a DeepSeekDeployment's ``status.placements``, one per replica and node."""
+    deployment = f"{namespace}/{name}"
+    return [
+        Reservation(deployment=deployment, replica=placement.replica, node=node.name, devices=node.devices)
+        for placement in placements
+        for node in placement.nodes
+    ]

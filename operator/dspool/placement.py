@@ -1,0 +1,661 @@
+"""The placement engine: which accelerator type and which nodes each replica gets, and why.
+
+Pure and deterministic (ties broken by node, fabric and accelerator name); the only mutation is
+:func:`reserve`/:func:`release` booking devices in a :class:`~dspool.inventory.Pool`. The rules are in
+``docs/placement.md``; in short:
+
+1. Candidate types: the allowed accelerator types (``acceleratorTypes``, or any) that have at least one
+   node passing the filters (nodeSelector labels; NoSchedule/NoExecute taints tolerated by the request,
+   dspool always tolerating the device taints ``nvidia.com/gpu``, ``huawei.com/Ascend910|310P``).
+2. Each candidate type is sized by :func:`dspool.sizing.plan` with the memory the nodes report (the
+   minimum over the type's nodes) and the largest allocatable device count as the server size.
+3. ``binpack`` ranks feasible types by the user's preference order when given, else single-node before
+   multi-node, then the smallest adequate type (least device memory claimed), then most free devices;
+   the first type with room wins. Within a type, best fit: the node with the fewest free devices that
+   still fit. ``spread`` ranks types the same way and picks the node without peers and with most free.
+4. Multi-node replicas (PP > 1) are gang-placed: PP nodes with TP free devices each, all in one fabric
+   domain, or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from dspool.api import DeepSeekDeploymentSpec, NodeDevices, ReplicaPlacement, Strategy, Toleration
+from dspool.catalog import AcceleratorSpec, Catalog, ModelSpec, UnknownIdError
+from dspool.inventory import NodeState, Pool, Reservation
+from dspool.sizing import DEFAULT_KV_CACHE_TOKENS, Plan, SizingRequest, plan
+
+# dspool's serving pods always tolerate the device taints of the accelerators they ask for.
+ACCELERATOR_TAINT_KEYS = frozenset({"nvidia.com/gpu", "huawei.com/Ascend910", "huawei.com/Ascend310P"})
+BLOCKING_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+MAX_ALTERNATIVES_IN_REASON = 3
+PLAN_CACHE_LIMIT = 4096
+
+
+class InsufficientDevicesError(ValueError):
+    """A reservation asked for more devices than a node has free, or names a node not in the pool."""
+
+
+class ReplicaRequest(BaseModel):
+    """One replica to place: the model, how to size it and where it may go."""
+
+    deployment: str = Field(description="namespace/name of the DeepSeekDeployment")
+    replica: int = Field(ge=0)
+    model: ModelSpec
+    sizing: SizingRequest = Field(default_factory=SizingRequest)
+    accelerator_types: list[str] = Field(default_factory=list, description="preference order; empty = any")
+    strategy: Strategy = Strategy.BINPACK
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    allow_multi_node: bool = True
+
+    @classmethod
+    def from_spec(
+        cls, namespace: str, name: str, replica: int, spec: DeepSeekDeploymentSpec, catalog: Catalog
+    ) -> ReplicaRequest:
+        """The request for replica ``replica`` of a DeepSeekDeployment spec."""
+        serving = spec.serving
+        return cls(
+            deployment=f"{namespace}/{name}",
+            replica=replica,
+            model=catalog.model(spec.model),
+            sizing=SizingRequest(
+                precision=spec.precision,
+                backend=spec.backend,
+                kv_cache_tokens=serving.kv_cache_tokens or DEFAULT_KV_CACHE_TOKENS,
+                max_model_len=serving.max_model_len,
+                gpu_memory_utilization=serving.gpu_memory_utilization,
+            ),
+            accelerator_types=list(spec.placement.accelerator_types),
+            strategy=spec.placement.strategy,
+            node_selector=dict(spec.placement.node_selector),
+            tolerations=list(spec.placement.tolerations),
+            allow_multi_node=spec.placement.allow_multi_node,
+        )
+
+
+class Decision(BaseModel):
+    """The outcome for one replica: a placement (or None) and a sentence saying why."""
+
+    placement: ReplicaPlacement | None
+    reason: str
+    plan: Plan | None = None
+
+
+# --------------------------------------------------------------------------------------------- filters
+
+
+def tolerates(tolerations: Sequence[Toleration], taint: dict[str, Any]) -> bool:
+    """Whether one of ``tolerations`` tolerates ``taint``, with Kubernetes' matching rules."""
+    key = taint.get("key") or ""
+    value = taint.get("value") or ""
+    effect = taint.get("effect")
+    for toleration in tolerations:
+        if toleration.effect and toleration.effect != effect:
+            continue
+        operator = toleration.operator or "Equal"
+        if not toleration.key:
+            if operator == "Exists":
+                return True
+            continue
+        if toleration.key != key:
+            continue
+        if operator == "Exists" or (toleration.value or "") == value:
+            return True
+    return False
+
+
+def node_admits(node: NodeState, node_selector: dict[str, str], tolerations: Sequence[Toleration]) -> bool:
+    """Whether a replica with this nodeSelector and these tolerations may run on ``node``."""
+    labels = node.labels
+    if any(labels.get(key) != value for key, value in node_selector.items()):
+        return False
+    return all(
+        tolerates(tolerations, taint)
+        for taint in node.taints
+        if taint.get("effect") in BLOCKING_TAINT_EFFECTS and taint.get("key") not in ACCELERATOR_TAINT_KEYS
+    )
+
+
+@dataclass(frozen=True)
+class _TypeView:
+    """The nodes of one accelerator type a request may use (fixed for a pool and a filter)."""
+
+    accelerator: str
+    nodes: tuple[NodeState, ...]  # sorted by name
+    domains: tuple[tuple[str, tuple[NodeState, ...]], ...]  # fabric domain -> nodes, sorted by domain
+    fabric_labelled: bool
+    device_memory_gib: float
+    devices_per_node: int
+
+
+@dataclass(frozen=True)
+class _PoolView:
+    types: dict[str, _TypeView]
+    excluded: dict[str, int]  # accelerator -> nodes dropped by the filters
+
+
+def _filter_key(request: ReplicaRequest) -> tuple[Any, ...]:
+    return (
+        "filter",
+        tuple(sorted(request.node_selector.items())),
+        tuple((t.key, t.operator, t.value, t.effect) for t in request.tolerations),
+    )
+
+
+def _pool_view(pool: Pool, request: ReplicaRequest) -> _PoolView:
+    def compute() -> _PoolView:
+        types: dict[str, _TypeView] = {}
+        excluded: dict[str, int] = {}
+        for accelerator, nodes in pool.by_accelerator().items():
+            admitted = tuple(n for n in nodes if node_admits(n, request.node_selector, request.tolerations))
+            if len(admitted) < len(nodes):
+                excluded[accelerator] = len(nodes) - len(admitted)
+            if not admitted:
+                continue
+            domains: dict[str, list[NodeState]] = {}
+            for node in admitted:
+                domains.setdefault(node.fabric_domain, []).append(node)
+            types[accelerator] = _TypeView(
+                accelerator=accelerator,
+                nodes=admitted,
+                domains=tuple((d, tuple(domains[d])) for d in sorted(domains)),
+                fabric_labelled=any(n.fabric is not None for n in admitted),
+                device_memory_gib=min(n.device_memory_gib for n in admitted),
+                devices_per_node=max(n.allocatable for n in admitted),
+            )
+        return _PoolView(types=types, excluded=excluded)
+
+    return pool.memo(_filter_key(request), compute)
+
+
+# ------------------------------------------------------------------------------------------------ sizing
+
+_PLAN_CACHE: dict[tuple[Any, ...], Plan] = {}
+
+
+def _model_fingerprint(model: ModelSpec) -> tuple[Any, ...]:
+    return (
+        model.id,
+        model.hf_id,
+        model.params_b,
+        model.layers,
+        model.attention_heads,
+        model.kv_heads,
+        model.head_dim,
+        model.max_context,
+        model.native_precision,
+        model.kv_bytes_per_token,
+        tuple(sorted(model.checkpoint_gib.items())),
+    )
+
+
+def _accelerator_fingerprint(accelerator: AcceleratorSpec) -> tuple[Any, ...]:
+    return (
+        accelerator.id,
+        accelerator.vendor,
+        accelerator.architecture,
+        accelerator.compute_capability,
+        accelerator.memory_gib,
+        accelerator.devices_per_node,
+        accelerator.multi_node,
+    )
+
+
+def sized_plan(
+    model: ModelSpec, accelerator: AcceleratorSpec, sizing: SizingRequest, device_memory_gib: float, devices: int
+) -> Plan:
+    """``sizing.plan`` with the pool's device memory and server size, memoised (the planner is called a lot)."""
+    key = (
+        _model_fingerprint(model),
+        _accelerator_fingerprint(accelerator),
+        tuple(sizing.model_dump().items()),
+        device_memory_gib,
+        devices,
+    )
+    cached = _PLAN_CACHE.get(key)
+    if cached is not None:
+        return cached
+    if len(_PLAN_CACHE) >= PLAN_CACHE_LIMIT:
+        _PLAN_CACHE.clear()
+    result = plan(
+        model,
+        accelerator,
+        sizing.model_copy(update={"device_memory_gib": device_memory_gib, "devices_per_node": devices}),
+    )
+    _PLAN_CACHE[key] = result
+    return result
+
+
+# ------------------------------------------------------------------------------------------- node choice
+
+
+@dataclass
+class _Choice:
+    """Nodes picked for one replica on one type (one per pipeline stage), with the fit's description."""
+
+    nodes: list[NodeState]
+    domain: str
+    leftover: int
+    peers_shared: int
+
+
+@dataclass
+class _TypeOutcome:
+    """What one accelerator type offers a request."""
+
+    view: _TypeView
+    plan: Plan
+    choice: _Choice | None = None
+    shortfall: str = ""  # why there is no room, when choice is None
+    free_total: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def multi_node(self) -> bool:
+        return self.plan.pipeline_parallel > 1
+
+    @property
+    def memory_claimed(self) -> float:
+        return self.plan.devices_per_replica * self.view.device_memory_gib
+
+
+def _choose_single(view: _TypeView, need: int, strategy: Strategy, peer_nodes: set[str]) -> tuple[_Choice | None, str]:
+    best: NodeState | None = None
+    best_key: tuple[int, int] = (0, 0)
+    roomiest: NodeState | None = None
+    for node in view.nodes:  # sorted by name: strict comparisons keep the first name on ties
+        free = node.allocatable - node.used - node.reserved
+        if roomiest is None or free > roomiest.free:
+            roomiest = node
+        if free < need:
+            continue
+        # spread: away from peers, then most free; binpack: fewest free that still fit
+        key = (int(node.name in peer_nodes), -free) if strategy == Strategy.SPREAD else (0, free)
+        if best is None or key < best_key:
+            best, best_key = node, key
+    if best is not None:
+        return _Choice([best], best.fabric_domain, best.free - need, int(best.name in peer_nodes)), ""
+    best_text = f"best: {roomiest.name} with {roomiest.free} free" if roomiest is not None else "no nodes"
+    return None, f"{view.accelerator} needs {need} free on one node ({best_text})"
+
+
+def _choose_gang(
+    view: _TypeView, stages: int, per_stage: int, strategy: Strategy, peer_nodes: set[str]
+) -> tuple[_Choice | None, str]:
+    if len(view.nodes) < stages:
+        return None, (
+            f"{view.accelerator}: {stages * per_stage} devices over {stages} nodes, "
+            f"only {len(view.nodes)} node{'s' if len(view.nodes) != 1 else ''} in pool"
+        )
+    best: _Choice | None = None
+    best_key: tuple[Any, ...] = ()
+    closest: tuple[int, str, list[NodeState]] | None = None
+    for domain, nodes in view.domains:
+        fitting = [n for n in nodes if n.free >= per_stage]
+        roomiest = sorted(nodes, key=lambda n: (-n.free, n.name))[:stages]
+        room = sum(min(n.free, per_stage) for n in roomiest)
+        if closest is None or room > closest[0]:
+            closest = (room, domain, roomiest)
+        if len(fitting) < stages:
+            continue
+        if strategy == Strategy.SPREAD:
+            picked = sorted(fitting, key=lambda n: (n.name in peer_nodes, -n.free, n.name))[:stages]
+        else:
+            picked = sorted(fitting, key=lambda n: (n.free, n.name))[:stages]
+        leftover = sum(n.free for n in picked) - stages * per_stage
+        shared = sum(n.name in peer_nodes for n in picked)
+        key: tuple[Any, ...] = (shared, -leftover, domain) if strategy == Strategy.SPREAD else (leftover, domain)
+        if best is None or key < best_key:
+            best = _Choice(sorted(picked, key=lambda n: n.name), domain, leftover, shared)
+            best_key = key
+    if best is not None:
+        return best, ""
+    in_fabric = " in one fabric" if view.fabric_labelled else ""
+    detail = ""
+    if closest is not None:
+        listed = ", ".join(f"{n.name} {n.free} free" for n in closest[2])
+        detail = f" (best: {closest[1]}: {listed})" if view.fabric_labelled else f" (best: {listed})"
+    return None, f"{view.accelerator} needs {stages} nodes x {per_stage} free{in_fabric}{detail}"
+
+
+def _evaluate(view: _TypeView, sized: Plan, strategy: Strategy, peer_nodes: set[str], free_total: bool) -> _TypeOutcome:
+    outcome = _TypeOutcome(view=view, plan=sized)
+    if free_total:
+        outcome.free_total = sum(n.free for n in view.nodes)
+    if sized.pipeline_parallel > 1:
+        outcome.choice, outcome.shortfall = _choose_gang(
+            view, sized.pipeline_parallel, sized.tensor_parallel, strategy, peer_nodes
+        )
+    else:
+        outcome.choice, outcome.shortfall = _choose_single(view, sized.tensor_parallel, strategy, peer_nodes)
+    return outcome
+
+
+# --------------------------------------------------------------------------------------------- decisions
+
+
+def _canonical_types(requested: Sequence[str], catalog: Catalog) -> list[str]:
+    result: list[str] = []
+    for wanted in requested:
+        try:
+            canonical = catalog.accelerator(wanted).id
+        except UnknownIdError:
+            canonical = wanted
+        if canonical not in result:
+            result.append(canonical)
+    return result
+
+
+def _shape(sized: Plan) -> str:
+    if sized.pipeline_parallel > 1:
+        return f"{sized.devices_per_replica} devices over {sized.pipeline_parallel} nodes"
+    return f"{sized.devices_per_replica} device{'s' if sized.devices_per_replica != 1 else ''} on one node"
+
+
+def _describe_choice(outcome: _TypeOutcome, strategy: Strategy) -> str:
+    choice = outcome.choice
+    assert choice is not None
+    sized = outcome.plan
+    fit = "most free" if strategy == Strategy.SPREAD else "best fit"
+    if choice.peers_shared:
+        fit += f", shares {choice.peers_shared} node{'s' if choice.peers_shared > 1 else ''} with a peer replica"
+    if len(choice.nodes) == 1:
+        node = choice.nodes[0]
+        return f"{sized.accelerator} {node.name} ({node.free} of {node.allocatable} free; {fit})"
+    nodes = ", ".join(f"{n.name} ({n.free} of {n.allocatable} free)" for n in choice.nodes)
+    where = f" in fabric {choice.domain}" if outcome.view.fabric_labelled else ""
+    return (
+        f"{sized.accelerator} {sized.layout} gang of {len(choice.nodes)} nodes{where}: {nodes}; "
+        f"{fit}, {choice.leftover} left over"
+    )
+
+
+def _ordinal(position: int) -> str:
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(position if position < 20 else position % 10, "th")
+    return f"{position}{suffix}"
+
+
+def _success_reason(
+    winner: _TypeOutcome,
+    ranked: list[_TypeOutcome],
+    preferred: bool,
+    infeasible: list[Plan],
+    strategy: Strategy,
+) -> str:
+    position = ranked.index(winner)
+    if preferred:
+        why = f"{_ordinal(position + 1)} choice in acceleratorTypes"
+    elif position == 0 and len(ranked) > 1:
+        why = "smallest adequate type"
+    elif position == 0:
+        why = "only type the model fits in the pool"
+    elif strategy == Strategy.SPREAD:
+        why = "smallest adequate type with a node free of peer replicas"
+    else:
+        why = "smallest adequate type with room"
+    notes = [
+        o.shortfall or f"{o.plan.accelerator} has room only on nodes holding peer replicas" for o in ranked[:position]
+    ]
+    later = [o for o in ranked[position + 1 :]]
+    notes += [f"{o.plan.accelerator} needs {_shape(o.plan)}" for o in later[:1]]
+    notes += [f"{p.accelerator} too small" for p in infeasible]
+    shown = notes[:MAX_ALTERNATIVES_IN_REASON]
+    if len(notes) > len(shown):
+        shown.append(f"{len(notes) - len(shown)} more")
+    return f"{_describe_choice(winner, strategy)} — {why}" + (f"; {'; '.join(shown)}" if shown else "")
+
+
+def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list[list[tuple[_TypeView, Plan]]]:
+    """Feasible types in the order binpack tries them, grouped into ties (ranked by most free devices).
+
+    With an explicit ``acceleratorTypes`` list each type is its own tier, in the user's order. Otherwise
+    single-node plans come before multi-node ones, then the least device memory claimed per replica.
+    """
+    if preferred:
+        return [[item] for item in feasible]
+
+    def rank(item: tuple[_TypeView, Plan]) -> tuple[bool, float]:
+        type_view, sized = item
+        return (sized.pipeline_parallel > 1, round(sized.devices_per_replica * type_view.device_memory_gib, 3))
+
+    tiers: list[list[tuple[_TypeView, Plan]]] = []
+    for item in sorted(feasible, key=lambda i: (*rank(i), i[1].accelerator)):
+        if tiers and rank(tiers[-1][0]) == rank(item):
+            tiers[-1].append(item)
+        else:
+            tiers.append([item])
+    return tiers
+
+
+def _peer_nodes(pool: Pool, request: ReplicaRequest, peers: Iterable[ReplicaPlacement]) -> set[str]:
+    nodes = {n.name for p in peers if p.replica != request.replica for n in p.nodes}
+    nodes.update(r.node for r in pool.reservations_of(request.deployment) if r.replica != request.replica)
+    return nodes
+
+
+def place_replica(
+    pool: Pool, request: ReplicaRequest, catalog: Catalog, peers: Sequence[ReplicaPlacement] = ()
+) -> Decision:
+    """Decide where one replica goes without changing the pool; the reason always says why.
+
+    ``peers`` are the other replicas of the same deployment (the pool's own reservations of that
+    deployment count too); ``spread`` keeps away from their nodes.
+    """
+    view = _pool_view(pool, request)
+    model = request.model
+    label = f"{model.id} replica {request.replica}"
+    allowed = _canonical_types(request.accelerator_types, catalog) if request.accelerator_types else None
+    candidates = [t for t in (allowed if allowed is not None else view.types) if t in view.types]
+    excluded_nodes = sum(view.excluded.get(t, 0) for t in (allowed if allowed is not None else view.excluded))
+    missing = [t for t in allowed if t not in view.types] if allowed is not None else []
+    filter_note = f"{excluded_nodes} node{'s' if excluded_nodes != 1 else ''} excluded by nodeSelector/taints"
+
+    if not candidates:
+        if allowed is not None:
+            usable = ", ".join(view.types) or "none"
+            why = f"none of the allowed types ({', '.join(allowed)}) is in the pool; usable types: {usable}"
+        elif pool.nodes:
+            why = "no accelerator node passes the nodeSelector/taints"
+        else:
+            why = "the pool has no usable accelerator nodes"
+        extra = f"; {filter_note}" if excluded_nodes else ""
+        return Decision(placement=None, reason=f"no room for {label}: {why}{extra}")
+
+    sizing = request.sizing.model_copy(update={"allow_multi_node": request.allow_multi_node})
+    feasible: list[tuple[_TypeView, Plan]] = []
+    infeasible: list[Plan] = []
+    for accelerator_id in candidates:
+        type_view = view.types[accelerator_id]
+        try:
+            accelerator = catalog.accelerator(accelerator_id)
+        except UnknownIdError:
+            continue
+        sized = sized_plan(model, accelerator, sizing, type_view.device_memory_gib, type_view.devices_per_node)
+        if sized.feasible:
+            feasible.append((type_view, sized))
+        else:
+            infeasible.append(sized)
+
+    peer_nodes = _peer_nodes(pool, request, peers) if request.strategy == Strategy.SPREAD else set()
+    preferred = allowed is not None
+    tiers = _type_tiers(feasible, preferred)
+    outcomes: list[_TypeOutcome] = []
+    winner: _TypeOutcome | None = None
+    evaluated_tiers = 0
+    for tier in tiers:
+        evaluated = [
+            _evaluate(type_view, sized, request.strategy, peer_nodes, free_total=len(tier) > 1)
+            for type_view, sized in tier
+        ]
+        evaluated.sort(key=lambda o: (o.choice is None, -o.free_total, o.plan.accelerator))
+        outcomes.extend(evaluated)
+        evaluated_tiers += 1
+        if request.strategy == Strategy.SPREAD:
+            # spread looks at every type: a node free of peers on any adequate type beats sharing one
+            peer_free = [o for o in evaluated if o.choice is not None and not o.choice.peers_shared]
+            if peer_free:
+                winner = peer_free[0]
+                break
+        elif evaluated[0].choice is not None:
+            winner = evaluated[0]
+            break
+    if winner is None and request.strategy == Strategy.SPREAD:
+        winner = next((o for o in outcomes if o.choice is not None), None)
+    ranked = outcomes + [_TypeOutcome(view=v, plan=p) for tier in tiers[evaluated_tiers:] for v, p in tier]
+
+    if winner is not None:
+        assert winner.choice is not None
+        sized = winner.plan
+        assert sized.precision is not None and sized.backend is not None
+        placement = ReplicaPlacement(
+            replica=request.replica,
+            accelerator=sized.accelerator,
+            precision=sized.precision,
+            backend=sized.backend,
+            tensor_parallel=sized.tensor_parallel,
+            pipeline_parallel=sized.pipeline_parallel,
+            max_model_len=sized.max_model_len,
+            nodes=[NodeDevices(name=n.name, devices=sized.tensor_parallel) for n in winner.choice.nodes],
+        )
+        reason = _success_reason(winner, ranked, preferred, infeasible, request.strategy)
+        return Decision(placement=placement, reason=reason, plan=sized)
+
+    parts = [o.shortfall for o in outcomes]
+    parts += [f"{p.accelerator}: {p.reason}" for p in infeasible]
+    if missing:
+        parts.append(f"not in pool or excluded: {', '.join(missing)}")
+    if excluded_nodes:
+        parts.append(filter_note)
+    closest_plan = outcomes[0].plan if outcomes else (infeasible[0] if infeasible else None)
+    return Decision(placement=None, reason=f"no room for {label}: {'; '.join(parts)}", plan=closest_plan)
+
+
+# ------------------------------------------------------------------------------------------- bookkeeping
+
+
+def _devices_by_node(placement: ReplicaPlacement) -> dict[str, int]:
+    wanted: dict[str, int] = {}
+    for node in placement.nodes:
+        wanted[node.name] = wanted.get(node.name, 0) + node.devices
+    return wanted
+
+
+def reserve(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
+    """Book a placement's devices in the pool, all nodes or none.
+
+    Raises :class:`InsufficientDevicesError` when a node is not in the pool or has fewer free devices
+    than asked, and ``ValueError`` when the replica already holds a reservation (release it first).
+    """
+    if any(r.replica == placement.replica for r in pool.reservations_of(deployment)):
+        raise ValueError(f"{deployment} replica {placement.replica} already holds a reservation; release it first")
+    wanted = _devices_by_node(placement)
+    for name, devices in wanted.items():
+        node = pool.nodes.get(name)
+        if node is None:
+            raise InsufficientDevicesError(f"cannot reserve on {name}: not in the pool")
+        if node.free < devices:
+            raise InsufficientDevicesError(
+                f"cannot reserve {devices} devices on {name} for {deployment} replica {placement.replica}: "
+                f"{node.free} free"
+            )
+    booked = pool.reservations.setdefault(deployment, [])
+    for name, devices in wanted.items():
+        pool.nodes[name].reserved += devices
+        booked.append(Reservation(deployment=deployment, replica=placement.replica, node=name, devices=devices))
+
+
+def release(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
+    """Give back the devices a replica holds in the pool.
+
+    Nodes that left the pool are skipped; the devices released are those the pool recorded for the
+    replica (never more), so releasing twice is harmless.
+    """
+    booked = pool.reservations.get(deployment, [])
+    keep: list[Reservation] = []
+    for reservation in booked:
+        if reservation.replica != placement.replica:
+            keep.append(reservation)
+            continue
+        node = pool.nodes.get(reservation.node)
+        if node is not None:
+            node.reserved = max(0, node.reserved - reservation.devices)
+    if keep:
+        pool.reservations[deployment] = keep
+    else:
+        pool.reservations.pop(deployment, None)
+
+
+def place_replicas(pool: Pool, requests: Iterable[ReplicaRequest], catalog: Catalog) -> list[Decision]:
+    """Place requests one after another, reserving each success; the pool is left updated."""
+    decisions: list[Decision] = []
+    for request in requests:
+        decision = place_replica(pool, request, catalog)
+        if decision.placement is not None:
+            reserve(pool, request.deployment, decision.placement)
+        decisions.append(decision)
+    return decisions
+
+
+# ---------------------------------------------------------------------------------- scale down and metrics
+
+
+def scale_down_victims(pool: Pool, placements: Sequence[ReplicaPlacement], count: int) -> list[int]:
+    """Replica indexes to remove so that the pool is least fragmented afterwards, in removal order.
+
+    Greedy, one replica at a time, on a copy of the free counts: remove the replica whose release
+    (1) empties the most nodes (whole free nodes are what big replicas need), then (2) leaves the
+    largest free block on one of its nodes, then (3) frees the most devices, then (4) has the highest
+    index (the usual scale-down order). The pool is not modified; call :func:`release` for each victim.
+    """
+    free = {name: node.free for name, node in pool.nodes.items()}
+    remaining = sorted(placements, key=lambda p: p.replica)
+    victims: list[int] = []
+    for _ in range(max(0, min(count, len(remaining)))):
+
+        def score(placement: ReplicaPlacement) -> tuple[int, int, int, int]:
+            emptied = 0
+            largest = 0
+            freed = 0
+            for name, devices in _devices_by_node(placement).items():
+                node = pool.nodes.get(name)
+                if node is None:
+                    continue
+                after = free[name] + devices
+                emptied += int(after >= node.allocatable)
+                largest = max(largest, after)
+                freed += devices
+            return (emptied, largest, freed, placement.replica)
+
+        victim = max(remaining, key=score)
+        for name, devices in _devices_by_node(victim).items():
+            if name in free:
+                free[name] += devices
+        remaining.remove(victim)
+        victims.append(victim.replica)
+    return victims
+
+
+def fragmentation(pool: Pool) -> dict[str, float]:
+    """Per accelerator type, the share of free devices stranded on partly used nodes (0.0 to 1.0).
+
+    A free device is usable by the largest common shape (a replica taking a whole node, TP8 on an
+    8-device server) only when its node is entirely free. Fragmentation = free devices on nodes that are
+    not entirely free / all free devices of the type; 0.0 when the type has no free device.
+    """
+    result: dict[str, float] = {}
+    for accelerator, nodes in pool.by_accelerator().items():
+        total = 0
+        stranded = 0
+        for node in nodes:
+            free = node.free
+            total += free
+            if free < node.allocatable:
+                stranded += free
+        result[accelerator] = stranded / total if total else 0.0
+    return result
