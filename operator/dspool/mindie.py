@@ -1,0 +1,205 @@
+"""MindIE Service pieces: the generated ``config.json``, its start script and the HCCL rank table.
+
+Pure functions; the workload builders (``dspool.workloads``) put their output into a ConfigMap and a pod.
+Key layout and defaults follow the MindIE Service configuration reference (``conf/config.json``):
+``ServerConfig`` (listen addresses and ports), ``BackendConfig`` (devices, multi-node switches) with
+``ModelDeployConfig`` / ``ModelConfig`` (the model) and ``ScheduleConfig`` (batching) nested inside it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+MINDIE_API_PORT = 1025
+MINDIE_MANAGEMENT_PORT = 1026
+MINDIE_METRICS_PORT = 1027
+MINDIE_MULTI_NODE_PORT = 1120
+
+MINDIE_HOME = "/usr/local/Ascend/mindie/latest/mindie-service"
+MINDIE_DAEMON = f"{MINDIE_HOME}/bin/mindieservice_daemon"
+MINDIE_CONFIG_PATH = f"{MINDIE_HOME}/conf/config.json"
+CONFIG_TEMPLATE_DIR = "/etc/dspool/mindie"
+CONFIG_TEMPLATE_KEY = "config.json"
+START_SCRIPT_KEY = "start.sh"
+
+# MindCluster's convention for where a pod finds its HCCL rank table.
+RANK_TABLE_DIR = "/user/serverid/devindex/config"
+RANK_TABLE_PATH = f"{RANK_TABLE_DIR}/hccl.json"
+
+# Replaced at start by the pod IP (MIES_CONTAINER_IP, from the downward API). MindIE's defaults,
+# 127.0.0.1 / 127.0.0.2, listen on loopback only, so kubelet probes and the Service could not reach it.
+POD_IP_PLACEHOLDER = "__DSPOOL_POD_IP__"
+
+# Scripts sourced before the daemon starts, when present: CANN toolkit, ATB kernels, ATB models, MindIE.
+SET_ENV_SCRIPTS = (
+    "/usr/local/Ascend/ascend-toolkit/set_env.sh",
+    "/usr/local/Ascend/nnal/atb/set_env.sh",
+    "/usr/local/Ascend/atb-models/set_env.sh",
+    "/usr/local/Ascend/mindie/set_env.sh",
+)
+
+DEFAULT_MAX_BATCH_SIZE = 200
+DEFAULT_MAX_PREFILL_BATCH_SIZE = 50
+DEFAULT_MAX_PREFILL_TOKENS = 8192
+CACHE_BLOCK_SIZE = 128
+
+
+def build_mindie_config(
+    *,
+    model_name: str,
+    weight_path: str,
+    tensor_parallel: int,
+    max_model_len: int,
+    multi_node: bool,
+) -> dict[str, Any]:
+    """The MindIE ``config.json`` for one engine instance of ``tensor_parallel`` NPUs per node.
+
+    ``ipAddress`` and ``managementIpAddress`` hold :data:`POD_IP_PLACEHOLDER`; the start script swaps
+    in the pod IP. HTTPS and inter-node TLS are off: traffic stays inside the cluster network, and
+    turning them on needs certificates in the image. In multi-node mode MindIE derives devices and
+    world size from the rank table; the per-node values are still written for readability.
+    """
+    if tensor_parallel < 1:
+        raise ValueError(f"tensor_parallel must be >= 1, got {tensor_parallel}")
+    if max_model_len < 2:
+        raise ValueError(f"max_model_len must be >= 2, got {max_model_len}")
+    max_input_tokens = max_model_len - 1  # MindIE caps maxInputTokenLen at maxSeqLen - 1
+    return {
+        "Version": "1.0.0",
+        "ServerConfig": {
+            "ipAddress": POD_IP_PLACEHOLDER,
+            "managementIpAddress": POD_IP_PLACEHOLDER,
+            "port": MINDIE_API_PORT,
+            "managementPort": MINDIE_MANAGEMENT_PORT,
+            "metricsPort": MINDIE_METRICS_PORT,
+            "allowAllZeroIpListening": False,
+            "maxLinkNum": 1000,
+            "httpsEnabled": False,
+            "fullTextEnabled": False,
+            "inferMode": "standard",
+            "interCommTLSEnabled": False,
+            "openAiSupport": "vllm",
+            "tokenTimeout": 600,
+            "e2eTimeout": 600,
+            "distDPServerEnabled": False,
+        },
+        "BackendConfig": {
+            "backendName": "mindieservice_llm_engine",
+            "modelInstanceNumber": 1,
+            "npuDeviceIds": [list(range(tensor_parallel))],
+            "tokenizerProcessNumber": 8,
+            "multiNodesInferEnabled": multi_node,
+            "multiNodesInferPort": MINDIE_MULTI_NODE_PORT,
+            "interNodeTLSEnabled": False,
+            "ModelDeployConfig": {
+                "maxSeqLen": max_model_len,
+                "maxInputTokenLen": max_input_tokens,
+                "truncation": False,
+                "ModelConfig": [
+                    {
+                        "modelInstanceType": "Standard",
+                        "modelName": model_name,
+                        "modelWeightPath": weight_path,
+                        "worldSize": tensor_parallel,
+                        "cpuMemSize": 5,
+                        "npuMemSize": -1,
+                        "backendType": "atb",
+                        "trustRemoteCode": False,
+                    }
+                ],
+            },
+            "ScheduleConfig": {
+                "templateType": "Standard",
+                "templateName": "Standard_LLM",
+                "cacheBlockSize": CACHE_BLOCK_SIZE,
+                "maxPrefillBatchSize": DEFAULT_MAX_PREFILL_BATCH_SIZE,
+                "maxPrefillTokens": max(DEFAULT_MAX_PREFILL_TOKENS, max_input_tokens),
+                "prefillTimeMsPerReq": 150,
+                "prefillPolicyType": 0,
+                "decodeTimeMsPerReq": 50,
+                "decodePolicyType": 0,
+                "maxBatchSize": DEFAULT_MAX_BATCH_SIZE,
+                "maxIterTimes": max_model_len,
+                "maxPreemptCount": 0,
+                "supportSelectBatch": False,
+                "maxQueueDelayMicroseconds": 5000,
+            },
+        },
+    }
+
+
+def build_rank_table(
+    server_ips: Sequence[str],
+    device_ips_per_server: Sequence[Sequence[str]],
+    *,
+    container_ips: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """An HCCL rank table (``hccl.json``) for MindIE multi-node inference, for clusters without MindCluster.
+
+    ``server_ips[k]`` is server k's address (the first is the master that serves requests: put the
+    leader pod first); ``device_ips_per_server[k]`` lists the RoCE addresses of its NPUs in device order
+    (``/etc/hccn.conf`` on the host, ``address_<i>``). ``container_ips`` defaults to ``server_ips`` (pod
+    IPs on a pod network). Every value is a string and rank ids run 0..N-1 over all devices, as HCCL wants.
+    """
+    if not server_ips:
+        raise ValueError("a rank table needs at least one server")
+    if len(device_ips_per_server) != len(server_ips):
+        raise ValueError(
+            f"{len(server_ips)} servers but device IPs for {len(device_ips_per_server)}; give one list per server"
+        )
+    containers = list(container_ips) if container_ips is not None else list(server_ips)
+    if len(containers) != len(server_ips):
+        raise ValueError(f"{len(server_ips)} servers but {len(containers)} container IPs")
+    if len(set(server_ips)) != len(server_ips):
+        raise ValueError(f"server IPs must be distinct: {list(server_ips)}")
+    sizes = {len(devices) for devices in device_ips_per_server}
+    if 0 in sizes:
+        raise ValueError("every server needs at least one device IP")
+    if len(sizes) > 1:
+        raise ValueError(f"every server must contribute the same number of NPUs, got {sorted(sizes)}")
+    server_list: list[dict[str, Any]] = []
+    rank = 0
+    for server_ip, container_ip, device_ips in zip(server_ips, containers, device_ips_per_server, strict=True):
+        devices = []
+        for device_id, device_ip in enumerate(device_ips):
+            devices.append({"device_id": str(device_id), "device_ip": str(device_ip), "rank_id": str(rank)})
+            rank += 1
+        server_list.append({"server_id": str(server_ip), "container_ip": str(container_ip), "device": devices})
+    return {
+        "version": "1.0",
+        "server_count": str(len(server_list)),
+        "server_list": server_list,
+        "status": "completed",
+    }
+
+
+def mindie_start_script(*, multi_node: bool) -> str:
+    """The container's start script: set up the Ascend environment, render config.json, exec the daemon.
+
+    The ConfigMap copy of ``config.json`` is read-only and holds :data:`POD_IP_PLACEHOLDER`; the script
+    writes the pod's copy with ``$MIES_CONTAINER_IP`` in its place, mode 640 (MindIE refuses group- or
+    world-writable configuration files). Multi-node pods first wait for a completed rank table at
+    ``$RANKTABLEFILE``: it can only be written once every pod of the group has an IP.
+    """
+    sources = "\n".join(f"if [ -f {path} ]; then source {path}; fi" for path in SET_ENV_SCRIPTS)
+    template = shlex.quote(f"{CONFIG_TEMPLATE_DIR}/{CONFIG_TEMPLATE_KEY}")
+    lines = [
+        "#!/bin/bash",
+        "# Generated by dspool: start MindIE Service with the pod IP in config.json.",
+        "set -eo pipefail",
+        ': "${MIES_CONTAINER_IP:?MIES_CONTAINER_IP (the pod IP) must be set}"',
+        sources,
+        f'sed "s/{POD_IP_PLACEHOLDER}/${{MIES_CONTAINER_IP}}/g" {template} > {MINDIE_CONFIG_PATH}',
+        f"chmod 640 {MINDIE_CONFIG_PATH}",
+    ]
+    if multi_node:
+        lines += [
+            'echo "waiting for a completed rank table at ${RANKTABLEFILE}"',
+            "until python3 -c 'import json, os, sys; "
+            'sys.exit(json.load(open(os.environ["RANKTABLEFILE"])).get("status") != "completed")'
+            "' 2>/dev/null; do sleep 5; done",
+        ]
+    lines += [f"cd {MINDIE_HOME}", f"exec {MINDIE_DAEMON}", ""]
+    return "\n".join(lines)
