@@ -310,7 +310,14 @@ def _choose_gang(
             picked = sorted(fitting, key=lambda n: (n.free, n.name))[:stages]
         leftover = sum(n.free for n in picked) - stages * per_stage
         shared = sum(n.name in peer_nodes for n in picked)
-        key: tuple[Any, ...] = (shared, -leftover, domain) if strategy == Strategy.SPREAD else (leftover, domain)
+        domain_free = sum(n.free for n in nodes)
+        # binpack: least left over on the chosen nodes, then the fullest fabric (keeps roomy fabrics whole);
+        # spread: fewest peers, then the roomiest nodes and fabric
+        key: tuple[Any, ...] = (
+            (shared, -leftover, -domain_free, domain)
+            if strategy == Strategy.SPREAD
+            else (leftover, domain_free, domain)
+        )
         if best is None or key < best_key:
             best = _Choice(sorted(picked, key=lambda n: n.name), domain, leftover, shared)
             best_key = key
