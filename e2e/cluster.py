@@ -149,7 +149,7 @@ def build_fingerprint(go: str) -> str:
         for name in ("go.mod", "go.sum", "tools.go"):
             digest.update((MODULES_DIR / module / name).read_bytes())
     digest.update(subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout.encode())
-    digest.update(json.dumps([BUILD_TARGETS, KWOK_STAGE_FILES, version_ldflags("v0")]).encode())
+    digest.update(json.dumps([BUILD_TARGETS, KWOK_STAGE_FILES, version_ldflags(module_version("kubernetes"))]).encode())
     return digest.hexdigest()
 
 
@@ -383,14 +383,13 @@ def read_pid(component: str) -> int | None:
 
 
 def is_our_process(pid: int, component: str) -> bool:
-    """Tell whether pid is alive and is still the binary we started (pids get reused)."""
+    """Tell whether pid is alive and still runs the component's binary (pids get reused)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        executable = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     except OSError:
         return False
-    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    return not zombie and bool(cmdline) and Path(cmdline[0].decode()).name == component
+    return state != "Z" and Path(executable).name == component
 
 
 def log_tail(component: str, lines: int = 15) -> str:
@@ -536,6 +535,8 @@ def component_args(ports: Ports) -> dict[str, list[str]]:
             "--profiling=false",
             "--max-requests-inflight=800",
             "--max-mutating-requests-inflight=400",
+            # The loopback address cannot back the `kubernetes` Service endpoints; nothing in-cluster needs them.
+            "--endpoint-reconciler-type=none",
         ],
         "kube-controller-manager": [
             f"--kubeconfig={STATE_DIR / 'kube-controller-manager.kubeconfig'}",

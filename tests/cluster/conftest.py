@@ -146,7 +146,7 @@ def _node_is_ready(node: client.V1Node) -> bool:
 
 
 @pytest.fixture
-def fake_pool(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[Callable[[str], PoolHandle]]:
+def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]]:
     """Factory: `fake_pool("small.yaml")` applies a pool file (from examples/pools or a path).
 
     The nodes get a unique name prefix and pool label, the call returns when kwok reports them all
@@ -160,7 +160,7 @@ def fake_pool(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iter
             nodes = core_v1.list_node(label_selector=f"{POOL_LABEL}={existing}").items
             return PoolHandle(existing, [n.metadata.name for n in nodes])
         path = Path(pool_file) if Path(pool_file).exists() else POOLS_DIR / pool_file
-        unique = unique_name(f"p-{request.node.name}")
+        unique = f"pool-{uuid.uuid4().hex[:8]}"  # short: node names must stay within 63 characters
         pool = load_pool(path).model_copy(update={"name": unique, "name_prefix": f"{unique}-"})
         applied.append(pool)
         apply_pool(core_v1, pool)

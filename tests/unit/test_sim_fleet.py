@@ -152,3 +152,8 @@ def test_generated_pool_is_reproducible_and_mixed() -> None:
     assert first != genpool.generate_pool(1000, seed=2, name="gen")
     accelerators = {group["accelerator"] for group in first["groups"]}
     assert {"H200-141G", "Ascend910B3"} <= accelerators
+
+
+def test_node_names_longer_than_a_hostname_label_are_rejected() -> None:
+    with pytest.raises(pydantic.ValidationError, match="longer than 63"):
+        pool_of({"name": "h" * 30, "count": 1, "accelerator": "H200-141G"}, namePrefix="p" * 29 + "-")

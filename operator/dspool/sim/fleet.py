@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from dspool.catalog import AcceleratorSpec, Catalog, Vendor, load_catalog
@@ -38,6 +38,8 @@ KWOK_ANNOTATION_VALUE = "fake"
 POOL_LABEL = "dspool.io/pool"
 GROUP_LABEL = "dspool.io/node-group"
 PODS_PER_NODE = 110
+# Node names double as the kubernetes.io/hostname label value, which is limited to 63 characters.
+MAX_NODE_NAME = 63
 APPLY_WORKERS = 8  # the client keeps 10 connections per pool on 2 cores
 
 # Device taints that keep ordinary pods off accelerator nodes, as operators of real clusters set them.
@@ -87,6 +89,14 @@ class Pool(_PoolModel):
     name_prefix: str = Field(default="", pattern=r"^([a-z0-9][-a-z0-9]*)?$", max_length=40)
     labels: dict[str, str] = Field(default_factory=dict)
     groups: list[NodeGroup]
+
+    @model_validator(mode="after")
+    def _check_node_names(self) -> Pool:
+        for group in self.groups:
+            longest = node_name(self, group, max(group.count - 1, 0))
+            if len(longest) > MAX_NODE_NAME:
+                raise ValueError(f"node name {longest!r} is longer than {MAX_NODE_NAME} characters")
+        return self
 
     @property
     def node_count(self) -> int:
