@@ -8,7 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import yaml
+from pydantic import ValidationError
+
+from dspool.api import KIND, DeepSeekDeployment
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
+from dspool.placement import ReplicaRequest, place_replicas
 from dspool.sizing import Backend, Plan, SizingRequest, plan
 
 EXIT_USAGE = 2
@@ -70,17 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_plan = sub.add_parser("plan", help="size a model: devices, nodes, precision, TP/PP, memory account")
     p_plan.add_argument("model", nargs="?", help="model id (see 'dspool models')")
+    p_plan.add_argument("-f", "--filename", help="a DeepSeekDeployment manifest to plan (with --cluster: dry run)")
+    p_plan.add_argument("--cluster", action="store_true", help="place on the live pool of the current kubeconfig")
+    p_plan.add_argument("--kubeconfig", help="kubeconfig for --cluster (default: $KUBECONFIG)")
     p_plan.add_argument("--accelerator", "-a", help="accelerator id (see 'dspool accelerators')")
     p_plan.add_argument("--all", action="store_true", help="every model x every accelerator")
     p_plan.add_argument("--precision", choices=["auto", *[p.value for p in Precision]], default="auto")
     p_plan.add_argument("--backend", choices=["auto", *[b.value for b in Backend]], default="auto")
     p_plan.add_argument("--kv-cache-tokens", type=_positive_int, default=SizingRequest().kv_cache_tokens)
-    p_plan.add_argument(
-        "--max-model-len", type=_positive_int, help="longest request; the KV budget covers it"
-    )
-    p_plan.add_argument(
-        "--gpu-memory-utilization", type=_fraction, default=SizingRequest().gpu_memory_utilization
-    )
+    p_plan.add_argument("--max-model-len", type=_positive_int, help="longest request; the KV budget covers it")
+    p_plan.add_argument("--gpu-memory-utilization", type=_fraction, default=SizingRequest().gpu_memory_utilization)
     p_plan.add_argument("--devices-per-node", type=_positive_int, help="server size (default: catalog)")
     p_plan.add_argument("--device-memory-gib", type=_positive_float, help="device memory (default: catalog)")
     p_plan.add_argument("--overhead-gib", type=_non_negative_float, help="runtime overhead per device")
@@ -96,6 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     p_acc = sub.add_parser("accelerators", help="list the accelerators in the catalog")
     p_acc.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_acc.set_defaults(handler=_cmd_accelerators)
+
+    p_run = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    p_run.add_argument("--namespace", "-n", action="append", default=[], help="manage DSDs only here (repeatable)")
+    p_run.add_argument("--node-selector", default="", help="only nodes with these labels form the pool (k=v,...)")
+    p_run.add_argument("--fabric-label", default="dspool.io/fabric", help="node label that bounds multi-node replicas")
+    p_run.add_argument("--liveness-port", type=int, default=8080, help="serve /healthz here (0 = off)")
+    p_run.add_argument("--resync-seconds", type=_positive_float, default=30.0)
+    p_run.add_argument(
+        "--stuck-after-seconds",
+        type=_positive_float,
+        default=120.0,
+        help="re-place a replica whose pods stay unschedulable this long",
+    )
+    p_run.add_argument("--verbose", "-v", action="store_true")
+    p_run.set_defaults(handler=_cmd_run)
+
+    p_pool = sub.add_parser("pool", help="print the pool: nodes by accelerator, devices used/free, replicas")
+    p_pool.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
+    p_pool.add_argument("--node-selector", default="", help="only nodes with these labels (k=v,...)")
+    p_pool.add_argument("--fabric-label", default="dspool.io/fabric")
+    p_pool.add_argument("--nodes", action="store_true", help="list every node, not only the totals")
+    p_pool.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p_pool.set_defaults(handler=_cmd_pool)
     return parser
 
 
@@ -119,10 +146,14 @@ def _request_from_args(args: argparse.Namespace) -> SizingRequest:
 
 
 def _cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.filename:
+        return _cmd_plan_file(args, catalog)
+    if args.cluster:
+        raise UsageError("--cluster needs -f DEPLOYMENT.yaml")
     if args.all and (args.model or args.accelerator):
-        raise UsageError(
-            "--all plans every model on every accelerator; give no MODEL or --accelerator with it"
-        )
+        raise UsageError("--all plans every model on every accelerator; give no MODEL or --accelerator with it")
+    if args.cluster:
+        raise UsageError("--cluster needs -f DEPLOYMENT.yaml")
     if not args.all and not args.model:
         raise UsageError(f"give a MODEL or --all; models: {', '.join(catalog.model_ids)}")
     request = _request_from_args(args)
@@ -288,3 +319,129 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _load_deployment(path: str) -> DeepSeekDeployment:
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("kind") != KIND:
+        raise UsageError(f"{path}: expected a {KIND} manifest")
+    raw.setdefault("metadata", {}).setdefault("namespace", "default")
+    try:
+        return DeepSeekDeployment.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
+    """Plan a DSD manifest: per accelerator (offline) or placed on the live pool (--cluster, a dry run)."""
+    if args.model or args.all:
+        raise UsageError("-f plans the manifest's model; give no MODEL or --all with it")
+    dsd = _load_deployment(args.filename)
+    model = catalog.model(dsd.spec.model)
+    if not args.cluster:
+        request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, 0, dsd.spec, catalog)
+        ids = dsd.spec.placement.accelerator_types or catalog.accelerator_ids
+        plans = [plan(model, catalog.accelerator(i), request.sizing) for i in ids]
+        print(format_plan_table(plans))
+        return 0
+    from dspool.clusterview import api_client_from, read_cluster
+
+    view = read_cluster(api_client_from(args.kubeconfig), catalog)
+    requests = [
+        ReplicaRequest.from_spec(dsd.namespace, dsd.name, i, dsd.spec, catalog) for i in range(dsd.spec.replicas)
+    ]
+    decisions = place_replicas(view.pool, requests, catalog)
+    rows = []
+    for index, decision in enumerate(decisions):
+        placed = decision.placement
+        nodes = ", ".join(f"{n.name}:{n.devices}" for n in placed.nodes) if placed else "-"
+        rows.append([f"{dsd.name}/{index}", placed.accelerator if placed else "-", nodes, decision.reason])
+    print(format_table(["REPLICA", "ACCELERATOR", "NODES:DEVICES", "WHY"], rows))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
+    from dspool.controller import OperatorConfig, parse_selector, run
+
+    try:
+        selector = parse_selector(args.node_selector)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cfg = OperatorConfig(
+        namespaces=args.namespace,
+        node_selector=selector,
+        fabric_label=args.fabric_label,
+        catalog_path=args.catalog,
+        resync_seconds=args.resync_seconds,
+        stuck_after_seconds=args.stuck_after_seconds,
+    )
+    run(cfg, liveness_port=args.liveness_port or None, verbose=args.verbose)
+    return 0
+
+
+def _cmd_pool(args: argparse.Namespace, catalog: Catalog) -> int:
+    from dspool.clusterview import api_client_from, read_cluster
+    from dspool.controller import parse_selector
+    from dspool.placement import fragmentation
+
+    try:
+        selector = parse_selector(args.node_selector)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    view = read_cluster(api_client_from(args.kubeconfig), catalog, args.fabric_label, selector)
+    by_node: dict[str, list[str]] = {}
+    for reservation in view.reservations:
+        by_node.setdefault(reservation.node, []).append(
+            f"{reservation.deployment}#{reservation.replica}({reservation.devices})"
+        )
+    frag = fragmentation(view.pool)
+    if args.output == "json":
+        payload = {
+            "totals": {k: v.model_dump(mode="json") for k, v in view.pool.totals().items()},
+            "fragmentation": frag,
+            "nodes": [
+                {
+                    **n.model_dump(
+                        mode="json", include={"name", "accelerator", "allocatable", "used", "reserved", "fabric"}
+                    ),
+                    "free": n.free,
+                    "replicas": by_node.get(n.name, []),
+                }
+                for n in sorted(view.pool.nodes.values(), key=lambda n: n.name)
+            ],
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    rows = [
+        [acc, str(t.nodes), str(t.allocatable), str(t.used), str(t.reserved), str(t.free), f"{frag.get(acc, 0.0):.2f}"]
+        for acc, t in sorted(view.pool.totals().items())
+    ]
+    print(format_table(["ACCELERATOR", "NODES", "DEVICES", "USED", "RESERVED", "FREE", "FRAGMENTATION"], rows))
+    if args.nodes or len(view.pool.nodes) <= 40:
+        print()
+        node_rows = [
+            [
+                n.name,
+                n.accelerator,
+                n.fabric or "-",
+                str(n.allocatable),
+                str(n.used),
+                str(n.reserved),
+                str(n.free),
+                ", ".join(by_node.get(n.name, [])) or "-",
+            ]
+            for n in sorted(view.pool.nodes.values(), key=lambda n: (n.accelerator, n.name))
+        ]
+        print(
+            format_table(
+                ["NODE", "ACCELERATOR", "FABRIC", "DEVICES", "USED", "RESERVED", "FREE", "REPLICAS"], node_rows
+            )
+        )
+    return 0

@@ -1,0 +1,70 @@
+"""Read the live pool from a cluster for the CLI (``dspool pool``, ``dspool plan --cluster``).
+
+The operator keeps the same view in memory from watches; this one-shot reader lists once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from pydantic import ValidationError
+
+from dspool import api
+from dspool.catalog import Catalog
+from dspool.controller import compact_node, compact_pod, selector_matches
+from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, Reservation, build_pool, reservations_from_status
+
+
+@dataclass
+class ClusterView:
+    """The pool and the DSDs of a cluster at one moment."""
+
+    pool: Pool
+    deployments: list[dict[str, Any]]
+    reservations: list[Reservation]
+
+
+def api_client_from(kubeconfig: str | None) -> client.ApiClient:
+    """An API client from a kubeconfig path, $KUBECONFIG / ~/.kube/config, or the in-cluster account."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        return config.new_client_from_config()
+    except config.ConfigException:
+        config.load_incluster_config()
+        return client.ApiClient()
+
+
+def read_cluster(
+    api_client: client.ApiClient,
+    catalog: Catalog,
+    fabric_label: str = DEFAULT_FABRIC_LABEL,
+    node_selector: dict[str, str] | None = None,
+) -> ClusterView:
+    """List nodes, pods and DSDs once and build the pool they describe."""
+    core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    sanitize = api_client.sanitize_for_serialization
+    nodes = [compact_node(sanitize(n)) for n in core.list_node().items]
+    nodes = [n for n in nodes if selector_matches(node_selector or {}, n["metadata"]["labels"])]
+    pods = [p for p in (compact_pod(sanitize(pod)) for pod in core.list_pod_for_all_namespaces().items) if p]
+    try:
+        deployments = custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        deployments = []  # CRD not installed yet
+    reservations: list[Reservation] = []
+    for dsd in deployments:
+        placements = []
+        for raw in (dsd.get("status") or {}).get("placements") or []:
+            try:
+                placements.append(api.ReplicaPlacement.model_validate(raw))
+            except ValidationError:
+                continue
+        meta = dsd["metadata"]
+        reservations.extend(reservations_from_status(meta["namespace"], meta["name"], placements))
+    pool = build_pool(nodes, pods, reservations, catalog, fabric_label)
+    return ClusterView(pool=pool, deployments=deployments, reservations=reservations)
