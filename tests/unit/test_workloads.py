@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,13 @@ from hypothesis import strategies as st
 
 from dspool.api import DeepSeekDeployment, ReplicaPlacement
 from dspool.catalog import AcceleratorSpec, ModelSpec, builtin_catalog
-from dspool.mindie import POD_IP_PLACEHOLDER, build_rank_table, mindie_start_script
+from dspool.mindie import (
+    CONFIG_TEMPLATE_DIR,
+    MINDIE_HOME,
+    POD_IP_PLACEHOLDER,
+    build_rank_table,
+    mindie_start_script,
+)
 from dspool.workloads import (
     DEFAULT_IMAGES,
     DOWNLOAD_SCRIPT,
@@ -643,3 +650,33 @@ def test_builders_are_deterministic() -> None:
     assert json.dumps(build(make_dsd(), placement), sort_keys=True) == json.dumps(
         build(make_dsd(), placement), sort_keys=True
     )
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("sed") is None, reason="needs bash and sed")
+def test_mindie_start_script_really_writes_the_pod_ip_and_starts_the_daemon(tmp_path: Path) -> None:
+    objects = build(make_dsd(), make_placement("Ascend910B3", ["npu-a"], backend="mindie", precision="w8a8"))
+    data = only(objects, "ConfigMap")["data"]
+    home, templates = tmp_path / "mindie-service", tmp_path / "templates"
+    (home / "bin").mkdir(parents=True)
+    (home / "conf").mkdir()
+    templates.mkdir()
+    (templates / "config.json").write_text(data["config.json"])
+    daemon = home / "bin" / "mindieservice_daemon"
+    daemon.write_text("#!/bin/bash\necho daemon started in $(pwd)\n")
+    daemon.chmod(0o755)
+    script = data["start.sh"].replace(MINDIE_HOME, str(home)).replace(CONFIG_TEMPLATE_DIR, str(templates))
+
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": "/usr/bin:/bin", "MIES_CONTAINER_IP": "10.1.2.3"},
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"daemon started in {home}" in result.stdout
+    rendered = home / "conf" / "config.json"
+    server = json.loads(rendered.read_text())["ServerConfig"]
+    assert server["ipAddress"] == "10.1.2.3" == server["managementIpAddress"]
+    assert rendered.stat().st_mode & 0o777 == 0o640
