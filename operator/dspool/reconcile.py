@@ -12,6 +12,9 @@ Rules, in order:
 5. replicas built from an older spec (spec hash) are replaced make-before-break when there is room:
    they keep serving until every up-to-date replica is Ready; when there is no room, one old replica is
    removed to make room for its successor (rolling in place).
+
+Phases: Failed (bad spec or model), Unschedulable (no replica could be placed), Degraded (some replicas
+placed, others not), Progressing (all placed, not all Ready), Ready (as many Ready as asked).
 """
 
 from __future__ import annotations
@@ -275,7 +278,7 @@ def _summarize(
     now: datetime,
 ) -> tuple[Phase, list[Condition], str]:
     desired = dsd.spec.replicas
-    if refusal is not None and ready == 0:
+    if refusal is not None and placed == 0:
         phase = Phase.UNSCHEDULABLE
     elif refusal is not None:
         phase = Phase.DEGRADED
