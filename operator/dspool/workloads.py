@@ -209,7 +209,8 @@ def build_service(dsd: DeepSeekDeployment) -> dict[str, Any]:
     """The DSD's ClusterIP Service: port ``openai`` (8000) and ``metrics`` (9090) on every replica's leader.
 
     Target ports are by name, so a vLLM replica (8000) and a MindIE replica (1025) behind one Service
-    both work.
+    both work. ``metrics`` reaches MindIE's metricsPort (1027); vLLM has no separate metrics port and
+    serves ``/metrics`` on ``openai``. Pod annotations ``prometheus.io/port`` name the right port per pod.
     """
     return {
         "apiVersion": "v1",
@@ -674,12 +675,9 @@ def _vllm_ports(role: str, *, multi_node: bool) -> list[dict[str, Any]]:
     ray = [{"name": "ray", "containerPort": RAY_PORT, "protocol": "TCP"}] if multi_node else []
     if role == WORKER:
         return ray
-    return [
-        {"name": OPENAI_PORT_NAME, "containerPort": VLLM_PORT, "protocol": "TCP"},
-        # vLLM serves /metrics on its API port; the second name lets the DSD Service pick it by name.
-        {"name": METRICS_PORT_NAME, "containerPort": VLLM_PORT, "protocol": "TCP"},
-        *ray,
-    ]
+    # vLLM serves /metrics on its API port. A second entry naming 8000 "metrics" would be legal for the API
+    # server but breaks server-side apply: (containerPort, protocol) is the list's merge key (kubernetes#113482).
+    return [{"name": OPENAI_PORT_NAME, "containerPort": VLLM_PORT, "protocol": "TCP"}, *ray]
 
 
 def _vllm_probes(replica: _Replica) -> dict[str, dict[str, Any]]:

@@ -193,7 +193,7 @@ def test_single_node_pod_probes_health_and_gives_a_671b_model_an_hour_to_load() 
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60 * 60
     assert big["readinessProbe"]["httpGet"]["path"] == "/health"
     assert big["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert port_named(big, "openai") == 8000 and port_named(big, "metrics") == 8000
+    assert port_named(big, "openai") == 8000
 
     small_dsd = make_dsd(model="deepseek-r1-distill-qwen-7b")
     small_placement = make_placement("H100-80G", ["a"], tp=1, precision="bf16")
@@ -680,3 +680,32 @@ def test_mindie_start_script_really_writes_the_pod_ip_and_starts_the_daemon(tmp_
     server = json.loads(rendered.read_text())["ServerConfig"]
     assert server["ipAddress"] == "10.1.2.3" == server["managementIpAddress"]
     assert rendered.stat().st_mode & 0o777 == 0o640
+
+
+def test_manifests_survive_server_side_apply_merge_keys() -> None:
+    """The controller applies server-side: duplicate list-map keys (ports, env, volumes, mounts) are rejected."""
+    dsd = make_dsd(serving={"env": [{"name": "POD_IP", "value": "override"}]}, modelSource={"uri": "hf://x/y"})
+    objects = [
+        *build(dsd, make_placement("H200-141G", ["a"])),
+        *build(dsd, make_placement("H100-80G", ["a", "b"]), lws=True),
+        *build(dsd, make_placement("H100-80G", ["a", "b"]), lws=False),
+        *build(dsd, make_placement("Ascend910B3", ["a", "b"], backend="mindie", precision="w8a8")),
+        *build(dsd, make_placement("Ascend910B3", ["a"], backend="vllm-ascend", precision="w8a8")),
+        build_service(dsd),
+    ]
+
+    def unique(values: list[Any]) -> bool:
+        return len(values) == len(set(values))
+
+    for obj in objects:
+        if obj["kind"] == "Service":
+            assert unique([(p["port"], p["protocol"]) for p in obj["spec"]["ports"]])
+            assert unique([p["name"] for p in obj["spec"]["ports"]])
+        for template in pod_templates(obj):
+            spec = template["spec"]
+            assert unique([v["name"] for v in spec["volumes"]])
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                assert unique([(p["containerPort"], p["protocol"]) for p in container.get("ports", [])])
+                assert unique([p["name"] for p in container.get("ports", [])])
+                assert unique([e["name"] for e in container["env"]])
+                assert unique([m["mountPath"] for m in container["volumeMounts"]])
