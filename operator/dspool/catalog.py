@@ -126,9 +126,7 @@ class AcceleratorSpec(_CatalogModel):
     @model_validator(mode="after")
     def _check_vendor_fields(self) -> AcceleratorSpec:
         if self.vendor == Vendor.NVIDIA and (self.compute_capability is None or self.product_pattern is None):
-            raise ValueError(
-                f"accelerator {self.id}: NVIDIA entries need computeCapability and productPattern"
-            )
+            raise ValueError(f"accelerator {self.id}: NVIDIA entries need computeCapability and productPattern")
         if self.vendor == Vendor.ASCEND and self.npu_chip_name is None:
             raise ValueError(f"accelerator {self.id}: Ascend entries need npuChipName")
         if self.product_pattern is not None:
@@ -281,9 +279,7 @@ class Catalog(BaseModel):
         return None
 
 
-def _merge_entries(
-    base: list[dict[str, Any]], extra: list[dict[str, Any]], kind: str
-) -> list[dict[str, Any]]:
+def _merge_entries(base: list[dict[str, Any]], extra: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """Entries of ``extra`` override fields of same-id entries of ``base`` or are appended."""
     merged = [dict(entry) for entry in base]
     index = {str(entry.get("id", "")).lower(): i for i, entry in enumerate(merged)}
@@ -308,9 +304,7 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
         raise CatalogError(f"{source}: expected a mapping with 'models' and/or 'accelerators'")
     unknown = set(data) - {"models", "accelerators"}
     if unknown:
-        raise CatalogError(
-            f"{source}: unknown top-level keys {sorted(unknown)}; expected models, accelerators"
-        )
+        raise CatalogError(f"{source}: unknown top-level keys {sorted(unknown)}; expected models, accelerators")
     for key in ("models", "accelerators"):
         if not isinstance(data.get(key, []), list):
             raise CatalogError(f"{source}: '{key}' must be a list")
@@ -321,9 +315,7 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
 def _builtin_raw() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     data_dir = resources.files("dspool") / "data"
     models = _read_yaml((data_dir / "models.yaml").read_text(), "models.yaml")["models"]
-    accelerators = _read_yaml((data_dir / "accelerators.yaml").read_text(), "accelerators.yaml")[
-        "accelerators"
-    ]
+    accelerators = _read_yaml((data_dir / "accelerators.yaml").read_text(), "accelerators.yaml")["accelerators"]
     return models, accelerators
 
 

@@ -75,9 +75,7 @@ class SizingRequest(_Camel):
     max_model_len: int | None = Field(default=None, ge=1, le=10_000_000)
     gpu_memory_utilization: float = Field(default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
     devices_per_node: int | None = Field(default=None, ge=1, le=64)
-    device_memory_gib: float | None = Field(
-        default=None, gt=0, description="overrides the catalog (node label)"
-    )
+    device_memory_gib: float | None = Field(default=None, gt=0, description="overrides the catalog (node label)")
     overhead_gib: float | None = Field(default=None, ge=0, description="overrides the backend default")
     max_nodes: int = Field(default=DEFAULT_MAX_NODES, ge=1, le=64)
     allow_multi_node: bool = True
@@ -128,9 +126,7 @@ class Plan(_Camel):
         """Human-readable layout, e.g. 'TP8 x PP2'."""
         if not self.feasible:
             return "-"
-        return f"TP{self.tensor_parallel}" + (
-            f" x PP{self.pipeline_parallel}" if self.pipeline_parallel > 1 else ""
-        )
+        return f"TP{self.tensor_parallel}" + (f" x PP{self.pipeline_parallel}" if self.pipeline_parallel > 1 else "")
 
 
 def tensor_parallel_choices(model: ModelSpec, devices_per_node: int) -> list[int]:
@@ -157,14 +153,10 @@ def kv_split(model: ModelSpec, tensor_parallel: int) -> int:
 
 def kv_bytes_per_token_per_device(model: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> float:
     """KV-cache bytes one device holds per cached token."""
-    return (
-        model.kv_bytes_per_token * stage_fraction(model, pipeline_parallel) / kv_split(model, tensor_parallel)
-    )
+    return model.kv_bytes_per_token * stage_fraction(model, pipeline_parallel) / kv_split(model, tensor_parallel)
 
 
-def resolve_precision(
-    model: ModelSpec, accelerator: AcceleratorSpec, asked: str
-) -> tuple[Precision | None, str]:
+def resolve_precision(model: ModelSpec, accelerator: AcceleratorSpec, asked: str) -> tuple[Precision | None, str]:
     """The precision to plan with and a note; (None, reason) when the hardware cannot run what was asked."""
     if asked == "auto":
         if model.native_precision in accelerator.precisions:
@@ -245,9 +237,7 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
     precision, precision_note = resolve_precision(model, accelerator, str(request.precision))
     backend, backend_note = resolve_backend(accelerator, str(request.backend))
     overhead = (
-        request.overhead_gib
-        if request.overhead_gib is not None
-        else RUNTIME_OVERHEAD_GIB[backend or Backend.VLLM]
+        request.overhead_gib if request.overhead_gib is not None else RUNTIME_OVERHEAD_GIB[backend or Backend.VLLM]
     )
 
     def infeasible(reason: str, account: MemoryAccount | None = None) -> Plan:
@@ -273,9 +263,7 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
     if backend is None:
         return infeasible(backend_note)
     if request.max_model_len is not None and request.max_model_len > model.max_context:
-        return infeasible(
-            f"maxModelLen {request.max_model_len} exceeds {model.id}'s context of {model.max_context}"
-        )
+        return infeasible(f"maxModelLen {request.max_model_len} exceeds {model.id}'s context of {model.max_context}")
 
     multi_node = request.allow_multi_node and accelerator.multi_node
     max_nodes = request.max_nodes if multi_node else 1
@@ -287,9 +275,7 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
 
     layouts = candidate_layouts(model, devices_per_node, max_nodes)
     if not layouts:
-        return infeasible(
-            f"no tensor-parallel size <= {devices_per_node} divides {model.attention_heads} heads"
-        )
+        return infeasible(f"no tensor-parallel size <= {devices_per_node} divides {model.attention_heads} heads")
     if account(1, 1).usable_per_device <= 0:
         return infeasible(
             f"{device_memory:g} GiB x {request.gpu_memory_utilization:g} leaves nothing after "
@@ -395,9 +381,7 @@ def _feasible_plan(
     )
 
 
-def _next_smaller_layouts(
-    tp: int, pp: int, tried: dict[tuple[int, int], MemoryAccount]
-) -> list[tuple[int, int]]:
+def _next_smaller_layouts(tp: int, pp: int, tried: dict[tuple[int, int], MemoryAccount]) -> list[tuple[int, int]]:
     """The layouts just below the chosen one: the next smaller TP on as many nodes, the largest on one node fewer."""
     same_nodes = [t for (t, p) in tried if p == pp and t < tp]
     fewer_nodes = [t for (t, p) in tried if p == pp - 1]
@@ -409,11 +393,7 @@ def _with_cheaper_precision_hint(
     model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest, result: Plan
 ) -> Plan:
     """When ``auto`` fell back to BF16, say what an 8-bit quantization would need instead."""
-    if (
-        request.precision != "auto"
-        or result.precision != Precision.BF16
-        or model.native_precision == Precision.BF16
-    ):
+    if request.precision != "auto" or result.precision != Precision.BF16 or model.native_precision == Precision.BF16:
         return result
     alternative = plan(model, accelerator, request.model_copy(update={"precision": Precision.W8A8}))
     if not alternative.feasible or alternative.devices_per_replica >= result.devices_per_replica:
