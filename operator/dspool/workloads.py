@@ -412,17 +412,13 @@ def _tolerations(replica: _Replica) -> list[dict[str, Any]]:
 def _affinity(replica: _Replica, node_names: list[str]) -> dict[str, Any]:
     """Required node affinity to the planned nodes; multi-node pods also repel each other per hostname.
 
-    The term matches the field ``metadata.name``: the placement books nodes by name, and the
-    ``kubernetes.io/hostname`` label, though usually equal, may differ from it on some clouds.
+    The terms match the field ``metadata.name``: the placement books nodes by name, and the
+    ``kubernetes.io/hostname`` label, though usually equal, may differ from it on some clouds. A field
+    selector takes one value, so each node gets its own term (terms are ORed).
     """
+    terms = [{"matchFields": [{"key": NODE_NAME_FIELD, "operator": "In", "values": [node]}]} for node in node_names]
     affinity: dict[str, Any] = {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {"matchFields": [{"key": NODE_NAME_FIELD, "operator": "In", "values": list(node_names)}]}
-                ]
-            }
-        }
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
     }
     if replica.multi_node:
         affinity["podAntiAffinity"] = {

@@ -103,10 +103,14 @@ def engine(template: dict[str, Any]) -> dict[str, Any]:
 
 def planned_nodes(template: dict[str, Any]) -> list[str]:
     terms = template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    (term,) = terms["nodeSelectorTerms"]
-    (expression,) = term["matchFields"]
-    assert expression["key"] == "metadata.name" and expression["operator"] == "In"
-    return list(expression["values"])
+    nodes = []
+    for term in terms["nodeSelectorTerms"]:  # ORed; a metadata.name field selector takes exactly one value
+        assert "matchExpressions" not in term
+        (expression,) = term["matchFields"]
+        assert expression["key"] == "metadata.name" and expression["operator"] == "In"
+        (node,) = expression["values"]
+        nodes.append(node)
+    return nodes
 
 
 def flag(args: list[str], name: str) -> str:
