@@ -9,8 +9,8 @@ Pure and deterministic (ties broken by node, fabric and accelerator name); the o
    dspool always tolerating the device taints ``nvidia.com/gpu``, ``huawei.com/Ascend910|310P``).
 2. Each candidate type is sized by :func:`dspool.sizing.plan` with the memory the nodes report (the
    minimum over the type's nodes) and the largest allocatable device count as the server size.
-3. ``binpack`` ranks feasible types by the user's preference order when given, else single-node before
-   multi-node, then the smallest adequate type (least device memory claimed), then most free devices;
+3. ``binpack`` ranks feasible types by the user's preference order when given, else fewest nodes per
+   replica (single-node first), then the smallest adequate type (least device memory claimed), then most free devices;
    the first type with room wins. Within a type, best fit: the node with the fewest free devices that
    still fit. ``spread`` ranks types the same way and picks the node without peers and with most free.
 4. Multi-node replicas (PP > 1) are gang-placed: PP nodes with TP free devices each, all in one fabric
@@ -429,14 +429,15 @@ def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list
     """Feasible types in the order binpack tries them, grouped into ties (ranked by most free devices).
 
     With an explicit ``acceleratorTypes`` list each type is its own tier, in the user's order. Otherwise
-    single-node plans come before multi-node ones, then the least device memory claimed per replica.
+    the fewest nodes per replica first (single-node before multi-node: NVLink beats the network, and a
+    2-node gang beats a 5-node one), then the least device memory claimed per replica.
     """
     if preferred:
         return [[item] for item in feasible]
 
-    def rank(item: tuple[_TypeView, Plan]) -> tuple[bool, float]:
+    def rank(item: tuple[_TypeView, Plan]) -> tuple[int, float]:
         type_view, sized = item
-        return (sized.pipeline_parallel > 1, round(sized.devices_per_replica * type_view.device_memory_gib, 3))
+        return (sized.pipeline_parallel, round(sized.devices_per_replica * type_view.device_memory_gib, 3))
 
     tiers: list[list[tuple[_TypeView, Plan]]] = []
     for item in sorted(feasible, key=lambda i: (*rank(i), i[1].accelerator)):

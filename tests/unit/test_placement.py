@@ -170,6 +170,16 @@ def test_single_node_plan_beats_a_smaller_multi_node_plan() -> None:
     assert placed_nodes(place_replica(pool, request(R1), CATALOG)) == [("h200-0", 8)]
 
 
+def test_big_model_prefers_the_gang_with_fewest_nodes_over_less_memory() -> None:
+    # R1 claims less memory as 5 x 8 RTX 4090 (960 GiB) than as 2 x 8 H100 (1,273 GiB), over 5 PCIe-only nodes
+    pool = pool_of(
+        *(node(f"h100-{i}", "H100-80G") for i in range(2)), *(node(f"rtx-{i}", "RTX4090-24G") for i in range(5))
+    )
+    decision = place_replica(pool, request(R1), CATALOG)
+    assert placed_nodes(decision) == [("h100-0", 8), ("h100-1", 8)]
+    assert "RTX4090-24G needs 40 devices over 5 nodes" in decision.reason
+
+
 def test_accelerator_preference_order_is_followed() -> None:
     pool = pool_of(node("h200-0", "H200-141G"), node("l20-0", "L20-48G"))
     decision = place_replica(pool, request(SMALL, accelerator_types=["H200-141G", "L20-48G"]), CATALOG)
