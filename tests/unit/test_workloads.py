@@ -621,7 +621,7 @@ def test_default_images_name_no_registry_host() -> None:
     images = all_images(objects)
     assert len(set(images)) >= 4
     for image in images:
-        # A registry host is a first path segment with a dot or a port (quay.io/..., host:5000/...).
+        # A registry host is a first path segment with a dot or a port (registry.example/..., host:5000/...).
         has_registry_host = "/" in image and re.search(r"[.:]|^localhost$", image.split("/")[0]) is not None
         assert ".com/" not in image and not has_registry_host, image
 
