@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from dspool.sim.fleet import (
     KWOK_ANNOTATION,
     POOL_LABEL,
     Pool,
+    adopt_nodes,
+    apply_pool,
+    delete_pool,
     load_pool,
     node_manifests,
 )
@@ -157,3 +161,56 @@ def test_generated_pool_is_reproducible_and_mixed() -> None:
 def test_node_names_longer_than_a_hostname_label_are_rejected() -> None:
     with pytest.raises(pydantic.ValidationError, match="longer than 63"):
         pool_of({"name": "h" * 30, "count": 1, "accelerator": "H200-141G"}, namePrefix="p" * 29 + "-")
+
+
+class RecordingCoreV1:
+    """Stands in for kubernetes.client.CoreV1Api: records calls, answers like an API server."""
+
+    def __init__(self, existing: tuple[str, ...] = ()) -> None:
+        self.existing = set(existing)
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def create_node(self, body: dict[str, Any], _preload_content: bool = True) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        name = body["metadata"]["name"]
+        self.calls.append(("create", name, body))
+        if name in self.existing:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.existing.add(name)
+        return type("Response", (), {"data": json.dumps(body).encode()})()
+
+    def patch_node(self, name: str, body: dict[str, Any], _preload_content: bool = True) -> None:
+        self.calls.append(("patch", name, body))
+
+    def patch_node_status(self, name: str, body: dict[str, Any], _preload_content: bool = True) -> None:
+        self.calls.append(("patch_status", name, body))
+
+    def delete_node(self, name: str, _preload_content: bool = True) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        self.calls.append(("delete", name, None))
+        if name not in self.existing:
+            raise ApiException(status=404, reason="NotFound")
+        self.existing.remove(name)
+
+
+def test_apply_creates_new_nodes_and_patches_existing_ones() -> None:
+    pool = load_pool(POOLS / "small.yaml")
+    api = RecordingCoreV1(existing=("h200-001",))
+    assert apply_pool(api, pool) == 3
+    kinds = sorted((kind, name) for kind, name, _ in api.calls)
+    assert ("patch", "h200-001") in kinds and ("patch_status", "h200-001") in kinds
+    assert ("patch", "h200-000") not in kinds  # created with its status: nothing to patch
+    assert delete_pool(api, pool) == 3
+    assert delete_pool(api, pool) == 0
+
+
+def test_adopt_dresses_real_nodes_but_keeps_what_the_kubelet_owns() -> None:
+    api = RecordingCoreV1()
+    adopt_nodes(api, load_pool(POOLS / "small.yaml"), ["kind-worker"])
+    (_, _, labels_patch), (_, _, status_patch) = api.calls
+    labels = labels_patch["metadata"]["labels"]
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-H200"
+    assert not {"kubernetes.io/hostname", "kubernetes.io/arch", "type"} & labels.keys()
+    assert status_patch == {"status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}}

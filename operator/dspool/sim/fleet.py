@@ -40,6 +40,8 @@ GROUP_LABEL = "dspool.io/node-group"
 PODS_PER_NODE = 110
 # Node names double as the kubernetes.io/hostname label value, which is limited to 63 characters.
 MAX_NODE_NAME = 63
+# Labels a real kubelet sets about its own machine; adopt_nodes leaves them alone.
+KUBELET_OWNED_LABELS = ("kubernetes.io/hostname", "kubernetes.io/arch", "kubernetes.io/os")
 APPLY_WORKERS = 8  # the client keeps 10 connections per pool on 2 cores
 
 # Device taints that keep ordinary pods off accelerator nodes, as operators of real clusters set them.
@@ -272,7 +274,7 @@ def adopt_nodes(core_v1_api: Any, pool: Pool, node_names: list[str], catalog: Ca
         labels = {
             key: value
             for key, value in manifest["metadata"]["labels"].items()
-            if key not in ("kubernetes.io/hostname", "type")  # type=kwok marks fake nodes
+            if key not in KUBELET_OWNED_LABELS and key != "type"  # type=kwok marks fake nodes
         }
         core_v1_api.patch_node(name, {"metadata": {"labels": labels}, "spec": manifest["spec"]})
         extended = {
