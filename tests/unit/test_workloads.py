@@ -6,11 +6,13 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -713,3 +715,12 @@ def test_manifests_survive_server_side_apply_merge_keys() -> None:
                 assert unique([p["name"] for p in container.get("ports", [])])
                 assert unique([e["name"] for e in container["env"]])
                 assert unique([m["mountPath"] for m in container["volumeMounts"]])
+
+
+def test_the_example_in_the_docs_is_what_the_builder_prints() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "workloads.md").read_text()
+    section = doc.split("## Example: R1 on one 8 x H200 node", 1)[1]
+    script = section.split("```python\n", 1)[1].split("```", 1)[0]
+    documented = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", script], text=True, capture_output=True, check=True)
+    assert list(yaml.safe_load_all(documented)) == list(yaml.safe_load_all(result.stdout))
