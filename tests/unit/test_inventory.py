@@ -150,7 +150,7 @@ def test_prefer_no_schedule_unreachable_taint_does_not_exclude() -> None:
 
 
 def test_pod_requests_sum_containers_and_take_the_init_peak() -> None:
-    pod = {
+    pod: dict[str, Any] = {
         "spec": {
             "initContainers": [
                 {"name": "warm", "resources": {"requests": {"nvidia.com/gpu": "4"}}},
