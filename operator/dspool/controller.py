@@ -36,7 +36,7 @@ from dspool.workloads import deployment_label_value, images_from_env
 
 log = logging.getLogger("dspool")
 
-# Kinds dspool creates per replica; stale ones (replica index no longer placed) are deleted.
+# Kinds dspool creates for a DSD; those the last decision no longer wants are deleted.
 REPLICA_KINDS = [
     ("apps/v1", "Deployment"),
     ("apps/v1", "StatefulSet"),
@@ -128,7 +128,7 @@ class Operator:
         self.version = 0
         self.written_placements: dict[str, list[dict[str, Any]]] = {}  # uid -> what we last wrote
         self.applied: dict[tuple[str, str, str, str], str] = {}  # (apiVersion, kind, ns, name) -> hash
-        self.replica_sets: dict[str, set[int]] = {}  # uid -> replica indexes whose objects exist
+        self.desired_objects: dict[str, set[tuple[str, str, str]]] = {}  # uid -> (apiVersion, kind, name)
         self.posted_events: dict[str, set[tuple[str, str]]] = {}
         self.api_client: client.ApiClient | None = None
         self.dynamic: DynamicClient | None = None
@@ -296,25 +296,23 @@ class Operator:
                 force_conflicts=True,
             )
             self.applied[key] = digest
-        wanted = result.replica_indexes
-        if self.replica_sets.get(uid) == wanted:
+        wanted = {(obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) for obj in result.objects}
+        if self.desired_objects.get(uid) == wanted:
             return
         self._delete_stale(namespace, name, wanted)
-        self.replica_sets[uid] = wanted
+        self.desired_objects[uid] = wanted
 
-    def _delete_stale(self, namespace: str, name: str, wanted: set[int]) -> None:
+    def _delete_stale(self, namespace: str, name: str, wanted: set[tuple[str, str, str]]) -> None:
+        """Delete the DSD's objects that the last decision no longer wants (removed or re-planned replicas)."""
         assert self.dynamic is not None
         for api_version, kind in REPLICA_KINDS:
             try:
                 resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
             except ResourceNotFoundError:
                 continue
-            items = resource.get(
-                namespace=namespace, label_selector=f"{api.DEPLOYMENT_LABEL}={deployment_label_value(name)}"
-            ).items
-            for item in items:
-                replica = (item.metadata.labels or {}).get(api.REPLICA_LABEL)
-                if replica is None or (replica.isdigit() and int(replica) in wanted):
+            selector = f"{api.DEPLOYMENT_LABEL}={deployment_label_value(name)}"
+            for item in resource.get(namespace=namespace, label_selector=selector).items:
+                if (api_version, kind, item.metadata.name) in wanted:
                     continue
                 try:
                     resource.delete(

@@ -70,11 +70,6 @@ class ReconcileResult:
     objects: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
-    @property
-    def replica_indexes(self) -> set[int]:
-        """Replica indexes whose workloads should exist; any other dspool workload of the DSD is stale."""
-        return {p.replica for p in self.status.placements}
-
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
     """A short hash of everything in the spec that shapes a replica (all but the replica count)."""

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for  # tests/cluster is on sys.path (pytest rootdir-relative import)
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from dspool import api
 from dspool.crdgen import build_crd
 from dspool.sim.fleet import PoolHandle
-
-from .conftest import wait_for
 
 GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
 GPU = "nvidia.com/gpu"
@@ -160,6 +159,12 @@ def assert_no_node_oversubscribed(core_v1: client.CoreV1Api, pool: PoolHandle) -
             assert requested <= limit, f"{node_name}: {requested} {resource} requested, {limit} allocatable"
 
 
+def has_event(core_v1: client.CoreV1Api, namespace: str, name: str, reason: str, kind: str) -> bool:
+    """Whether the DSD has an event with this reason and type."""
+    events = core_v1.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    return any(e.reason == reason and e.type == kind for e in events)
+
+
 def pods_of(core_v1: client.CoreV1Api, namespace: str, name: str) -> list[client.V1Pod]:
     """The serving pods of a DSD."""
     return core_v1.list_namespaced_pod(namespace, label_selector=f"{api.DEPLOYMENT_LABEL}={name}").items
@@ -219,8 +224,7 @@ def test_r1_unschedulable_with_a_reason_then_placed_when_a_node_arrives(
     dsd = wait_phase(custom, namespace, "r1", "Unschedulable")
     scheduled = next(c for c in dsd["status"]["conditions"] if c["type"] == "Scheduled")
     assert scheduled["status"] == "False" and "H100-80G" in scheduled["message"] and "2 nodes" in scheduled["message"]
-    events = core_v1.list_namespaced_event(namespace, field_selector="involvedObject.name=r1").items
-    assert any(e.reason == "Unschedulable" and e.type == "Warning" for e in events)
+    wait_for(lambda: has_event(core_v1, namespace, "r1", "Unschedulable", "Warning"), 30, "an Unschedulable event")
     assert pods_of(core_v1, namespace, "r1") == []  # nothing half-placed
 
     # A second H100 node joins the same pool: the operator retries on the node event, not only on a timer.
@@ -296,8 +300,7 @@ def test_replica_on_a_lost_node_is_placed_again(
 
     second = wait_for(moved, 90, "the replica to be placed on the surviving node and become Ready")
     assert second in pool.node_names and second != first
-    events = core_v1.list_namespaced_event(namespace, field_selector="involvedObject.name=d7b").items
-    assert any(e.reason == "ReplicaLost" for e in events)
+    wait_for(lambda: has_event(core_v1, namespace, "d7b", "ReplicaLost", "Warning"), 30, "a ReplicaLost event")
 
 
 def test_operator_restart_rebuilds_reservations_and_never_double_books(
