@@ -635,7 +635,9 @@ def up() -> None:
             f"see {log_file('kube-apiserver')}, or `python e2e/cluster.py down` and `up` again"
         )
     if STATE_DIR.exists():
-        raise ClusterError(f"{STATE_DIR} exists without a running cluster; run `python e2e/cluster.py down` first")
+        if any(pid_file(component).exists() for component in COMPONENTS):
+            raise ClusterError(f"{STATE_DIR} has pid files but no cluster state; run `python e2e/cluster.py down`")
+        shutil.rmtree(STATE_DIR)  # what a failed startup left behind (it reported its logs then)
 
     build()
     started = time.monotonic()
@@ -645,7 +647,8 @@ def up() -> None:
         start_all()
     except BaseException:
         stop_all()
-        print(f"startup failed; logs kept in {LOG_DIR}", file=sys.stderr)
+        STATE_FILE.unlink(missing_ok=True)
+        print(f"startup failed; logs kept in {LOG_DIR} until the next `up`", file=sys.stderr)
         raise
     print(f"cluster up in {time.monotonic() - started:.1f}s; state in {STATE_DIR}, logs in {LOG_DIR}")
     print_environment()
@@ -740,10 +743,10 @@ def status() -> int:
         print(f"{component:24} pid {pid or '-':>7}  port {port:>5}  {'running' if alive else 'NOT RUNNING'}")
         if not alive:
             print(f"{'':24} log: {log_file(component)}")
-    healthy = is_healthy(state)
-    print(f"API server https://127.0.0.1:{state['kube-apiserver']} {'ready' if healthy else 'NOT READY'}")
+    api_ready = http_ok(f"https://127.0.0.1:{state['kube-apiserver']}/readyz", https_context("admin"))
+    print(f"API server https://127.0.0.1:{state['kube-apiserver']} {'ready' if api_ready else 'NOT READY'}")
     print_environment()
-    return 0 if healthy else 1
+    return 0 if api_ready and not dead_components() else 1
 
 
 def main(argv: list[str] | None = None) -> int:
