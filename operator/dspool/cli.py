@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_plan.add_argument("-f", "--filename", help="a DeepSeekDeployment manifest to plan (with --cluster: dry run)")
     p_plan.add_argument("--cluster", action="store_true", help="place on the live pool of the current kubeconfig")
     p_plan.add_argument("--kubeconfig", help="kubeconfig for --cluster (default: $KUBECONFIG)")
+    p_plan.add_argument("--node-selector", default="", help="with --cluster: only nodes with these labels (k=v,...)")
     p_plan.add_argument("--accelerator", "-a", help="accelerator id (see 'dspool accelerators')")
     p_plan.add_argument("--all", action="store_true", help="every model x every accelerator")
     p_plan.add_argument("--precision", choices=["auto", *[p.value for p in Precision]], default="auto")
@@ -352,8 +353,13 @@ def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
         print(format_plan_table(plans))
         return 0
     from dspool.clusterview import api_client_from, read_cluster
+    from dspool.controller import parse_selector
 
-    view = read_cluster(api_client_from(args.kubeconfig), catalog)
+    try:
+        selector = parse_selector(args.node_selector)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    view = read_cluster(api_client_from(args.kubeconfig), catalog, node_selector=selector)
     requests = [
         ReplicaRequest.from_spec(dsd.namespace, dsd.name, i, dsd.spec, catalog) for i in range(dsd.spec.replicas)
     ]
