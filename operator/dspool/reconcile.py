@@ -119,11 +119,20 @@ def _pod_is_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+# Scheduler messages that mean the planned node cannot take the pod (devices taken meanwhile, node
+# relabelled or tainted); another placement may help. A missing volume or quota does not move with it.
+_PLACEMENT_FAILURES = ("Insufficient", "node affinity", "untolerated taint", "node(s) were unschedulable")
+
+
 def _unschedulable_since(pod: Mapping[str, Any]) -> datetime | None:
+    """When the pod became unschedulable on its planned node, or None."""
     if pod.get("status", {}).get("phase") != "Pending":
         return None
     for condition in pod.get("status", {}).get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            message = condition.get("message") or ""
+            if message and not any(marker in message for marker in _PLACEMENT_FAILURES):
+                return None
             return _parse_time(condition.get("lastTransitionTime"))
     return None
 

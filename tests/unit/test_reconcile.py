@@ -125,6 +125,14 @@ def test_pods_stuck_unschedulable_get_a_new_placement() -> None:
     }  # fmt: skip
     result = reconcile(body, CATALOG, pool_for(nodes, body), [pod], NOW)
     assert any(e.reason == "ReplicaLost" and "unschedulable" in e.message for e in result.events)
+    # A pod waiting for a missing volume keeps its placement: moving it would not help.
+    condition = pod["status"]["conditions"][0]
+    condition["message"] = 'persistentvolumeclaim "weights" not found'
+    result = reconcile(body, CATALOG, pool_for(nodes, body), [pod], NOW)
+    assert not any(e.reason == "ReplicaLost" for e in result.events)
+    condition["message"] = "0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 2 node(s) didn't match ..."
+    result = reconcile(body, CATALOG, pool_for(nodes, body), [pod], NOW)
+    assert any(e.reason == "ReplicaLost" for e in result.events)
 
 
 def test_spec_change_is_make_before_break_when_there_is_room() -> None:
