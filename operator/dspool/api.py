@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic.alias_generators import to_camel
 
 from dspool.catalog import Precision
@@ -273,3 +274,14 @@ class DeepSeekDeployment(ApiModel):
     def namespace(self) -> str:
         """metadata.namespace"""
         return str(self.metadata.get("namespace", "default"))
+
+
+def placements_from_status(status: Mapping[str, Any] | None) -> list[ReplicaPlacement]:
+    """The well-formed placements (reservations) of a stored status; malformed entries are skipped."""
+    placements = []
+    for raw in (status or {}).get("placements") or []:
+        try:
+            placements.append(ReplicaPlacement.model_validate(raw))
+        except ValidationError:
+            continue
+    return placements

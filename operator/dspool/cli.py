@@ -153,8 +153,6 @@ def _cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
         raise UsageError("--cluster needs -f DEPLOYMENT.yaml")
     if args.all and (args.model or args.accelerator):
         raise UsageError("--all plans every model on every accelerator; give no MODEL or --accelerator with it")
-    if args.cluster:
-        raise UsageError("--cluster needs -f DEPLOYMENT.yaml")
     if not args.all and not args.model:
         raise UsageError(f"give a MODEL or --all; models: {', '.join(catalog.model_ids)}")
     request = _request_from_args(args)
@@ -322,6 +320,15 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def _node_selector(args: argparse.Namespace) -> dict[str, str]:
+    from dspool.controller import parse_selector
+
+    try:
+        return parse_selector(args.node_selector)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _load_deployment(path: str) -> DeepSeekDeployment:
     try:
         with open(path) as handle:
@@ -353,12 +360,8 @@ def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
         print(format_plan_table(plans))
         return 0
     from dspool.clusterview import api_client_from, read_cluster
-    from dspool.controller import parse_selector
 
-    try:
-        selector = parse_selector(args.node_selector)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    selector = _node_selector(args)
     view = read_cluster(api_client_from(args.kubeconfig), catalog, node_selector=selector)
     requests = [
         ReplicaRequest.from_spec(dsd.namespace, dsd.name, i, dsd.spec, catalog) for i in range(dsd.spec.replicas)
@@ -374,12 +377,9 @@ def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
-    from dspool.controller import OperatorConfig, parse_selector, run
+    from dspool.controller import OperatorConfig, run
 
-    try:
-        selector = parse_selector(args.node_selector)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    selector = _node_selector(args)
     cfg = OperatorConfig(
         namespaces=args.namespace,
         node_selector=selector,
@@ -394,13 +394,9 @@ def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
 
 def _cmd_pool(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.clusterview import api_client_from, read_cluster
-    from dspool.controller import parse_selector
     from dspool.placement import fragmentation
 
-    try:
-        selector = parse_selector(args.node_selector)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    selector = _node_selector(args)
     view = read_cluster(api_client_from(args.kubeconfig), catalog, args.fabric_label, selector)
     by_node: dict[str, list[str]] = {}
     for reservation in view.reservations:

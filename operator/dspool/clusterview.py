@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
-from pydantic import ValidationError
 
 from dspool import api
 from dspool.catalog import Catalog
@@ -58,13 +57,8 @@ def read_cluster(
         deployments = []  # CRD not installed yet
     reservations: list[Reservation] = []
     for dsd in deployments:
-        placements = []
-        for raw in (dsd.get("status") or {}).get("placements") or []:
-            try:
-                placements.append(api.ReplicaPlacement.model_validate(raw))
-            except ValidationError:
-                continue
         meta = dsd["metadata"]
+        placements = api.placements_from_status(dsd.get("status"))
         reservations.extend(reservations_from_status(meta["namespace"], meta["name"], placements))
     pool = build_pool(nodes, pods, reservations, catalog, fabric_label)
     return ClusterView(pool=pool, deployments=deployments, reservations=reservations)

@@ -26,7 +26,6 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
-from pydantic import ValidationError
 
 from dspool import api
 from dspool.catalog import Catalog, load_catalog
@@ -181,17 +180,10 @@ class Operator:
         for uid in list(dsds.keys()):
             for entry in dsds.get(uid, []):
                 live.add(uid)
-                placements = self.written_placements.get(uid, (entry.get("status") or {}).get("placements") or [])
-                parsed = []
-                for placement in placements:
-                    try:
-                        parsed.append(api.ReplicaPlacement.model_validate(placement))
-                    except ValidationError:
-                        log.warning(
-                            "ignoring malformed placement in %s/%s",
-                            entry["metadata"]["namespace"],
-                            entry["metadata"]["name"],
-                        )
+                status = entry.get("status") or {}
+                if uid in self.written_placements:
+                    status = {"placements": self.written_placements[uid]}
+                parsed = api.placements_from_status(status)
                 meta = entry["metadata"]
                 reservations.extend(reservations_from_status(meta["namespace"], meta["name"], parsed))
         for uid in list(self.written_placements):
