@@ -176,18 +176,24 @@ def is_built() -> bool:
 
 
 @contextlib.contextmanager
-def build_lock() -> Iterator[None]:
-    """Serialise builds (e.g. `make cluster-up` racing a test session) with a lock file."""
+def exclusive_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock file in the cache dir (e.g. `make cluster-up` racing a test session)."""
     cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / "controlplane-build.lock", "w") as lock:
+    with open(cache_root() / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def cluster_lock() -> contextlib.AbstractContextManager[None]:
+    """The lock that serialises up/down of this checkout's cluster."""
+    checkout = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
+    return exclusive_lock(f"cluster-{checkout}")
 
 
 def build(force: bool = False) -> Path:
     """Build the control plane into the cache unless a matching build is already there."""
     go = go_command()
-    with build_lock():
+    with exclusive_lock("controlplane-build"):
         if not force and is_built():
             print(f"control plane already built in {bin_dir()}")
             return bin_dir()
@@ -759,9 +765,11 @@ def main(argv: list[str] | None = None) -> int:
         if options.command == "build":
             build(force=options.force)
         elif options.command == "up":
-            up()
+            with cluster_lock():
+                up()
         elif options.command == "down":
-            down()
+            with cluster_lock():
+                down()
         else:
             return status()
     except ClusterError as error:
