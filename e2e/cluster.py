@@ -129,8 +129,8 @@ def bin_dir() -> Path:
     return toolchain_dir() / "bin"
 
 
-def kwok_stages_file() -> Path:
-    """Return the kwok configuration (stages) written next to the binaries at build time."""
+def kwok_config_file() -> Path:
+    """Return kwok's configuration (options and stages), written next to the binaries at build time."""
     return toolchain_dir() / "kwok-config.yaml"
 
 
@@ -170,7 +170,7 @@ def is_built() -> bool:
     """Tell whether every binary exists and the stamp matches the current module files."""
     stamp = toolchain_dir() / "stamp"
     binaries = [bin_dir() / name for targets in BUILD_TARGETS.values() for name in targets]
-    if not stamp.exists() or not all(b.exists() for b in binaries) or not kwok_stages_file().exists():
+    if not stamp.exists() or not all(b.exists() for b in binaries) or not kwok_config_file().exists():
         return False
     return stamp.read_text().strip() == build_fingerprint(go_command())
 
@@ -238,7 +238,7 @@ def write_kwok_config(go: str, env: dict[str, str]) -> None:
     }
     documents = [json.dumps(options, indent=2)]
     documents += [(Path(kwok_source) / name).read_text() for name in KWOK_STAGE_FILES]
-    kwok_stages_file().write_text("\n---\n".join(doc.strip() for doc in documents) + "\n")
+    kwok_config_file().write_text("\n---\n".join(doc.strip() for doc in documents) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ certificates
@@ -571,7 +571,7 @@ def component_args(ports: Ports) -> dict[str, list[str]]:
             f"--cert-dir={STATE_DIR / 'kube-scheduler-certs'}",
         ],
         "kwok": [
-            f"--config={kwok_stages_file()}",
+            f"--config={kwok_config_file()}",
             f"--kubeconfig={STATE_DIR / 'kwok.kubeconfig'}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_SELECTOR}",
