@@ -341,3 +341,35 @@ def test_malformed_specs_are_rejected_at_apply(
             create_dsd(custom, namespace, f"bad-{index}", spec)
         assert raised.value.status == 422, spec
         assert expected in raised.value.body, raised.value.body
+
+
+def kubectl_path() -> str:
+    """The kubectl built with the local control plane (``e2e/cluster.py status`` prints it)."""
+    status = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[2] / "e2e" / "cluster.py"), "status"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    for line in status.stdout.splitlines():
+        if line.startswith("kubectl: "):
+            return line.split(": ", 1)[1].strip()
+    pytest.skip("no local kubectl (tests run against an existing cluster)")
+
+
+def test_kubectl_apply_rejects_a_malformed_example_and_accepts_the_real_ones(
+    kubeconfig: str, namespace: str, crd_installed: None, tmp_path: Path
+) -> None:
+    kubectl = kubectl_path()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: dspool.io/v1alpha1\nkind: DeepSeekDeployment\nmetadata: {name: bad}\n"
+        "spec: {model: deepseek-r1, replicas: -2, backend: mindie, placement: {acceleratorTypes: [H100-80G]}}\n"
+    )
+    run = [kubectl, "--kubeconfig", kubeconfig, "-n", namespace, "apply"]
+    rejected = subprocess.run([*run, "-f", str(bad)], capture_output=True, text=True, check=False)
+    assert rejected.returncode != 0
+    assert "spec.replicas" in rejected.stderr and "greater than or equal to 0" in rejected.stderr
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    accepted = subprocess.run([*run, "--dry-run=server", "-f", str(examples)], capture_output=True, text=True,
+                              check=False)  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.count("created (server dry run)") == len(list(examples.glob("*.yaml")))
