@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
@@ -27,6 +29,7 @@ SHORT_NAMES = ["dsd"]
 DEPLOYMENT_LABEL = "dspool.io/deployment"
 REPLICA_LABEL = "dspool.io/replica"
 ROLE_LABEL = "dspool.io/role"
+PLACEMENT_LABEL = "dspool.io/placement"  # on pods: which placement (spec + nodes) the pod was built for
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGER = "dspool"
 
@@ -285,3 +288,36 @@ def placements_from_status(status: Mapping[str, Any] | None) -> list[ReplicaPlac
         except ValidationError:
             continue
     return placements
+
+
+MAX_LABEL_VALUE = 63
+
+
+def dns_label(text: str, max_length: int) -> str:
+    """``text`` as an RFC 1035 label of at most ``max_length`` characters.
+
+    Unchanged when it already is one; otherwise lower-cased, other characters turned into ``-``,
+    shortened, and a hash of the original appended so that different inputs stay different.
+    """
+    if re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", text) and len(text) <= max_length:
+        return text
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if not cleaned or not cleaned[0].isalpha():
+        cleaned = f"d-{cleaned}".rstrip("-")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    head = cleaned[: max_length - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}"
+
+
+def deployment_label_value(dsd_name: str) -> str:
+    """The ``dspool.io/deployment`` label value: the DSD name, or a hashed short form past 63 characters."""
+    if len(dsd_name) <= MAX_LABEL_VALUE and re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", dsd_name):
+        return dsd_name
+    return dns_label(dsd_name, MAX_LABEL_VALUE)
+
+
+def placement_fingerprint(placement: ReplicaPlacement) -> str:
+    """A short label value naming one placement: its spec hash and its nodes. Pods carry it, so pods of
+    an earlier placement of the same replica (another node, another spec) are told apart."""
+    nodes = ",".join(f"{node.name}:{node.devices}" for node in placement.nodes)
+    return hashlib.sha256(f"{placement.spec_hash}|{nodes}".encode()).hexdigest()[:12]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -113,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=120.0,
         help="re-place a replica whose pods stay unschedulable this long",
+    )
+    p_run.add_argument(
+        "--node-grace-seconds",
+        type=_positive_float,
+        default=60.0,
+        help="a node NotReady for less than this keeps its replicas",
+    )
+    p_run.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the leader-election Lease (default: $POD_NAMESPACE or default)",
+    )
+    p_run.add_argument(
+        "--lease-name",
+        default="dspool-operator",
+        help="operators sharing a pool must share this Lease; disjoint pools may differ",
     )
     p_run.add_argument("--verbose", "-v", action="store_true")
     p_run.set_defaults(handler=_cmd_run)
@@ -387,6 +404,9 @@ def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         catalog_path=args.catalog,
         resync_seconds=args.resync_seconds,
         stuck_after_seconds=args.stuck_after_seconds,
+        node_grace_seconds=args.node_grace_seconds,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
     )
     run(cfg, liveness_port=args.liveness_port or None, verbose=args.verbose)
     return 0

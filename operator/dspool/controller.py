@@ -1,11 +1,12 @@
-"""The kopf layer: watch nodes, pods and DeepSeekDeployments into indexes; reconcile each DSD under one lock.
+"""The kopf layer: watch nodes, pods and DeepSeekDeployments into indexes; one loop reconciles them all.
 
 Handlers only read (indexes), call the pure core (:func:`dspool.reconcile.reconcile`) and write (status,
-workloads, events). Every decision runs under one asyncio lock against one pool, so two deployments never
-book the same device; reservations live in each DSD's ``status.placements``, so a restarted operator
-rebuilds the pool from the cluster before it places anything (kopf fills every index before it calls
-any other handler, and the reconcile loop starts from the first such call). No finalizers are added, so
-DSDs can be deleted while the operator is down; owner references garbage-collect their workloads.
+workloads, events). Every decision of a pass runs against one pool in memory, one DSD after another, so
+two deployments never book the same device; reservations live in each DSD's ``status.placements``, so a
+restarted operator rebuilds the pool from the cluster before it places anything (kopf fills every index
+before it calls any other handler, and the loop starts from the first such call). A Lease makes sure only
+one operator decides for a pool at a time. No finalizers are added: DSDs can be deleted while the operator
+is down, and owner references garbage-collect their workloads.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,13 +34,14 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from dspool import api
 from dspool.catalog import Catalog, load_catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, pod_device_requests, reservations_from_status
+from dspool.lease import LeaderLease
 from dspool.reconcile import ReconcileResult, ReconcileSettings, reconcile
-from dspool.workloads import deployment_label_value, images_from_env
+from dspool.workloads import images_from_env
 
 log = logging.getLogger("dspool")
 
 # Kinds dspool creates for a DSD; those the last decision no longer wants are deleted.
-REPLICA_KINDS = [
+OBJECT_KINDS = [
     ("apps/v1", "Deployment"),
     ("apps/v1", "StatefulSet"),
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
@@ -44,6 +49,8 @@ REPLICA_KINDS = [
     ("v1", "Service"),
 ]
 FIELD_MANAGER = "dspool"
+REQUEST_TIMEOUT = 30  # seconds; a hung API call must not stall every decision
+EVENT_REPEAT_SECONDS = 600  # the same event is posted again after this long
 
 
 @dataclass
@@ -57,6 +64,10 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     debounce_seconds: float = 0.3
     stuck_after_seconds: float = 120.0
+    node_grace_seconds: float = 60.0  # a node NotReady for less than this keeps its replicas
+    lease_namespace: str = "default"
+    lease_name: str = "dspool-operator"
+    lease_seconds: int = 15
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -76,7 +87,7 @@ def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> 
 
 
 def compact_node(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Node that inventory needs (keeps 5,000 nodes small in memory)."""
+    """The parts of a Node that inventory needs (keeps 5,000 nodes small; heartbeats do not change it)."""
     metadata, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
     return {
         "metadata": {"name": metadata.get("name"), "labels": dict(metadata.get("labels") or {})},
@@ -84,7 +95,11 @@ def compact_node(body: Mapping[str, Any]) -> dict[str, Any]:
         "status": {
             "allocatable": dict(status.get("allocatable") or {}),
             "capacity": dict(status.get("capacity") or {}),
-            "conditions": [{"type": c.get("type"), "status": c.get("status")} for c in status.get("conditions") or []],
+            "conditions": [
+                {"type": c.get("type"), "status": c.get("status"), "lastTransitionTime": c.get("lastTransitionTime")}
+                for c in status.get("conditions") or []
+                if c.get("type") == "Ready"
+            ],
         },
     }
 
@@ -98,7 +113,8 @@ def compact_pod(body: Mapping[str, Any]) -> dict[str, Any] | None:
     spec, status = body.get("spec", {}), body.get("status", {})
 
     def containers(key: str) -> list[dict[str, Any]]:
-        return [{"name": c.get("name"), "resources": dict(c.get("resources") or {})} for c in spec.get(key) or []]
+        kept = ("name", "resources", "restartPolicy")  # restartPolicy marks sidecar init containers
+        return [{k: c[k] for k in kept if k in c} for c in spec.get(key) or []]
 
     return {
         "metadata": {
@@ -116,28 +132,60 @@ def compact_pod(body: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def present_nodes(nodes: Sequence[Mapping[str, Any]], now: datetime, grace_seconds: float) -> set[str]:
+    """Nodes whose replicas keep their place: existing, and Ready or NotReady for less than the grace
+    period (a kubelet restart, a network blip). Cordoned nodes are included: cordoning stops new
+    placements, it does not evict."""
+    present = set()
+    for node in nodes:
+        ready = next((c for c in node["status"]["conditions"] if c.get("type") == "Ready"), None)
+        if ready is not None and ready.get("status") != "True":
+            since = ready.get("lastTransitionTime")
+            try:
+                started = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if (now - started).total_seconds() > grace_seconds:
+                continue
+        present.add(node["metadata"]["name"])
+    return present
+
+
+@dataclass
+class Snapshot:
+    """What the indexes held at the start of a pass (plain lists; safe to read from a worker thread)."""
+
+    nodes: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+    deployments: list[dict[str, Any]]
+
+
 class Operator:
-    """Shared state of the running operator: config, API clients, the lock and the change signal."""
+    """State of the running operator: config, API clients, the change signal and what it last wrote."""
 
     def __init__(self, cfg: OperatorConfig) -> None:
         self.cfg = cfg
         self.catalog: Catalog = load_catalog(cfg.catalog_path)
-        self.lock = asyncio.Lock()
         self.changed = asyncio.Condition()
         self.version = 0
-        self.written_placements: dict[str, list[dict[str, Any]]] = {}  # uid -> what we last wrote
-        self.applied: dict[tuple[str, str, str, str], str] = {}  # (apiVersion, kind, ns, name) -> hash
+        self.node_views: dict[str, dict[str, Any]] = {}  # last compacted node, to ignore heartbeats
+        self.written_placements: dict[str, list[dict[str, Any]]] = {}  # uid -> placements we wrote, until echoed
+        self.applied: dict[tuple[str, str, str, str], str] = {}  # (apiVersion, kind, ns, name) -> content hash
         self.desired_objects: dict[str, set[tuple[str, str, str]]] = {}  # uid -> (apiVersion, kind, name)
-        self.posted_events: dict[str, set[tuple[str, str]]] = {}
+        self.posted_events: dict[tuple[str, str, str], float] = {}  # (uid, reason, message) -> when
         self.api_client: client.ApiClient | None = None
         self.dynamic: DynamicClient | None = None
+        self.lease: LeaderLease | None = None
+        self.leading = False
         self.settings = ReconcileSettings(stuck_after_seconds=cfg.stuck_after_seconds)
         self.indexes: tuple[kopf.Index[Any, Any], kopf.Index[Any, Any], kopf.Index[Any, Any]] | None = None
         self.indexes_ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
+    # ------------------------------------------------------------------ setup and signalling
+
     def connect(self) -> None:
-        """Create API clients from the in-cluster config or the kubeconfig; detect LeaderWorkerSet."""
+        """Create API clients (in-cluster config or kubeconfig), detect LeaderWorkerSet, prepare the Lease."""
         try:
             config.load_incluster_config()
             self.api_client = client.ApiClient()
@@ -149,49 +197,33 @@ class Operator:
             lws = True
         except ResourceNotFoundError:
             lws = False
-        images = images_from_env(os.environ)
         self.settings = ReconcileSettings(
-            lws_available=lws, images=images, stuck_after_seconds=self.cfg.stuck_after_seconds
+            lws_available=lws, images=images_from_env(os.environ), stuck_after_seconds=self.cfg.stuck_after_seconds
+        )
+        identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease = LeaderLease(
+            self.api_client, self.cfg.lease_namespace, self.cfg.lease_name, identity, self.cfg.lease_seconds
         )
         log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
 
     async def poke(self) -> None:
-        """Tell every waiting deployment loop that the cluster changed."""
+        """Wake the reconcile loop: the cluster changed."""
         async with self.changed:
             self.version += 1
             self.changed.notify_all()
 
-    async def wait_for_change(self, seen: int, timeout: float) -> int:
-        """Wait until something changed after version ``seen`` (or the resync timeout); debounce bursts."""
+    async def wait_for_change(self, seen: int, timeout: float) -> None:
+        """Wait until something changed after version ``seen``, or the timeout passed."""
         async with self.changed:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self.changed.wait_for(lambda: self.version != seen), timeout)
-        await asyncio.sleep(self.cfg.debounce_seconds)
-        return self.version
+            except TimeoutError:
+                return
+        await asyncio.sleep(self.cfg.debounce_seconds)  # let a burst of events settle into one pass
 
     def manages(self, namespace: str | None) -> bool:
         """Whether DSDs in this namespace are ours."""
         return not self.cfg.namespaces or namespace in self.cfg.namespaces
-
-    def build_pool(self, nodes: kopf.Index[Any, Any], pods: kopf.Index[Any, Any], dsds: kopf.Index[Any, Any]) -> Pool:
-        """The pool as the indexes (plus our own not-yet-echoed status writes) describe it."""
-        reservations = []
-        live = set()
-        for uid in list(dsds.keys()):
-            for entry in dsds.get(uid, []):
-                live.add(uid)
-                status = entry.get("status") or {}
-                if uid in self.written_placements:
-                    status = {"placements": self.written_placements[uid]}
-                parsed = api.placements_from_status(status)
-                meta = entry["metadata"]
-                reservations.extend(reservations_from_status(meta["namespace"], meta["name"], parsed))
-        for uid in list(self.written_placements):
-            if uid not in live:
-                del self.written_placements[uid]
-        node_bodies = [body for name in list(nodes.keys()) for body in nodes.get(name, [])]
-        pod_bodies = [body for uid in list(pods.keys()) for body in pods.get(uid, [])]
-        return build_pool(node_bodies, pod_bodies, reservations, self.catalog, self.cfg.fabric_label)
 
     def capture(self, nodes: kopf.Index[Any, Any], pods: kopf.Index[Any, Any], dsds: kopf.Index[Any, Any]) -> None:
         """Keep kopf's live index views; kopf hands them out only once every index is fully listed."""
@@ -199,68 +231,120 @@ class Operator:
             self.indexes = (nodes, pods, dsds)
             self.indexes_ready.set()
 
+    def snapshot(self) -> Snapshot:
+        """Copy the index contents into plain lists (on the event loop, where kopf mutates them)."""
+        assert self.indexes is not None
+        nodes, pods, dsds = self.indexes
+
+        def values(index: kopf.Index[Any, Any]) -> list[dict[str, Any]]:
+            return [value for key in list(index.keys()) for value in index.get(key, [])]
+
+        return Snapshot(nodes=values(nodes), pods=values(pods), deployments=values(dsds))
+
+    # ------------------------------------------------------------------ the loop
+
     async def main_loop(self) -> None:
         """Reconcile every managed DSD whenever nodes, pods or DSDs change, and every resync period."""
         await self.indexes_ready.wait()
+        renew_every = max(1.0, self.cfg.lease_seconds / 3)
+        last_resync = time.monotonic()
         while True:
             seen = self.version
             try:
-                await self.reconcile_all()
-            except Exception:  # never crash on odd input; the next pass starts from the cluster again
+                if await asyncio.to_thread(self._hold_lease):
+                    snapshot = self.snapshot()
+                    await asyncio.to_thread(self.reconcile_all, snapshot)
+            except Exception:  # never let one bad pass stop the operator; the next starts from the cluster
                 log.exception("reconcile pass failed (will retry)")
-            await self.wait_for_change(seen, self.cfg.resync_seconds)
+            await self.wait_for_change(seen, min(self.cfg.resync_seconds, renew_every))
+            if time.monotonic() - last_resync > self.cfg.resync_seconds:
+                last_resync = time.monotonic()
+                self.applied.clear()  # resync: re-apply everything once, restoring objects deleted by hand
 
-    async def reconcile_all(self) -> list[ReconcileResult]:
-        """One pass: one pool, every DSD in creation order, reserving as it goes; then write."""
-        assert self.indexes is not None
-        nodes, pods, dsds = self.indexes
+    def _hold_lease(self) -> bool:
+        """Acquire or renew the Lease. On gaining it, forget what an earlier term wrote: another holder may
+        have written since, and only the cluster's state counts."""
+        assert self.lease is not None
+        leading = self.lease.acquire_or_renew()
+        if leading and not self.leading:
+            self.written_placements.clear()
+            self.applied.clear()
+            self.desired_objects.clear()
+        if self.leading and not leading:
+            log.warning("lost the lease %s/%s; another operator decides now", self.cfg.lease_namespace,
+                        self.cfg.lease_name)  # fmt: skip
+        self.leading = leading
+        return leading
+
+    def build_pool(self, snapshot: Snapshot) -> Pool:
+        """The pool as the snapshot (plus our own status writes not yet echoed by the watch) describes it."""
+        reservations = []
+        live = set()
+        for entry in snapshot.deployments:
+            meta = entry["metadata"]
+            uid = meta["uid"]
+            live.add(uid)
+            stored = (entry.get("status") or {}).get("placements") or []
+            if uid in self.written_placements and self.written_placements[uid] == stored:
+                del self.written_placements[uid]  # the watch caught up: the cluster is the truth again
+            placements = self.written_placements.get(uid, stored)
+            parsed = api.placements_from_status({"placements": placements})
+            reservations.extend(reservations_from_status(meta["namespace"], meta["name"], parsed))
+        self._forget_deleted(live)
+        return build_pool(snapshot.nodes, snapshot.pods, reservations, self.catalog, self.cfg.fabric_label)
+
+    def _forget_deleted(self, live: set[str]) -> None:
+        for uid in [u for u in self.written_placements if u not in live]:
+            del self.written_placements[uid]
+        for uid in [u for u in self.desired_objects if u not in live]:
+            del self.desired_objects[uid]
+        for key in [k for k in self.posted_events if k[0] not in live]:
+            del self.posted_events[key]
+
+    def reconcile_all(self, snapshot: Snapshot) -> list[ReconcileResult]:
+        """One pass (in a worker thread): one pool, every DSD in creation order, reserving as it goes."""
+        now = datetime.now(UTC)
+        pool = self.build_pool(snapshot)
+        present = present_nodes(snapshot.nodes, now, self.cfg.node_grace_seconds)
+        pods_by_deployment: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for pod in snapshot.pods:
+            owner = pod["metadata"]["labels"].get(api.DEPLOYMENT_LABEL)
+            if owner:
+                pods_by_deployment.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
+        bodies = sorted(
+            snapshot.deployments, key=lambda b: (b["metadata"].get("creationTimestamp") or "", b["metadata"]["name"])
+        )
         results = []
-        async with self.lock:
-            pool = self.build_pool(nodes, pods, dsds)
-            bodies = [body for uid in list(dsds.keys()) for body in dsds.get(uid, [])]
-            bodies.sort(key=lambda b: (b["metadata"].get("creationTimestamp") or "", b["metadata"]["name"]))
-            pods_by_deployment: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for uid in list(pods.keys()):
-                for pod in pods.get(uid, []):
-                    owner = pod["metadata"]["labels"].get(api.DEPLOYMENT_LABEL)
-                    if owner:
-                        pods_by_deployment.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
-            for body in bodies:
-                metadata = body["metadata"]
-                if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
-                    continue
-                uid, namespace, name = metadata["uid"], metadata["namespace"], metadata["name"]
-                current = dict(body)
-                if uid in self.written_placements:
-                    current["status"] = {**(body.get("status") or {}), "placements": self.written_placements[uid]}
-                own_pods = pods_by_deployment.get((namespace, deployment_label_value(name)), [])
-                result = reconcile(current, self.catalog, pool, own_pods, datetime.now(UTC), self.settings)
-                status = result.status.wire()
-                # Persist reservations before creating workloads: a restart then sees every booked device.
-                # A failed write ends the pass: the pool in memory would no longer match the cluster.
-                try:
-                    await asyncio.to_thread(self._write_status, namespace, name, status, current.get("status") or {})
-                except ApiException as exc:
-                    log.warning("status write for %s/%s failed: %s %s", namespace, name, exc.status, exc.reason)
-                    break
-                self.written_placements[uid] = status.get("placements", [])
-                results.append((body, result))
-        for body, result in results:
+        for body in bodies:
             metadata = body["metadata"]
+            if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
+                continue
+            uid, namespace, name = metadata["uid"], metadata["namespace"], metadata["name"]
+            current = dict(body)
+            if uid in self.written_placements:
+                current["status"] = {**(body.get("status") or {}), "placements": self.written_placements[uid]}
+            own_pods = pods_by_deployment.get((namespace, api.deployment_label_value(name)), [])
             try:
-                await asyncio.to_thread(
-                    self._apply_objects, metadata["uid"], metadata["namespace"], metadata["name"], result
-                )
-                await asyncio.to_thread(self._post_events, body, result)
-            except ApiException as exc:
-                log.warning(
-                    "writing objects of %s/%s failed: %s %s",
-                    metadata["namespace"],
-                    metadata["name"],
-                    exc.status,
-                    exc.reason,
-                )
-        return [result for _, result in results]
+                result = reconcile(current, self.catalog, pool, own_pods, now, self.settings, present)
+                status = result.status.wire()
+                # Reservations are persisted before workloads exist: a restart then sees every booked device.
+                self._write_status(namespace, name, status, current.get("status") or {})
+            except Exception as exc:  # one broken DSD must not stall the others
+                log.warning("reconciling %s/%s failed (will retry): %s", namespace, name, _describe(exc))
+                # The pool may hold half of that DSD's changes: rebuild it from what is stored.
+                pool = self.build_pool(snapshot)
+                continue
+            self.written_placements[uid] = status.get("placements", [])
+            results.append(result)
+            try:
+                if not result.hold:
+                    self._apply_objects(uid, namespace, name, result)
+                self._post_events(metadata, result)
+            except Exception as exc:
+                log.warning("writing objects of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
+        return results
+
+    # ------------------------------------------------------------------ writes (blocking; worker thread)
 
     def _write_status(self, namespace: str, name: str, status: dict[str, Any], old: Mapping[str, Any]) -> None:
         if _same(status, old):
@@ -269,7 +353,7 @@ class Operator:
         # A merge patch replaces lists wholesale; fields we no longer set are cleared explicitly.
         patch = {key: None for key in old if key not in status} | status
         custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}, _request_timeout=REQUEST_TIMEOUT
         )
 
     def _apply_objects(self, uid: str, namespace: str, name: str, result: ReconcileResult) -> None:
@@ -286,6 +370,7 @@ class Operator:
                 namespace=namespace,
                 field_manager=FIELD_MANAGER,
                 force_conflicts=True,
+                _request_timeout=REQUEST_TIMEOUT,
             )
             self.applied[key] = digest
         wanted = {(obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) for obj in result.objects}
@@ -297,34 +382,34 @@ class Operator:
     def _delete_stale(self, namespace: str, name: str, wanted: set[tuple[str, str, str]]) -> None:
         """Delete the DSD's objects that the last decision no longer wants (removed or re-planned replicas)."""
         assert self.dynamic is not None
-        for api_version, kind in REPLICA_KINDS:
+        selector = f"{api.DEPLOYMENT_LABEL}={api.deployment_label_value(name)}"
+        for api_version, kind in OBJECT_KINDS:
             try:
                 resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
             except ResourceNotFoundError:
                 continue
-            selector = f"{api.DEPLOYMENT_LABEL}={deployment_label_value(name)}"
-            for item in resource.get(namespace=namespace, label_selector=selector).items:
+            items = resource.get(namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items
+            for item in items:
                 if (api_version, kind, item.metadata.name) in wanted:
                     continue
-                try:
+                with contextlib.suppress(ApiException):  # already gone (404) or retried next pass
                     resource.delete(
-                        name=item.metadata.name, namespace=namespace, body={"propagationPolicy": "Background"}
+                        name=item.metadata.name,
+                        namespace=namespace,
+                        body={"propagationPolicy": "Background"},
+                        _request_timeout=REQUEST_TIMEOUT,
                     )
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
                 self.applied.pop((api_version, kind, namespace, item.metadata.name), None)
 
-    def _post_events(self, body: Mapping[str, Any], result: ReconcileResult) -> None:
-        metadata = body.get("metadata", {})
+    def _post_events(self, metadata: Mapping[str, Any], result: ReconcileResult) -> None:
         uid = metadata["uid"]
-        posted = self.posted_events.setdefault(uid, set())
         core = client.CoreV1Api(self.api_client)
         now = datetime.now(UTC)
         for event in result.events:
-            if (event.reason, event.message) in posted:
+            key = (uid, event.reason, event.message)
+            if time.monotonic() - self.posted_events.get(key, -EVENT_REPEAT_SECONDS) < EVENT_REPEAT_SECONDS:
                 continue
-            posted.add((event.reason, event.message))
+            self.posted_events[key] = time.monotonic()
             core.create_namespaced_event(
                 metadata["namespace"],
                 client.CoreV1Event(
@@ -344,12 +429,19 @@ class Operator:
                     count=1,
                     source=client.V1EventSource(component="dspool"),
                 ),
+                _request_timeout=REQUEST_TIMEOUT,
             )
             log.info("%s/%s %s: %s", metadata["namespace"], metadata["name"], event.reason, event.message)
 
 
 def _same(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
     return json.dumps(new, sort_keys=True, default=str) == json.dumps(dict(old), sort_keys=True, default=str)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 OPERATOR: Operator | None = None
@@ -370,11 +462,9 @@ def register(cfg: OperatorConfig) -> Operator:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Connect, and keep kopf quiet: dspool posts its own events and adds no finalizers."""
+    """Connect and start the loop; dspool posts its own events and adds no finalizers."""
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dspool.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="dspool.io")
     op = _operator()
     await asyncio.to_thread(op.connect)
     op.task = asyncio.create_task(op.main_loop())
@@ -388,11 +478,17 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.index("", "v1", "nodes")
 async def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    """Nodes that belong to the pool, compacted."""
+    """Nodes that belong to the pool, compacted; only real changes (not heartbeats) wake the loop."""
     op = _operator()
-    labels = body.get("metadata", {}).get("labels") or {}
-    await op.poke()
-    return {name: compact_node(body)} if selector_matches(op.cfg.node_selector, labels) else {}
+    if not selector_matches(op.cfg.node_selector, body.get("metadata", {}).get("labels") or {}):
+        if op.node_views.pop(name, None) is not None:
+            await op.poke()  # relabelled out of the pool
+        return {}
+    view = compact_node(body)
+    if op.node_views.get(name) != view:
+        op.node_views[name] = view
+        await op.poke()
+    return {name: view}
 
 
 @kopf.index("", "v1", "pods")
@@ -424,6 +520,19 @@ async def deployments_index(uid: str, body: kopf.Body, **_: Any) -> dict[str, An
     }
 
 
+def _deleted(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event("", "v1", "nodes", when=_deleted)
+@kopf.on.event("", "v1", "pods", when=_deleted)
+async def object_deleted(name: str, **_: Any) -> None:
+    """A node or pod is gone (indexes drop it without calling the index function): wake the loop."""
+    op = _operator()
+    op.node_views.pop(name, None)
+    await op.poke()
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 async def deployment_event(**kwargs: Any) -> None:
     """Any DSD change: hand the indexes (kwargs named after the index functions) to the loop and wake it."""
@@ -434,10 +543,12 @@ async def deployment_event(**kwargs: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    """Stop the reconcile loop with the operator."""
+    """Stop the loop and hand the Lease over at once."""
     op = _operator()
     if op.task is not None:
         op.task.cancel()
+    if op.lease is not None and op.leading:
+        await asyncio.to_thread(op.lease.release)
 
 
 def run(cfg: OperatorConfig, liveness_port: int | None = 8080, verbose: bool = False) -> None:
@@ -445,5 +556,4 @@ def run(cfg: OperatorConfig, liveness_port: int | None = 8080, verbose: bool = F
     register(cfg)
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
-    os.environ.setdefault("KOPF_STANDALONE", "1")
     kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from dspool.api import DEPLOYMENT_LABEL, REPLICA_LABEL, ReplicaPlacement
+from dspool.api import DEPLOYMENT_LABEL, REPLICA_LABEL, ReplicaPlacement, deployment_label_value
 from dspool.catalog import GFD_MEMORY_LABEL, Catalog, Vendor
 
 DEFAULT_FABRIC_LABEL = "dspool.io/fabric"
@@ -297,7 +297,9 @@ def build_pool(
         if reservation.node not in states:
             continue
         reserved[reservation.node] += reservation.devices
-        covered.add((reservation.deployment, reservation.replica, reservation.node))
+        # Pods carry the label value of the DSD name (hashed past 63 characters), not the name itself.
+        namespace, _, name = reservation.deployment.partition("/")
+        covered.add((f"{namespace}/{deployment_label_value(name)}", reservation.replica, reservation.node))
         booked[reservation.deployment].append(reservation)
 
     used: dict[str, int] = defaultdict(int)

@@ -53,6 +53,7 @@ class ReplicaRequest(BaseModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     allow_multi_node: bool = True
+    avoid_nodes: list[str] = Field(default_factory=list, description="nodes this replica just failed on")
 
     @classmethod
     def from_spec(
@@ -145,6 +146,7 @@ def _filter_key(request: ReplicaRequest) -> tuple[Any, ...]:
         "filter",
         tuple(sorted(request.node_selector.items())),
         tuple((t.key, t.operator, t.value, t.effect) for t in request.tolerations),
+        tuple(sorted(request.avoid_nodes)),
     )
 
 
@@ -153,7 +155,11 @@ def _pool_view(pool: Pool, request: ReplicaRequest) -> _PoolView:
         types: dict[str, _TypeView] = {}
         excluded: dict[str, int] = {}
         for accelerator, nodes in pool.by_accelerator().items():
-            admitted = tuple(n for n in nodes if node_admits(n, request.node_selector, request.tolerations))
+            admitted = tuple(
+                n
+                for n in nodes
+                if n.name not in request.avoid_nodes and node_admits(n, request.node_selector, request.tolerations)
+            )
             if len(admitted) < len(nodes):
                 excluded[accelerator] = len(nodes) - len(admitted)
             if not admitted:

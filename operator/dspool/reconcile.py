@@ -10,8 +10,9 @@ Rules, in order:
 3. more replicas than asked: remove those whose removal leaves the pool least fragmented;
 4. fewer: place the missing ones (lowest free replica indexes), reserving as it goes;
 5. replicas built from an older spec (spec hash) are replaced make-before-break when there is room:
-   they keep serving until every up-to-date replica is Ready; when there is no room, one old replica is
-   removed to make room for its successor (rolling in place).
+   they keep serving until every up-to-date replica is Ready; when there is no room, one old replica per
+   pass is removed to make room for its successor, only if that makes room and only once every
+   up-to-date replica serves (rolling in place).
 
 Phases: Failed (bad spec or model), Unschedulable (no replica could be placed), Degraded (some replicas
 placed, others not), Progressing (all placed, not all Ready), Ready (as many Ready as asked).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,15 +30,22 @@ from typing import Any
 from pydantic import ValidationError
 
 from dspool.api import (
+    DEPLOYMENT_LABEL,
+    PLACEMENT_LABEL,
     REPLICA_LABEL,
+    ROLE_LABEL,
     Condition,
     DeepSeekDeployment,
+    DeepSeekDeploymentSpec,
     DeepSeekDeploymentStatus,
     Phase,
     ReplicaPlacement,
+    deployment_label_value,
+    placement_fingerprint,
+    placements_from_status,
 )
 from dspool.catalog import Catalog, UnknownIdError
-from dspool.inventory import Pool
+from dspool.inventory import Pool, pod_device_requests
 from dspool.placement import Decision, ReplicaRequest, place_replica, release, reserve, scale_down_victims
 from dspool.workloads import ImageDefaults, build_replica_objects, build_service, endpoint_url, service_selector
 
@@ -64,17 +72,26 @@ class Event:
 
 @dataclass
 class ReconcileResult:
-    """What the controller must write: the status, the objects that should exist, and events."""
+    """What the controller must write: the status, the objects that should exist, and events.
+
+    ``hold``: leave the DSD's existing workloads alone (the spec is unusable; nothing is re-planned).
+    """
 
     status: DeepSeekDeploymentStatus
     objects: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    hold: bool = False
 
 
-def spec_hash(spec: Mapping[str, Any]) -> str:
-    """A short hash of everything in the spec that shapes a replica (all but the replica count)."""
-    relevant = {key: value for key, value in spec.items() if key != "replicas"}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def spec_hash(spec: DeepSeekDeploymentSpec) -> str:
+    """A short hash of what shapes a replica's workloads: the spec without the replica count and the
+    packing strategy, normalised (defaults left out), so a CRD upgrade adding a defaulted field or a
+    strategy change does not roll every replica."""
+    relevant = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"replicas"})
+    relevant.get("placement", {}).pop("strategy", None)
+    if relevant.get("placement") == {}:
+        del relevant["placement"]
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def deployment_key(namespace: str, name: str) -> str:
@@ -82,25 +99,35 @@ def deployment_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def _failed(body: Mapping[str, Any], reason: str, message: str) -> ReconcileResult:
-    old = _old_status(body)
+def _lenient_status(body: Mapping[str, Any]) -> DeepSeekDeploymentStatus:
+    """The stored status, keeping every well-formed placement and condition even if other fields are odd
+    (written by a newer or older dspool): losing a placement would free devices its pods still hold."""
+    raw = body.get("status") or {}
+    conditions = []
+    for item in raw.get("conditions") or []:
+        try:
+            conditions.append(Condition.model_validate(item))
+        except ValidationError:
+            continue
+    return DeepSeekDeploymentStatus(placements=placements_from_status(raw), conditions=conditions)
+
+
+def _failed(body: Mapping[str, Any], reason: str, message: str, now: datetime) -> ReconcileResult:
+    """Bad spec or unknown model: report it and hold everything as it is (reservations, workloads)."""
+    old = _lenient_status(body)
+    name = str(body.get("metadata", {}).get("name", ""))
+    condition = Condition(type="Ready", status="False", reason=reason, message=message)
     status = DeepSeekDeploymentStatus(
         phase=Phase.FAILED,
-        replicas=0,
+        replicas=len(old.placements),
         ready_replicas=0,
-        placements=old.placements if old else [],
+        selector=f"{DEPLOYMENT_LABEL}={deployment_label_value(name)},{ROLE_LABEL}=leader",
+        placements=old.placements,
         message=message,
         observed_generation=body.get("metadata", {}).get("generation"),
-        conditions=[Condition(type="Ready", status="False", reason=reason, message=message)],
+        conditions=_stamp([condition], old.conditions, body.get("metadata", {}).get("generation"), now),
     )
-    return ReconcileResult(status=status, events=[Event("Warning", reason, message)])
-
-
-def _old_status(body: Mapping[str, Any]) -> DeepSeekDeploymentStatus | None:
-    try:
-        return DeepSeekDeploymentStatus.model_validate(body.get("status") or {})
-    except ValidationError:
-        return None
+    return ReconcileResult(status=status, events=[Event("Warning", reason, message)], hold=True)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -146,16 +173,33 @@ def _pods_by_replica(pods: Iterable[Mapping[str, Any]]) -> dict[int, list[Mappin
     return grouped
 
 
+def _of_placement(placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods built for exactly this placement (same spec and nodes), not for an earlier one."""
+    fingerprint = placement_fingerprint(placement)
+    return [pod for pod in pods if pod.get("metadata", {}).get("labels", {}).get(PLACEMENT_LABEL) == fingerprint]
+
+
 def _replica_ready(placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]]) -> bool:
-    ready_nodes = {pod.get("spec", {}).get("nodeName") for pod in pods if _pod_is_ready(pod)}
+    ready_nodes = {pod.get("spec", {}).get("nodeName") for pod in _of_placement(placement, pods) if _pod_is_ready(pod)}
     return all(node.name in ready_nodes for node in placement.nodes)
 
 
-def _safe_release(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
-    """Release what is still in the pool; nodes that left it need no release."""
+def _release(pool: Pool, deployment: str, placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]]) -> None:
+    """Give a replica's reservation back. Its pods that still run keep their devices (as ``used``) until
+    they are gone, exactly as the next pool built from the cluster would count them."""
     present = [node for node in placement.nodes if node.name in pool.nodes]
     if present:
         release(pool, deployment, placement.model_copy(update={"nodes": present}))
+    for pod in pods:
+        node = pool.nodes.get(pod.get("spec", {}).get("nodeName") or "")
+        if node is not None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+            node.used += pod_device_requests(pod).get(node.resource_name, 0)
+
+
+def _lost_nodes(placement: ReplicaPlacement, pool: Pool, present_nodes: Collection[str] | None) -> list[str]:
+    """Nodes of a placement that are gone (or NotReady past the grace period the controller applies)."""
+    known = present_nodes if present_nodes is not None else pool.nodes
+    return [node.name for node in placement.nodes if node.name not in known]
 
 
 def reconcile(
@@ -165,42 +209,55 @@ def reconcile(
     pods: Sequence[Mapping[str, Any]],
     now: datetime,
     settings: ReconcileSettings = ReconcileSettings(),
+    present_nodes: Collection[str] | None = None,
 ) -> ReconcileResult:
-    """Decide the status and objects of one DSD. ``pool`` already holds this DSD's reservations."""
+    """Decide the status and objects of one DSD. ``pool`` already holds this DSD's reservations and is
+    updated in place (reserve/release) so the next DSD of the same pass sees what this one took.
+
+    ``present_nodes``: nodes that still exist and are Ready (or NotReady only briefly), cordoned ones
+    included: a replica on one of them keeps its place. Default: the nodes of the pool.
+    """
+    spec_body = {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
     try:
-        dsd = DeepSeekDeployment.model_validate(dict(body))
+        dsd = DeepSeekDeployment.model_validate(spec_body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return _failed(body, "InvalidSpec", f"{where}: {first['msg']}")
+        return _failed(body, "InvalidSpec", f"{where}: {first['msg']}", now)
     try:
         model = catalog.model(dsd.spec.model)
     except UnknownIdError as exc:
-        return _failed(body, "UnknownModel", str(exc))
+        return _failed(body, "UnknownModel", str(exc), now)
 
     key = deployment_key(dsd.namespace, dsd.name)
-    current_hash = spec_hash(body.get("spec", {}))
-    old = dsd.status or DeepSeekDeploymentStatus()
+    current_hash = spec_hash(dsd.spec)
+    old = _lenient_status(body)
     placements: dict[int, ReplicaPlacement] = {p.replica: p for p in old.placements}
     pods_by_replica = _pods_by_replica(pods)
     events: list[Event] = []
+    avoid: dict[int, list[str]] = {}
 
-    # 2. replicas that lost their node, or whose pods cannot be scheduled, give their reservation back.
+    # 2. replicas that lost their node, or whose pods cannot be scheduled there, give their reservation back.
     for index, placement in sorted(placements.items()):
-        lost = [node.name for node in placement.nodes if node.name not in pool.nodes]
+        replica_pods = pods_by_replica.get(index, [])
+        lost = _lost_nodes(placement, pool, present_nodes)
+        if not lost and placement.accelerator.lower() not in {a.lower() for a in catalog.accelerator_ids}:
+            lost = [node.name for node in placement.nodes]  # an accelerator the catalog no longer knows
         stuck = [
             pod.get("spec", {}).get("nodeName") or pod.get("metadata", {}).get("name", "?")
-            for pod in pods_by_replica.get(index, [])
+            for pod in _of_placement(placement, replica_pods)
             if (since := _unschedulable_since(pod)) is not None
             and (now - since).total_seconds() > settings.stuck_after_seconds
         ]
         if lost or stuck:
-            _safe_release(pool, key, placement)
+            _release(pool, key, placement, replica_pods)
             del placements[index]
+            if stuck:
+                avoid[index] = [node.name for node in placement.nodes]
             why = (
-                f"node(s) {', '.join(lost)} gone, NotReady or cordoned"
+                f"node(s) {', '.join(lost)} gone or NotReady"
                 if lost
-                else (f"pods unschedulable for over {settings.stuck_after_seconds:.0f}s")
+                else f"pods unschedulable on {', '.join(avoid[index])} for over {settings.stuck_after_seconds:.0f}s"
             )
             events.append(Event("Warning", "ReplicaLost", f"replica {index}: {why}; placing it again"))
 
@@ -208,49 +265,75 @@ def reconcile(
     current = {i: p for i, p in placements.items() if p.spec_hash == current_hash}
     outdated = {i: p for i, p in placements.items() if p.spec_hash != current_hash}
 
+    def ready(index: int, placement: ReplicaPlacement) -> bool:
+        return _replica_ready(placement, pods_by_replica.get(index, []))
+
     # 3. scale down the up-to-date replicas first, choosing victims that leave the pool least fragmented.
     if len(current) > desired:
-        victims = scale_down_victims(pool, list(current.values()), len(current) - desired)
-        for index in victims:
-            _safe_release(pool, key, current.pop(index))
+        for index in scale_down_victims(pool, list(current.values()), len(current) - desired):
+            _release(pool, key, current.pop(index), pods_by_replica.get(index, []))
             events.append(Event("Normal", "ScaledDown", f"removed replica {index}"))
 
-    # 4. place the missing replicas.
+    # 4. place the missing replicas; 5b. without room, give up at most one old replica per pass, only
+    # when that makes room, and only once every up-to-date replica already serves.
     refusal: Decision | None = None
-    missing = desired - len(current)
-    while missing > 0:
+    replaced_in_place: int | None = None
+    counted_victim = False
+    while len(current) < desired:
         used = set(current) | set(outdated)
         index = next(i for i in range(len(used) + 1) if i not in used)
         request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, index, dsd.spec, catalog)
+        if index in avoid:
+            request = request.model_copy(update={"avoid_nodes": avoid[index]})
         decision = place_replica(pool, request, catalog, list(current.values()))
-        if decision.placement is None and outdated:
-            # 5b. no room: give up one old replica (the highest index) for its successor.
+        if (
+            decision.placement is None
+            and outdated
+            and not replaced_in_place
+            and all(ready(i, p) for i, p in current.items())
+        ):
             victim_index = max(outdated)
-            _safe_release(pool, key, outdated.pop(victim_index))
-            events.append(Event("Normal", "Replacing", f"replica {victim_index} removed to make room for the new spec"))
-            continue
+            victim = outdated[victim_index]
+            release(pool, key, victim.model_copy(update={"nodes": [n for n in victim.nodes if n.name in pool.nodes]}))
+            retry = place_replica(pool, request, catalog, list(current.values()))
+            if retry.placement is not None:
+                del outdated[victim_index]
+                replaced_in_place = victim_index
+                events.append(
+                    Event("Normal", "Replacing", f"replica {victim_index} removed to make room for the new spec")
+                )
+                decision = retry
+            else:
+                reserve(pool, key, victim)  # freeing it would not help: keep it serving
         if decision.placement is None:
             refusal = decision
             break
         placement = decision.placement.model_copy(update={"replica": index, "spec_hash": current_hash})
         reserve(pool, key, placement)
+        if replaced_in_place is not None and not counted_victim:
+            # The old replica's pods hold their devices until they are gone: count them as used, so no other
+            # DSD books those devices meanwhile (the new replica's pods wait for them, as the scheduler will).
+            for pod in pods_by_replica.get(replaced_in_place, []):
+                node = pool.nodes.get(pod.get("spec", {}).get("nodeName") or "")
+                if node is not None:
+                    node.used += pod_device_requests(pod).get(node.resource_name, 0)
+            counted_victim = True
         current[index] = placement
         events.append(Event("Normal", "Placed", f"replica {index}: {decision.reason}"))
-        missing -= 1
 
-    ready = {i for i, p in {**outdated, **current}.items() if _replica_ready(p, pods_by_replica.get(i, []))}
     # 5a. make-before-break: old replicas go once every up-to-date replica serves.
-    if outdated and all(i in ready for i in current) and len(current) >= desired:
+    if outdated and len(current) >= desired and all(ready(i, p) for i, p in current.items()):
         for index in sorted(outdated):
-            _safe_release(pool, key, outdated.pop(index))
-            ready.discard(index)
+            _release(pool, key, outdated.pop(index), pods_by_replica.get(index, []))
             events.append(Event("Normal", "Replaced", f"replica {index} (old spec) removed; new replicas are Ready"))
 
     final = sorted({**outdated, **current}.values(), key=lambda p: p.replica)
-    ready_count = min(len(ready & {p.replica for p in final}), desired)
-    phase, conditions, message = _summarize(dsd, len(current), ready_count, refusal, old.conditions, now)
+    ready_count = min(sum(1 for p in final if ready(p.replica, p)), desired)
     if refusal is not None:
         events.append(Event("Warning", "Unschedulable", refusal.reason))
+    phase, conditions, message = _summarize(
+        dsd, len(current), ready_count, refusal, old.conditions, now, rolling=bool(outdated)
+    )
     status = DeepSeekDeploymentStatus(
         phase=phase,
         replicas=len(final),
@@ -273,6 +356,20 @@ def reconcile(
     return ReconcileResult(status=status, objects=objects, events=events)
 
 
+def _stamp(
+    conditions: Sequence[Condition], previous: Sequence[Condition], generation: int | None, now: datetime
+) -> list[Condition]:
+    """Set lastTransitionTime (kept when the status did not change) and observedGeneration."""
+    before = {c.type: c for c in previous}
+    stamped = []
+    for condition in conditions:
+        old = before.get(condition.type)
+        unchanged = old is not None and old.status == condition.status and old.last_transition_time
+        when = old.last_transition_time if unchanged and old else now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamped.append(condition.model_copy(update={"last_transition_time": when, "observed_generation": generation}))
+    return stamped
+
+
 def _summarize(
     dsd: DeepSeekDeployment,
     placed: int,
@@ -280,9 +377,12 @@ def _summarize(
     refusal: Decision | None,
     old_conditions: Sequence[Condition],
     now: datetime,
+    rolling: bool = False,
 ) -> tuple[Phase, list[Condition], str]:
     desired = dsd.spec.replicas
-    if refusal is not None and placed == 0:
+    if refusal is not None and rolling:
+        phase = Phase.PROGRESSING  # old replicas serve while the new spec rolls out one at a time
+    elif refusal is not None and placed == 0 and ready == 0:
         phase = Phase.UNSCHEDULABLE
     elif refusal is not None:
         phase = Phase.DEGRADED
@@ -304,12 +404,5 @@ def _summarize(
         reason="ReplicasReady" if ready >= desired else "ReplicasNotReady",
         message=f"{ready} of {desired} replicas ready",
     )
-    generation = dsd.metadata.get("generation")
-    stamped = []
-    previous = {c.type: c for c in old_conditions}
-    for condition in (scheduled, ready_condition):
-        before = previous.get(condition.type)
-        unchanged = before is not None and before.status == condition.status and before.last_transition_time
-        when = before.last_transition_time if unchanged and before else now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        stamped.append(condition.model_copy(update={"last_transition_time": when, "observed_generation": generation}))
+    stamped = _stamp([scheduled, ready_condition], old_conditions, dsd.metadata.get("generation"), now)
     return phase, stamped, message

@@ -20,9 +20,7 @@ container port *named* ``openai``, so replicas on different backends share it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -34,10 +32,15 @@ from dspool.api import (
     KIND,
     MANAGED_BY_LABEL,
     MANAGER,
+    MAX_LABEL_VALUE,
+    PLACEMENT_LABEL,
     REPLICA_LABEL,
     ROLE_LABEL,
     DeepSeekDeployment,
     ReplicaPlacement,
+    deployment_label_value,
+    dns_label,
+    placement_fingerprint,
 )
 from dspool.catalog import AcceleratorSpec, ModelSpec, Precision, Vendor
 from dspool.mindie import (
@@ -80,7 +83,6 @@ MAX_OBJECT_NAME = 47
 """Longest replica object name: leaves room for ``-w`` (worker StatefulSet), a pod ordinal and the
 StatefulSet's ``controller-revision-hash`` label value (name + ``-`` + 10 characters <= 63)."""
 
-MAX_LABEL_VALUE = 63
 MODEL_MOUNT_PATH = "/models"
 HF_CACHE_PATH = "/root/.cache/huggingface"
 ASCEND_HOST_PATHS = ("/usr/local/Ascend/driver", "/usr/local/dcmi")
@@ -126,26 +128,6 @@ def images_from_env(env: Mapping[str, str], base: ImageDefaults = DEFAULT_IMAGES
 # --------------------------------------------------------------------------------------------- names
 
 
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def _dns_label(text: str, max_length: int) -> str:
-    """``text`` as an RFC 1035 label of at most ``max_length`` characters.
-
-    Unchanged when it already is one; otherwise lower-cased, other characters turned into ``-``,
-    shortened, and a hash of the original appended so that different inputs stay different.
-    """
-    if re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", text) and len(text) <= max_length:
-        return text
-    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    if not cleaned or not cleaned[0].isalpha():
-        cleaned = f"d-{cleaned}".rstrip("-")
-    digest = _short_hash(text)
-    head = cleaned[: max_length - len(digest) - 1].rstrip("-")
-    return f"{head}-{digest}"
-
-
 def replica_object_name(dsd_name: str, replica: int) -> str:
     """Name of replica ``replica``'s objects: ``<dsd>-<replica>``, a DNS label of at most 47 characters.
 
@@ -155,19 +137,12 @@ def replica_object_name(dsd_name: str, replica: int) -> str:
     if replica < 0:
         raise ValueError(f"replica must be >= 0, got {replica}")
     suffix = f"-{replica}"
-    return _dns_label(dsd_name, MAX_OBJECT_NAME - len(suffix)) + suffix
+    return dns_label(dsd_name, MAX_OBJECT_NAME - len(suffix)) + suffix
 
 
 def service_name(dsd: DeepSeekDeployment) -> str:
     """The DSD's ClusterIP Service name: the DSD name (cleaned into a DNS label when it is not one)."""
-    return _dns_label(dsd.name, MAX_LABEL_VALUE)
-
-
-def deployment_label_value(dsd_name: str) -> str:
-    """The ``dspool.io/deployment`` label value: the DSD name, or a hashed short form past 63 characters."""
-    if len(dsd_name) <= MAX_LABEL_VALUE and re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", dsd_name):
-        return dsd_name
-    return _dns_label(dsd_name, MAX_LABEL_VALUE)
+    return dns_label(dsd.name, MAX_LABEL_VALUE)
 
 
 def serving_port(backend: Backend | str) -> int:
@@ -564,7 +539,12 @@ def _pod_template(
     extra_labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    labels = {**replica.labels(), ROLE_LABEL: role, **(extra_labels or {})}
+    labels = {
+        **replica.labels(),
+        ROLE_LABEL: role,
+        PLACEMENT_LABEL: placement_fingerprint(replica.placement),
+        **(extra_labels or {}),
+    }
     spec: dict[str, Any] = {
         # Service links would put e.g. VLLM_PORT=tcp://... into the environment of every pod in a namespace
         # holding a Service named "vllm"; vLLM reads VLLM_PORT and fails to start.
@@ -792,7 +772,7 @@ def _headless_service(replica: _Replica, ports: list[dict[str, Any]]) -> dict[st
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": replica.metadata(replica.name),
+        "metadata": replica.metadata(headless_service_name(replica.name)),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -810,7 +790,7 @@ def _statefulset(replica: _Replica, name: str, role: str, pods: int, template: d
         "metadata": replica.metadata(name),
         "spec": {
             "replicas": pods,
-            "serviceName": replica.name,
+            "serviceName": headless_service_name(replica.name),
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector},
             "template": template,
@@ -818,9 +798,15 @@ def _statefulset(replica: _Replica, name: str, role: str, pods: int, template: d
     }
 
 
+def headless_service_name(replica_name: str) -> str:
+    """The headless Service of a multi-node replica: ``<name>-hl``, distinct from any DSD's own Service name
+    ``<dsd>`` unless a DSD is literally named like another DSD's replica plus ``-hl``."""
+    return f"{replica_name}-hl"
+
+
 def leader_address(replica_name: str, namespace: str) -> str:
-    """DNS name of a StatefulSet-backed replica's leader pod: ``<name>-0.<name>.<namespace>.svc``."""
-    return f"{replica_name}-0.{replica_name}.{namespace}.svc"
+    """DNS name of a StatefulSet-backed replica's leader pod: ``<name>-0.<name>-hl.<namespace>.svc``."""
+    return f"{replica_name}-0.{headless_service_name(replica_name)}.{namespace}.svc"
 
 
 def _vllm_statefulsets(replica: _Replica) -> list[dict[str, Any]]:

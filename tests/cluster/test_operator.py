@@ -63,7 +63,8 @@ class OperatorProcess:
         self.args = [
             sys.executable, "-m", "dspool", "run", "--namespace", namespace,
             "--node-selector", f"dspool.io/pool={pool}", "--liveness-port", "0",
-            "--resync-seconds", "3", "--stuck-after-seconds", "30",
+            "--resync-seconds", "3", "--stuck-after-seconds", "30", "--node-grace-seconds", "5",
+            "--lease-namespace", namespace, "--lease-name", f"dspool-{pool}",
         ]  # fmt: skip
         self.env = {**os.environ, "KUBECONFIG": kubeconfig}
         self.log_path = log_path

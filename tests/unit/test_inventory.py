@@ -352,3 +352,22 @@ def test_build_pool_is_fast_at_5000_nodes_and_40000_pods() -> None:
     assert len(pool.nodes) == 5000
     assert sum(n.used for n in pool.nodes.values()) == 40000
     assert elapsed < 2.0, f"build_pool took {elapsed:.2f}s"  # well under 1 s on a quiet machine
+
+
+def test_pods_of_a_dsd_with_a_name_longer_than_a_label_are_counted_once() -> None:
+    from dspool.api import deployment_label_value
+
+    long_name = "a-very-long-deepseek-deployment-name-that-does-not-fit-in-a-label-value"
+    node = {
+        "metadata": {"name": "rtx-0", "labels": CATALOG.accelerator("RTX4090-24G").node_labels(8)},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    pod = {
+        "metadata": {"name": "p", "namespace": "ai",
+                     "labels": {"dspool.io/deployment": deployment_label_value(long_name), "dspool.io/replica": "0"}},
+        "spec": {"nodeName": "rtx-0", "containers": [{"resources": {"requests": {"nvidia.com/gpu": "4"}}}]},
+        "status": {"phase": "Running"},
+    }  # fmt: skip
+    reservation = Reservation(deployment=f"ai/{long_name}", replica=0, node="rtx-0", devices=4)
+    state = build_pool([node], [pod], [reservation], CATALOG).nodes["rtx-0"]
+    assert (state.used, state.reserved, state.free) == (0, 4, 4)

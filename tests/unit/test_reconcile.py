@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dspool.api import DEPLOYMENT_LABEL, REPLICA_LABEL, ReplicaPlacement
+from dspool.api import (
+    DEPLOYMENT_LABEL,
+    PLACEMENT_LABEL,
+    REPLICA_LABEL,
+    DeepSeekDeploymentSpec,
+    ReplicaPlacement,
+    placement_fingerprint,
+)
 from dspool.catalog import builtin_catalog
 from dspool.inventory import Pool, build_pool, reservations_from_status
 from dspool.reconcile import reconcile, spec_hash
@@ -44,11 +51,16 @@ def pool_for(nodes: list[dict[str, Any]], *bodies: dict[str, Any], pods: list[di
     return build_pool(nodes, pods or [], reservations, CATALOG)
 
 
-def ready_pod(name: str, replica: int, node: str, ns: str = "ai") -> dict[str, Any]:
+def ready_pod(name: str, placement: ReplicaPlacement | dict[str, Any], ns: str = "ai") -> dict[str, Any]:
+    placement = ReplicaPlacement.model_validate(placement)
+    labels = {
+        DEPLOYMENT_LABEL: name,
+        REPLICA_LABEL: str(placement.replica),
+        PLACEMENT_LABEL: placement_fingerprint(placement),
+    }
     return {
-        "metadata": {"name": f"{name}-{replica}-x", "namespace": ns,
-                     "labels": {DEPLOYMENT_LABEL: name, REPLICA_LABEL: str(replica)}},
-        "spec": {"nodeName": node,
+        "metadata": {"name": f"{name}-{placement.replica}-x", "namespace": ns, "labels": labels},
+        "spec": {"nodeName": placement.nodes[0].name,
                  "containers": [{"name": "engine", "resources": {"requests": {"nvidia.com/gpu": "1"}}}]},
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
     }  # fmt: skip
@@ -66,7 +78,8 @@ def test_new_deployment_is_placed_and_gets_workloads_and_a_service() -> None:
     result = reconcile(body, CATALOG, pool_for(nodes), [], NOW)
     assert result.status.phase == "Progressing"
     [placement] = result.status.placements
-    assert (placement.accelerator, placement.devices, placement.spec_hash) == ("H200-141G", 8, spec_hash(body["spec"]))
+    expected_hash = spec_hash(DeepSeekDeploymentSpec.model_validate(body["spec"]))
+    assert (placement.accelerator, placement.devices, placement.spec_hash) == ("H200-141G", 8, expected_hash)
     kinds = sorted(o["kind"] for o in result.objects)
     assert kinds == ["Deployment", "Service"]
     assert any(e.reason == "Placed" for e in result.events)
@@ -77,7 +90,7 @@ def test_ready_pods_make_the_phase_ready() -> None:
     body = dsd("small", {"model": "deepseek-r1-distill-qwen-1.5b", "replicas": 2})
     first = reconcile(body, CATALOG, pool_for(nodes), [], NOW)
     body["status"] = first.status.wire()
-    pods = [ready_pod("small", p.replica, p.nodes[0].name) for p in first.status.placements]
+    pods = [ready_pod("small", p) for p in first.status.placements]
     second = reconcile(body, CATALOG, pool_for(nodes, body, pods=pods), pods, NOW)
     assert second.status.phase == "Ready" and second.status.ready_replicas == 2
     assert second.status.placements == first.status.placements  # stable: nothing moves once placed
@@ -117,8 +130,10 @@ def test_pods_stuck_unschedulable_get_a_new_placement() -> None:
     body = dsd("d", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 1})
     body["status"] = reconcile(body, CATALOG, pool_for(nodes), [], NOW).status.wire()
     stuck_since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fingerprint = placement_fingerprint(ReplicaPlacement.model_validate(body["status"]["placements"][0]))
     pod = {
-        "metadata": {"name": "d-0-x", "namespace": "ai", "labels": {DEPLOYMENT_LABEL: "d", REPLICA_LABEL: "0"}},
+        "metadata": {"name": "d-0-x", "namespace": "ai",
+                     "labels": {DEPLOYMENT_LABEL: "d", REPLICA_LABEL: "0", PLACEMENT_LABEL: fingerprint}},
         "spec": {"containers": []},
         "status": {"phase": "Pending", "conditions": [
             {"type": "PodScheduled", "status": "False", "lastTransitionTime": stuck_since}]},
@@ -141,13 +156,13 @@ def test_spec_change_is_make_before_break_when_there_is_room() -> None:
     body["status"] = reconcile(body, CATALOG, pool_for(nodes), [], NOW).status.wire()
     old = body["status"]["placements"][0]
     body["spec"]["serving"] = {"gpuMemoryUtilization": 0.85}
-    pods = [ready_pod("d", 0, old["nodes"][0]["name"])]
+    pods = [ready_pod("d", old)]
     rolled = reconcile(body, CATALOG, pool_for(nodes, body, pods=pods), pods, NOW)
     assert len(rolled.status.placements) == 2  # the old replica keeps serving while the new one starts
     assert rolled.status.ready_replicas == 1
     body["status"] = rolled.status.wire()
     new = next(p for p in rolled.status.placements if p.replica != old["replica"])
-    pods.append(ready_pod("d", new.replica, new.nodes[0].name))
+    pods.append(ready_pod("d", new))
     done = reconcile(body, CATALOG, pool_for(nodes, body, pods=pods), pods, NOW)
     assert [p.replica for p in done.status.placements] == [new.replica]  # old one removed once the new is Ready
     assert any(e.reason == "Replaced" for e in done.events)
@@ -160,7 +175,7 @@ def test_spec_change_without_room_replaces_in_place() -> None:
     body["spec"]["serving"] = {"gpuMemoryUtilization": 0.95}
     result = reconcile(body, CATALOG, pool_for(nodes, body), [], NOW)
     assert len(result.status.placements) == 1
-    assert result.status.placements[0].spec_hash == spec_hash(body["spec"])
+    assert result.status.placements[0].spec_hash == spec_hash(DeepSeekDeploymentSpec.model_validate(body["spec"]))
     assert any(e.reason == "Replacing" for e in result.events)
 
 
@@ -174,3 +189,83 @@ def test_two_deployments_never_share_a_device() -> None:
     assert len(result.status.placements) == 1 and result.status.phase == "Degraded"
     total = sum(p["nodes"][0]["devices"] for p in first["status"]["placements"]) + result.status.placements[0].devices
     assert total == 8
+
+
+def placed(body: dict[str, Any], nodes: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Reconcile once, store the status, and make every replica's pod Ready."""
+    body["status"] = reconcile(body, CATALOG, pool_for(nodes), [], NOW).status.wire()
+    return body, [ready_pod(body["metadata"]["name"], p) for p in body["status"]["placements"]]
+
+
+def test_a_new_spec_that_fits_nowhere_keeps_every_old_replica_serving() -> None:
+    nodes = ready_nodes(("rtx", 1, "RTX4090-24G"))
+    body, pods = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 3}), nodes)
+    body["spec"]["placement"] = {"nodeSelector": {"zone": "nowhere"}}
+    result = reconcile(body, CATALOG, pool_for(nodes, body, pods=pods), pods, NOW)
+    assert len(result.status.placements) == 3 and result.status.ready_replicas == 3
+    assert result.status.phase == "Progressing"
+    assert not any(e.reason == "Replacing" for e in result.events)
+
+
+def test_rolling_in_place_replaces_one_old_replica_per_pass() -> None:
+    nodes = ready_nodes(("rtx", 1, "RTX4090-24G"))
+    body, pods = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-14b", "replicas": 4}), nodes)  # 4 x 2 = 8
+    body["spec"]["serving"] = {"gpuMemoryUtilization": 0.85}
+    result = reconcile(body, CATALOG, pool_for(nodes, body, pods=pods), pods, NOW)
+    assert sum(e.reason == "Replacing" for e in result.events) == 1
+    assert len(result.status.placements) == 4 and result.status.ready_replicas == 3
+    new_hash = spec_hash(DeepSeekDeploymentSpec.model_validate(body["spec"]))
+    assert sum(p.spec_hash == new_hash for p in result.status.placements) == 1
+
+
+def test_a_typo_in_the_model_holds_the_running_replicas() -> None:
+    nodes = ready_nodes(("rtx", 1, "RTX4090-24G"))
+    body, pods = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 2}), nodes)
+    body["spec"]["model"] = "deepseek-r1-distill-qwen-7"
+    result = reconcile(body, CATALOG, pool_for(nodes, body, pods=pods), pods, NOW)
+    assert result.status.phase == "Failed" and result.hold
+    assert [p.wire() for p in result.status.placements] == body["status"]["placements"]
+
+
+def test_unknown_status_fields_do_not_drop_reservations() -> None:
+    nodes = ready_nodes(("rtx", 1, "RTX4090-24G"))
+    body, pods = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 2}), nodes)
+    body["status"]["fieldFromANewerDspool"] = {"x": 1}
+    result = reconcile(body, CATALOG, pool_for(nodes, body, pods=pods), pods, NOW)
+    assert result.status.phase == "Ready"
+    assert [p.wire() for p in result.status.placements] == body["status"]["placements"]
+
+
+def test_a_cordoned_node_keeps_its_replica() -> None:
+    nodes = ready_nodes(("rtx", 2, "RTX4090-24G"))
+    body, pods = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 1}), nodes)
+    home = body["status"]["placements"][0]["nodes"][0]["name"]
+    cordoned = [dict(n, spec={**n.get("spec", {}), "unschedulable": True}) if n["metadata"]["name"] == home else n
+                for n in nodes]  # fmt: skip
+    present = {n["metadata"]["name"] for n in nodes}
+    result = reconcile(body, CATALOG, pool_for(cordoned, body, pods=pods), pods, NOW, present_nodes=present)
+    assert [n.name for n in result.status.placements[0].nodes] == [home]
+    assert not any(e.reason == "ReplicaLost" for e in result.events)
+
+
+def test_a_stuck_replica_moves_to_another_node() -> None:
+    nodes = ready_nodes(("rtx", 2, "RTX4090-24G"))
+    body, _ = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 1}), nodes)
+    placement = ReplicaPlacement.model_validate(body["status"]["placements"][0])
+    since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pod = ready_pod("d", placement)
+    pod["spec"] = {"containers": []}
+    scheduled = {"type": "PodScheduled", "status": "False", "lastTransitionTime": since,
+                 "message": "0/2 nodes are available: 1 Insufficient cpu"}  # fmt: skip
+    pod["status"] = {"phase": "Pending", "conditions": [scheduled]}
+    result = reconcile(body, CATALOG, pool_for(nodes, body), [pod], NOW)
+    assert result.status.placements[0].nodes[0].name != placement.nodes[0].name
+
+
+def test_strategy_changes_and_explicit_defaults_do_not_roll_replicas() -> None:
+    base = DeepSeekDeploymentSpec.model_validate({"model": "deepseek-r1"})
+    same = DeepSeekDeploymentSpec.model_validate(
+        {"model": "deepseek-r1", "replicas": 4, "precision": "auto", "placement": {"strategy": "spread"}}
+    )
+    assert spec_hash(base) == spec_hash(same)
+    assert spec_hash(base) != spec_hash(DeepSeekDeploymentSpec.model_validate({"model": "deepseek-r1-0528"}))
