@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ EXAMPLES = [
 ]
 # The operator manages only the demo pool's nodes, whatever else the local cluster holds.
 POOL_SELECTOR = "dspool.io/pool=enterprise-mixed"
+METRICS_PORT = 18081
 SETTLED = {"Ready", "Unschedulable", "Degraded", "Failed"}
 
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     with log_path.open("ab") as log:
         operator = subprocess.Popen(
             [sys.executable, "-m", "dspool", "run", "--liveness-port", "0", "--resync-seconds", "5",
-             "--node-selector", POOL_SELECTOR],
+             "--node-selector", POOL_SELECTOR, "--metrics-port", str(METRICS_PORT)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -198,6 +200,18 @@ def main(argv: list[str] | None = None) -> int:
              "--node-selector", POOL_SELECTOR],
             env=env, check=True,
         )  # fmt: skip
+        step(f"curl localhost:{METRICS_PORT}/metrics  (what Prometheus scrapes from the operator; excerpt)")
+        time.sleep(6)  # one resync, so the figures are those of a settled pass
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(
+                    (
+                        'dspool_pool_devices{accelerator="H200',
+                        "dspool_pool_fragmentation",
+                        'dspool_deployment_replicas{deployment="r1-671b-ampere"',
+                    )
+                ):
+                    print(line)
         print(f"\nExplore: export KUBECONFIG={KUBECONFIG}; dspool pool; kubectl get dsd,deploy,sts,pods -n {NAMESPACE}")
     finally:
         if args.keep_operator:

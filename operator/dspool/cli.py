@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--node-selector", default="", help="only nodes with these labels form the pool (k=v,...)")
     p_run.add_argument("--fabric-label", default="dspool.io/fabric", help="node label that bounds multi-node replicas")
     p_run.add_argument("--liveness-port", type=int, default=8080, help="serve /healthz here (0 = off)")
+    p_run.add_argument("--metrics-port", type=int, default=8081, help="serve Prometheus /metrics here (0 = off)")
     p_run.add_argument("--resync-seconds", type=_positive_float, default=30.0)
     p_run.add_argument(
         "--stuck-after-seconds",
@@ -407,6 +408,7 @@ def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         node_grace_seconds=args.node_grace_seconds,
         lease_namespace=args.lease_namespace,
         lease_name=args.lease_name,
+        metrics_port=args.metrics_port or None,
     )
     run(cfg, liveness_port=args.liveness_port or None, verbose=args.verbose)
     return 0

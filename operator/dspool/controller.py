@@ -30,11 +30,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
+from prometheus_client import CollectorRegistry, start_http_server
 
 from dspool import api
 from dspool.catalog import Catalog, load_catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, pod_device_requests, reservations_from_status
 from dspool.lease import LeaderLease
+from dspool.metrics import DeploymentSample, PassCollector, PassSample
 from dspool.reconcile import ReconcileResult, ReconcileSettings, reconcile
 from dspool.workloads import images_from_env
 
@@ -68,6 +70,7 @@ class OperatorConfig:
     lease_namespace: str = "default"
     lease_name: str = "dspool-operator"
     lease_seconds: int = 15
+    metrics_port: int | None = 8081  # Prometheus /metrics; None = off
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -181,6 +184,7 @@ class Operator:
         self.indexes: tuple[kopf.Index[Any, Any], kopf.Index[Any, Any], kopf.Index[Any, Any]] | None = None
         self.indexes_ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.metrics = PassCollector()
 
     # ------------------------------------------------------------------ setup and signalling
 
@@ -204,6 +208,10 @@ class Operator:
         self.lease = LeaderLease(
             self.api_client, self.cfg.lease_namespace, self.cfg.lease_name, identity, self.cfg.lease_seconds
         )
+        if self.cfg.metrics_port:
+            registry = CollectorRegistry()
+            registry.register(self.metrics)
+            start_http_server(self.cfg.metrics_port, registry=registry)
         log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
 
     async def poke(self) -> None:
@@ -270,6 +278,7 @@ class Operator:
             self.written_placements.clear()
             self.applied.clear()
             self.desired_objects.clear()
+        self.metrics.set_leader(leading)
         if self.leading and not leading:
             log.warning("lost the lease %s/%s; another operator decides now", self.cfg.lease_namespace,
                         self.cfg.lease_name)  # fmt: skip
@@ -303,6 +312,7 @@ class Operator:
 
     def reconcile_all(self, snapshot: Snapshot) -> list[ReconcileResult]:
         """One pass (in a worker thread): one pool, every DSD in creation order, reserving as it goes."""
+        started = time.monotonic()
         now = datetime.now(UTC)
         pool = self.build_pool(snapshot)
         present = present_nodes(snapshot.nodes, now, self.cfg.node_grace_seconds)
@@ -315,6 +325,7 @@ class Operator:
             snapshot.deployments, key=lambda b: (b["metadata"].get("creationTimestamp") or "", b["metadata"]["name"])
         )
         results = []
+        samples = []
         for body in bodies:
             metadata = body["metadata"]
             if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
@@ -336,12 +347,15 @@ class Operator:
                 continue
             self.written_placements[uid] = status.get("placements", [])
             results.append(result)
+            desired = (body.get("spec") or {}).get("replicas", 1)
+            samples.append(DeploymentSample(namespace, name, desired if isinstance(desired, int) else 0, result.status))
             try:
                 if not result.hold:
                     self._apply_objects(uid, namespace, name, result)
                 self._post_events(metadata, result)
             except Exception as exc:
                 log.warning("writing objects of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
+        self.metrics.record(PassSample(pool, samples, time.monotonic() - started, leader=self.leading))
         return results
 
     # ------------------------------------------------------------------ writes (blocking; worker thread)

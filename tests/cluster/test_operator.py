@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,11 +62,15 @@ class OperatorProcess:
     """A ``dspool run`` subprocess scoped to one namespace and one pool."""
 
     def __init__(self, kubeconfig: str, namespace: str, pool: str, log_path: Path) -> None:
+        with socket.socket() as probe:  # a free port for /metrics
+            probe.bind(("127.0.0.1", 0))
+            self.metrics_port = probe.getsockname()[1]
         self.args = [
             sys.executable, "-m", "dspool", "run", "--namespace", namespace,
             "--node-selector", f"dspool.io/pool={pool}", "--liveness-port", "0",
             "--resync-seconds", "3", "--stuck-after-seconds", "30", "--node-grace-seconds", "5",
             "--lease-namespace", namespace, "--lease-name", f"dspool-{pool}",
+            "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip
         self.env = {**os.environ, "KUBECONFIG": kubeconfig}
         self.log_path = log_path
@@ -85,6 +91,11 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def metrics(self) -> str:
+        """The Prometheus text the operator serves."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
 
     def log_tail(self) -> str:
         """The last lines of its log, for failure messages."""
@@ -245,7 +256,7 @@ def test_distills_binpack_and_small_models_leave_big_accelerators_free(
         - {name: h200, count: 1, accelerator: H200-141G}
         - {name: rtx, count: 2, accelerator: RTX4090-24G}
     """))  # fmt: skip
-    start_operator(pool)
+    operator = start_operator(pool)
     create_dsd(custom, namespace, "small", {"model": "deepseek-r1-distill-qwen-1.5b", "replicas": 3})
     dsd = wait_phase(custom, namespace, "small", "Ready", 90)
     nodes = {node for replica in placed_nodes(dsd) for node, _ in replica}
@@ -256,6 +267,17 @@ def test_distills_binpack_and_small_models_leave_big_accelerators_free(
     h200 = next(n for n in pool.node_names if "h200" in n)
     assert core_v1.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={h200}").items == []
     assert_no_node_oversubscribed(core_v1, pool)
+
+    # The operator exports what it decided: 3 + 2 of the 16 RTX 4090s reserved, the H200 untouched.
+    def settled_metrics() -> str | None:
+        text = operator.metrics()
+        return text if 'state="reserved"} 5.0' in text else None
+
+    metrics = wait_for(settled_metrics, 30, "metrics of the last pass")
+    assert 'dspool_pool_devices{accelerator="RTX4090-24G",state="reserved"} 5.0' in metrics
+    assert 'dspool_pool_devices{accelerator="H200-141G",state="free"} 8.0' in metrics
+    assert f'dspool_deployment_replicas{{deployment="mid",namespace="{namespace}",state="ready"}} 1.0' in metrics
+    assert "dspool_leader 1.0" in metrics
 
 
 def test_scale_down_and_delete_free_the_devices(
