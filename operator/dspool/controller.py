@@ -53,6 +53,7 @@ OBJECT_KINDS = [
 FIELD_MANAGER = "dspool"
 REQUEST_TIMEOUT = 30  # seconds; a hung API call must not stall every decision
 EVENT_REPEAT_SECONDS = 600  # the same event is posted again after this long
+REAPPLY_SECONDS = 600  # every object is applied again this often, restoring any deleted or edited by hand
 
 
 @dataclass
@@ -178,6 +179,7 @@ class Operator:
         self.posted_events: dict[tuple[str, str, str], float] = {}  # (uid, reason, message) -> when
         self.api_client: client.ApiClient | None = None
         self.dynamic: DynamicClient | None = None
+        self.resources: dict[tuple[str, str], Any] = {}  # (apiVersion, kind) -> dynamic resource
         self.lease: LeaderLease | None = None
         self.leading = False
         self.settings = ReconcileSettings(stuck_after_seconds=cfg.stuck_after_seconds)
@@ -255,7 +257,7 @@ class Operator:
         """Reconcile every managed DSD whenever nodes, pods or DSDs change, and every resync period."""
         await self.indexes_ready.wait()
         renew_every = max(1.0, self.cfg.lease_seconds / 3)
-        last_resync = time.monotonic()
+        last_reapply = time.monotonic()
         while True:
             seen = self.version
             try:
@@ -265,9 +267,9 @@ class Operator:
             except Exception:  # never let one bad pass stop the operator; the next starts from the cluster
                 log.exception("reconcile pass failed (will retry)")
             await self.wait_for_change(seen, min(self.cfg.resync_seconds, renew_every))
-            if time.monotonic() - last_resync > self.cfg.resync_seconds:
-                last_resync = time.monotonic()
-                self.applied.clear()  # resync: re-apply everything once, restoring objects deleted by hand
+            if time.monotonic() - last_reapply > REAPPLY_SECONDS:
+                last_reapply = time.monotonic()
+                self.applied.clear()  # apply everything once more, restoring objects deleted or edited by hand
 
     def _hold_lease(self) -> bool:
         """Acquire or renew the Lease. On gaining it, forget what an earlier term wrote: another holder may
@@ -377,7 +379,7 @@ class Operator:
             digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
             if self.applied.get(key) == digest:
                 continue
-            resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            resource = self._resource(obj["apiVersion"], obj["kind"])
             resource.server_side_apply(
                 body=obj,
                 name=obj["metadata"]["name"],
@@ -393,13 +395,21 @@ class Operator:
         self._delete_stale(namespace, name, wanted)
         self.desired_objects[uid] = wanted
 
+    def _resource(self, api_version: str, kind: str) -> Any:
+        """The dynamic client's resource for a kind, looked up in discovery once."""
+        assert self.dynamic is not None
+        key = (api_version, kind)
+        if key not in self.resources:
+            self.resources[key] = self.dynamic.resources.get(api_version=api_version, kind=kind)
+        return self.resources[key]
+
     def _delete_stale(self, namespace: str, name: str, wanted: set[tuple[str, str, str]]) -> None:
         """Delete the DSD's objects that the last decision no longer wants (removed or re-planned replicas)."""
         assert self.dynamic is not None
         selector = f"{api.DEPLOYMENT_LABEL}={api.deployment_label_value(name)}"
         for api_version, kind in OBJECT_KINDS:
             try:
-                resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
+                resource = self._resource(api_version, kind)
             except ResourceNotFoundError:
                 continue
             items = resource.get(namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items
