@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck unit cluster-test test crds crds-check cluster-up cluster-down cluster-build demo bench clean
+.PHONY: help venv lint typecheck unit cluster-test test crds crds-check cluster-up cluster-down cluster-build demo bench bench-scale clean
 
 help:
 	@echo "make test          lint, type-check, unit tests, then cluster tests on the local control plane"
@@ -12,7 +12,8 @@ help:
 	@echo "make crds          regenerate crds/ from the pydantic models"
 	@echo "make cluster-up    build (once, cached) and start etcd, kube-apiserver, controller-manager, scheduler, kwok"
 	@echo "make cluster-down  stop the local control plane and remove its state"
-	@echo "make bench         run the benchmarks in bench/"
+	@echo "make bench         placement and CLI benchmarks (bench/placement.py, bench/cli.py)"
+	@echo "make bench-scale   the operator end to end on 1,000 fake nodes (bench/operator_scale.py)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 2; }
@@ -58,6 +59,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/placement.py
+	$(BIN)/python bench/cli.py
+
+bench-scale: cluster-up
+	$(BIN)/python bench/operator_scale.py --nodes 1000 --deployments 60
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

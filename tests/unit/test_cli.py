@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -79,11 +78,3 @@ def test_models_and_accelerators_list_the_catalog(capsys: pytest.CaptureFixture[
     assert main(["accelerators"]) == 0
     out = capsys.readouterr().out
     assert "huawei.com/Ascend310P" in out and "H200-141G" in out
-
-
-def test_plan_table_for_one_model_is_fast() -> None:
-    # A smoke bound, generous for a noisy machine; the real figure is in bench/.
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "dspool", "plan", "deepseek-r1"], capture_output=True, check=False)
-    assert done.returncode == 0
-    assert time.perf_counter() - started < 5

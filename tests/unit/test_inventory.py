@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -337,7 +336,8 @@ def test_every_active_pod_is_counted_exactly_once(
         assert node.reserved == 2 * sum(1 for _, n in reserved_replicas if n == index)
 
 
-def test_build_pool_is_fast_at_5000_nodes_and_40000_pods() -> None:
+def test_build_pool_counts_40000_pods_on_5000_nodes() -> None:
+    # Its speed is measured in bench/placement.py (build_pool column), not asserted here.
     accelerators = ["H200-141G", "H100-80G", "A100-80G", "L20-48G", "RTX4090-24G", "Ascend910B3"]
     nodes = [k8s_node(f"node-{i:05d}", accelerators[i % len(accelerators)]) for i in range(5000)]
     resources = {a: CATALOG.accelerator(a).resource_name for a in accelerators}
@@ -346,12 +346,10 @@ def test_build_pool_is_fast_at_5000_nodes_and_40000_pods() -> None:
         for i in range(40000)
     ]
     reservations = [Reservation(deployment="ai/m", replica=i, node=f"node-{i:05d}", devices=1) for i in range(2000)]
-    start = time.perf_counter()
     pool = build_pool(nodes, pods, reservations, CATALOG)
-    elapsed = time.perf_counter() - start
     assert len(pool.nodes) == 5000
     assert sum(n.used for n in pool.nodes.values()) == 40000
-    assert elapsed < 2.0, f"build_pool took {elapsed:.2f}s"  # well under 1 s on a quiet machine
+    assert sum(n.reserved for n in pool.nodes.values()) == 2000
 
 
 def test_pods_of_a_dsd_with_a_name_longer_than_a_label_are_counted_once() -> None:
