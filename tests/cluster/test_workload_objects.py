@@ -1,0 +1,144 @@
+"""Every object the workload builders produce, checked by a real API server with strict field validation
+(dry run): vLLM, MindIE and vllm-ascend, single- and multi-node, and the LeaderWorkerSet against the real LWS
+CRD (taken from the pinned sigs.k8s.io/lws Go module; removed again so other tests see no LWS)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from dspool.api import DeepSeekDeployment, NodeDevices, ReplicaPlacement
+from dspool.catalog import Precision, builtin_catalog
+from dspool.sizing import Backend
+from dspool.workloads import build_replica_objects, build_service
+
+LWS_MODULE = "sigs.k8s.io/lws@v0.7.0"
+CRD_PATH = "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+
+
+@pytest.fixture
+def lws_crd(api_client: client.ApiClient) -> Iterator[None]:
+    """The LWS CRD installed for one test, and removed (with a wait) afterwards."""
+    try:
+        download = subprocess.run(["go", "mod", "download", "-json", LWS_MODULE], capture_output=True, text=True,
+                                  timeout=300, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"cannot fetch the LWS module {LWS_MODULE} with go: {exc}")
+    crd = yaml.safe_load((Path(json.loads(download.stdout)["Dir"]) / CRD_PATH).read_text())
+    ext = client.ApiextensionsV1Api(api_client)
+    name = crd["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conditions = ext.read_custom_resource_definition(name).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            break
+        time.sleep(0.5)
+    yield
+    ext.delete_custom_resource_definition(name)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ext.read_custom_resource_definition(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(0.5)
+    pytest.fail("the LWS CRD was not removed; later tests would see LWS installed")
+
+
+def test_r1_on_two_h100_nodes_is_a_leader_worker_set_the_api_server_accepts(
+    api_client: client.ApiClient, namespace: str, lws_crd: None
+) -> None:
+    catalog = builtin_catalog()
+    dsd = DeepSeekDeployment.model_validate(
+        {"metadata": {"name": "r1", "namespace": namespace, "uid": "00000000-0000-4000-8000-000000000001"},
+         "spec": {"model": "deepseek-r1"}}
+    )  # fmt: skip
+    placement = ReplicaPlacement(
+        replica=0, accelerator="H100-80G", precision=Precision.FP8, backend=Backend.VLLM, tensor_parallel=8,
+        pipeline_parallel=2, max_model_len=32768, spec_hash="abc",
+        nodes=[NodeDevices(name="h100-a", devices=8), NodeDevices(name="h100-b", devices=8)],
+    )  # fmt: skip
+    objects = build_replica_objects(
+        dsd, placement, catalog.model("deepseek-r1"), catalog.accelerator("H100-80G"), lws_available=True
+    )
+    [lws] = [o for o in objects if o["kind"] == "LeaderWorkerSet"]
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    lws["metadata"].pop("ownerReferences")  # the owner does not exist in this test
+    custom = client.CustomObjectsApi(api_client)
+
+    def dry_run_create(body: dict) -> dict:
+        # Strict field validation: an unknown or misplaced field is an error, not a silent prune.
+        created: dict = custom.create_namespaced_custom_object(
+            "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", body,
+            dry_run="All", field_validation="Strict",
+        )  # fmt: skip
+        return created
+
+    accepted = dry_run_create(lws)
+    assert accepted["spec"]["leaderWorkerTemplate"]["size"] == 2
+    assert accepted["spec"]["leaderWorkerTemplate"]["restartPolicy"] == "RecreateGroupOnPodRestart"
+    broken = json.loads(json.dumps(lws))
+    broken["spec"]["leaderWorkerTemplate"]["sizee"] = 2  # the check above could fail: a typo is rejected
+    with pytest.raises(ApiException) as rejected:
+        dry_run_create(broken)
+    assert "sizee" in rejected.value.body
+
+
+SCENARIOS = [
+    # (model, accelerator, backend, precision, tp, nodes)
+    ("deepseek-r1", "H200-141G", Backend.VLLM, Precision.FP8, 8, 1),
+    ("deepseek-r1", "H100-80G", Backend.VLLM, Precision.FP8, 8, 2),
+    ("deepseek-r1-distill-qwen-32b", "Ascend910B3", Backend.MINDIE, Precision.BF16, 2, 1),
+    ("deepseek-r1", "Ascend910B3", Backend.MINDIE, Precision.W8A8, 8, 2),
+    ("deepseek-r1-distill-qwen-7b", "Ascend910B3", Backend.VLLM_ASCEND, Precision.BF16, 1, 1),
+    ("deepseek-r1-distill-qwen-1.5b", "Ascend310P", Backend.MINDIE, Precision.BF16, 1, 1),
+]
+
+
+@pytest.mark.parametrize(("model", "accelerator", "backend", "precision", "tp", "nodes"), SCENARIOS)
+def test_every_built_object_passes_strict_validation(
+    api_client: client.ApiClient, namespace: str, model: str, accelerator: str, backend: Backend,
+    precision: Precision, tp: int, nodes: int,
+) -> None:  # fmt: skip
+    catalog = builtin_catalog()
+    dsd = DeepSeekDeployment.model_validate(
+        {"metadata": {"name": "m", "namespace": namespace, "uid": "00000000-0000-4000-8000-000000000002"},
+         "spec": {"model": model, "modelSource": {"hostPath": {"path": "/data/models"}}}}
+    )  # fmt: skip
+    placement = ReplicaPlacement(
+        replica=0, accelerator=accelerator, precision=precision, backend=backend, tensor_parallel=tp,
+        pipeline_parallel=nodes, max_model_len=16384, spec_hash="abc",
+        nodes=[NodeDevices(name=f"node-{i}", devices=tp) for i in range(nodes)],
+    )  # fmt: skip
+    objects = build_replica_objects(
+        dsd, placement, catalog.model(model), catalog.accelerator(accelerator), lws_available=False
+    )
+    objects.append(build_service(dsd))
+    resources = DynamicClient(api_client).resources
+    for obj in objects:
+        obj["metadata"].pop("ownerReferences", None)  # the owner does not exist in this test
+        path = resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).path(namespace=namespace)
+        try:
+            api_client.call_api(
+                path, "POST", body=obj, query_params=[("dryRun", "All"), ("fieldValidation", "Strict")],
+                header_params={"Content-Type": "application/json", "Accept": "application/json"},
+                auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
+            )  # fmt: skip
+        except ApiException as exc:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} rejected: {exc.body}")
