@@ -198,6 +198,9 @@ class Operator:
         except config.ConfigException:
             self.api_client = config.new_client_from_config()
         self.dynamic = DynamicClient(self.api_client)
+        # The client caches discovery in a file shared by every process on the host: start from the cluster
+        # as it is now (a CRD such as LWS may have been installed or removed since).
+        self.dynamic.resources.invalidate_cache()
         try:
             self.dynamic.resources.get(api_version="leaderworkerset.x-k8s.io/v1", kind="LeaderWorkerSet")
             lws = True
@@ -354,9 +357,12 @@ class Operator:
             try:
                 if not result.hold:
                     self._apply_objects(uid, namespace, name, result)
-                self._post_events(metadata, result)
             except Exception as exc:
                 log.warning("writing objects of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
+            try:  # events tell the story even when objects could not be written
+                self._post_events(metadata, result)
+            except Exception as exc:
+                log.warning("posting events of %s/%s failed: %s", namespace, name, _describe(exc))
         self.metrics.record(PassSample(pool, samples, time.monotonic() - started, leader=self.leading))
         return results
 
@@ -412,7 +418,14 @@ class Operator:
                 resource = self._resource(api_version, kind)
             except ResourceNotFoundError:
                 continue
-            items = resource.get(namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items
+            try:
+                items = resource.get(
+                    namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+                ).items
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue  # the kind was uninstalled (e.g. the LWS CRD): nothing of it to delete
+                raise
             for item in items:
                 if (api_version, kind, item.metadata.name) in wanted:
                     continue

@@ -120,6 +120,27 @@ def start_operator(
         operator.stop()
 
 
+PoolOf = Callable[[str, str], PoolHandle]
+OperatorOn = Callable[[str, str], tuple[PoolHandle, OperatorProcess]]
+
+
+@pytest.fixture
+def pool_of(tmp_path: Path, fake_pool: Callable[[str], PoolHandle]) -> PoolOf:
+    """Factory: `pool_of(name, groups_yaml)` applies a pool of fake nodes for this test."""
+    return lambda name, groups: fake_pool(write_pool(tmp_path, name, groups))
+
+
+@pytest.fixture
+def operator_on(pool_of: PoolOf, start_operator: Callable[[PoolHandle], OperatorProcess]) -> OperatorOn:
+    """Factory: `operator_on(name, groups_yaml)` applies a pool and starts an operator limited to it."""
+
+    def make(name: str, groups: str) -> tuple[PoolHandle, OperatorProcess]:
+        pool = pool_of(name, groups)
+        return pool, start_operator(pool)
+
+    return make
+
+
 def write_pool(tmp_path: Path, name: str, groups: str) -> str:
     """A pool file with the given groups (YAML list items)."""
     path = tmp_path / f"{name}.yaml"
@@ -183,14 +204,13 @@ def pods_of(core_v1: client.CoreV1Api, namespace: str, name: str) -> list[client
 
 
 def test_r1_lands_on_one_free_h200_node_and_becomes_ready(
-    tmp_path: Path, fake_pool: Callable[[str], PoolHandle], start_operator: Callable[[PoolHandle], OperatorProcess],
+    operator_on: OperatorOn,
     custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str,
 ) -> None:  # fmt: skip
-    pool = fake_pool(write_pool(tmp_path, "h200-h100", """
+    pool, operator = operator_on("h200-h100", """
         - {name: h200, count: 1, accelerator: H200-141G}
         - {name: h100, count: 2, accelerator: H100-80G}
-    """))  # fmt: skip
-    operator = start_operator(pool)
+    """)  # fmt: skip
     create_dsd(custom, namespace, "r1", {"model": "deepseek-r1", "replicas": 1})
     dsd = wait_phase(custom, namespace, "r1", "Ready", 90)
     h200 = next(n for n in pool.node_names if "h200" in n)
@@ -204,14 +224,13 @@ def test_r1_lands_on_one_free_h200_node_and_becomes_ready(
 
 
 def test_r1_without_h200_takes_two_h100_nodes_as_one_gang(
-    tmp_path: Path, fake_pool: Callable[[str], PoolHandle], start_operator: Callable[[PoolHandle], OperatorProcess],
+    operator_on: OperatorOn,
     custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str,
 ) -> None:  # fmt: skip
-    pool = fake_pool(write_pool(tmp_path, "h100", """
+    pool, _operator = operator_on("h100", """
         - {name: h100, count: 2, accelerator: H100-80G, labels: {dspool.io/fabric: ib-1}}
         - {name: l20, count: 1, accelerator: L20-48G, labels: {dspool.io/fabric: eth-2}}
-    """))  # fmt: skip
-    start_operator(pool)
+    """)  # fmt: skip
     create_dsd(custom, namespace, "r1", {"model": "deepseek-r1", "replicas": 1,
                                          "placement": {"acceleratorTypes": ["H200-141G", "H100-80G"]}})  # fmt: skip
     dsd = wait_phase(custom, namespace, "r1", "Ready", 90)
@@ -224,13 +243,12 @@ def test_r1_without_h200_takes_two_h100_nodes_as_one_gang(
 
 
 def test_r1_unschedulable_with_a_reason_then_placed_when_a_node_arrives(
-    tmp_path: Path, fake_pool: Callable[[str], PoolHandle], start_operator: Callable[[PoolHandle], OperatorProcess],
+    operator_on: OperatorOn, pool_of: PoolOf,
     custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str,
 ) -> None:  # fmt: skip
-    pool = fake_pool(write_pool(tmp_path, "one-h100", """
+    pool, _operator = operator_on("one-h100", """
         - {name: h100, count: 1, accelerator: H100-80G}
-    """))  # fmt: skip
-    start_operator(pool)
+    """)  # fmt: skip
     create_dsd(custom, namespace, "r1", {"model": "deepseek-r1", "replicas": 1,
                                          "placement": {"acceleratorTypes": ["H100-80G"]}})  # fmt: skip
     dsd = wait_phase(custom, namespace, "r1", "Unschedulable")
@@ -240,23 +258,22 @@ def test_r1_unschedulable_with_a_reason_then_placed_when_a_node_arrives(
     assert pods_of(core_v1, namespace, "r1") == []  # nothing half-placed
 
     # A second H100 node joins the same pool: the operator retries on the node event, not only on a timer.
-    extra = fake_pool(write_pool(tmp_path, "second-h100", """
+    extra = pool_of("second-h100", """
         - {name: h100b, count: 1, accelerator: H100-80G}
-    """))  # fmt: skip
+    """)  # fmt: skip
     core_v1.patch_node(extra.node_names[0], {"metadata": {"labels": {"dspool.io/pool": pool.name}}})
     dsd = wait_phase(custom, namespace, "r1", "Ready", 90)
     assert sorted(n for n, _ in placed_nodes(dsd)[0]) == sorted(pool.node_names + extra.node_names)
 
 
 def test_distills_binpack_and_small_models_leave_big_accelerators_free(
-    tmp_path: Path, fake_pool: Callable[[str], PoolHandle], start_operator: Callable[[PoolHandle], OperatorProcess],
+    operator_on: OperatorOn,
     custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str,
 ) -> None:  # fmt: skip
-    pool = fake_pool(write_pool(tmp_path, "mixed", """
+    pool, operator = operator_on("mixed", """
         - {name: h200, count: 1, accelerator: H200-141G}
         - {name: rtx, count: 2, accelerator: RTX4090-24G}
-    """))  # fmt: skip
-    operator = start_operator(pool)
+    """)  # fmt: skip
     create_dsd(custom, namespace, "small", {"model": "deepseek-r1-distill-qwen-1.5b", "replicas": 3})
     dsd = wait_phase(custom, namespace, "small", "Ready", 90)
     nodes = {node for replica in placed_nodes(dsd) for node, _ in replica}
@@ -281,13 +298,12 @@ def test_distills_binpack_and_small_models_leave_big_accelerators_free(
 
 
 def test_scale_down_and_delete_free_the_devices(
-    tmp_path: Path, fake_pool: Callable[[str], PoolHandle], start_operator: Callable[[PoolHandle], OperatorProcess],
+    operator_on: OperatorOn,
     custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, apps_v1: client.AppsV1Api, namespace: str,
 ) -> None:  # fmt: skip
-    pool = fake_pool(write_pool(tmp_path, "l20", """
+    _pool, _operator = operator_on("l20", """
         - {name: l20, count: 2, accelerator: L20-48G}
-    """))  # fmt: skip
-    start_operator(pool)
+    """)  # fmt: skip
     create_dsd(custom, namespace, "d8b", {"model": "deepseek-r1-distill-llama-8b", "replicas": 3})
     wait_phase(custom, namespace, "d8b", "Ready", 90)
     assert len(apps_v1.list_namespaced_deployment(namespace).items) == 3
@@ -304,13 +320,12 @@ def test_scale_down_and_delete_free_the_devices(
 
 
 def test_replica_on_a_lost_node_is_placed_again(
-    tmp_path: Path, fake_pool: Callable[[str], PoolHandle], start_operator: Callable[[PoolHandle], OperatorProcess],
+    operator_on: OperatorOn,
     custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str,
 ) -> None:  # fmt: skip
-    pool = fake_pool(write_pool(tmp_path, "two-rtx", """
+    pool, _operator = operator_on("two-rtx", """
         - {name: rtx, count: 2, accelerator: RTX4090-24G}
-    """))  # fmt: skip
-    start_operator(pool)
+    """)  # fmt: skip
     create_dsd(custom, namespace, "d7b", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 1})
     dsd = wait_phase(custom, namespace, "d7b", "Ready", 90)
     first = placed_nodes(dsd)[0][0][0]
@@ -327,13 +342,12 @@ def test_replica_on_a_lost_node_is_placed_again(
 
 
 def test_operator_restart_rebuilds_reservations_and_never_double_books(
-    tmp_path: Path, fake_pool: Callable[[str], PoolHandle], start_operator: Callable[[PoolHandle], OperatorProcess],
+    operator_on: OperatorOn,
     custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str,
 ) -> None:  # fmt: skip
-    pool = fake_pool(write_pool(tmp_path, "one-l20", """
+    pool, operator = operator_on("one-l20", """
         - {name: l20, count: 1, accelerator: L20-48G}
-    """))  # fmt: skip
-    operator = start_operator(pool)
+    """)  # fmt: skip
     create_dsd(custom, namespace, "first", {"model": "deepseek-r1-distill-qwen-32b", "replicas": 3})  # 2 x L20 each
     first = wait_phase(custom, namespace, "first", "Ready", 90)  # 3 replicas x 2 L20 = 6 of the 8
     assert len(first["status"]["placements"]) == 3

@@ -1,6 +1,9 @@
 """Every object the workload builders produce, checked by a real API server with strict field validation
 (dry run): vLLM, MindIE and vllm-ascend, single- and multi-node, and the LeaderWorkerSet against the real LWS
-CRD (taken from the pinned sigs.k8s.io/lws Go module; removed again so other tests see no LWS)."""
+CRD (taken from the pinned sigs.k8s.io/lws Go module; removed again so other tests see no LWS).
+
+This file runs before test_operator.py on purpose: the kubernetes client caches API discovery in a file
+shared by all processes, so the operators started later must not trust a cache that still lists LWS."""
 
 from __future__ import annotations
 
