@@ -37,7 +37,7 @@ EXAMPLES = [
     "r1-distill-qwen-32b.yaml",
     "r1-distill-qwen-14b.yaml",
     "r1-distill-qwen-1.5b.yaml",
-    "r1-671b-a100-bf16.yaml",
+    "r1-671b-ampere.yaml",
 ]
 # The operator manages only the demo pool's nodes, whatever else the local cluster holds.
 POOL_SELECTOR = "dspool.io/pool=enterprise-mixed"

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_plan.add_argument("--overhead-gib", type=_non_negative_float, help="runtime overhead per device")
     p_plan.add_argument("--max-nodes", type=_positive_int, default=SizingRequest().max_nodes)
     p_plan.add_argument("--single-node", action="store_true", help="never span nodes")
+    p_plan.add_argument("--image", help="the engine image the replica runs (as spec.serving.image; default: dspool's)")
     p_plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_plan.set_defaults(handler=_cmd_plan)
 
@@ -150,7 +151,7 @@ def _request_from_args(args: argparse.Namespace) -> SizingRequest:
         raise UsageError("--devices-per-node must be at most 64")
     if args.max_nodes > 64:
         raise UsageError("--max-nodes must be at most 64")
-    return SizingRequest(
+    fields = dict(
         precision=args.precision,
         backend=args.backend,
         kv_cache_tokens=args.kv_cache_tokens,
@@ -161,7 +162,14 @@ def _request_from_args(args: argparse.Namespace) -> SizingRequest:
         overhead_gib=args.overhead_gib,
         max_nodes=args.max_nodes,
         allow_multi_node=not args.single_node,
+        engine_image=args.image,
     )
+    try:
+        return SizingRequest.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise UsageError(f"{flag}: {first['msg'].lower()}") from None
 
 
 def _cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
@@ -245,8 +253,8 @@ def format_plan_table(plans: Sequence[Plan]) -> str:
 
 
 def _short_note(result: Plan) -> str:
-    notes = [part for part in result.reason.split("; ")[1:] if "converted" in part]
-    return notes[0] if notes else ""
+    """The first clause of the precision note (e.g. "FP8 checkpoint converted to BF16: ...")."""
+    return result.precision_note.split("; ")[0].split(": vLLM's")[0]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -332,10 +340,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _node_selector(args: argparse.Namespace) -> dict[str, str]:
@@ -469,3 +473,7 @@ def _cmd_pool(args: argparse.Namespace, catalog: Catalog) -> int:
             )
         )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

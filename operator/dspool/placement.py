@@ -57,9 +57,19 @@ class ReplicaRequest(BaseModel):
 
     @classmethod
     def from_spec(
-        cls, namespace: str, name: str, replica: int, spec: DeepSeekDeploymentSpec, catalog: Catalog
+        cls,
+        namespace: str,
+        name: str,
+        replica: int,
+        spec: DeepSeekDeploymentSpec,
+        catalog: Catalog,
+        default_engine_image: str | None = None,
     ) -> ReplicaRequest:
-        """The request for replica ``replica`` of a DeepSeekDeployment spec."""
+        """The request for replica ``replica`` of a DeepSeekDeployment spec.
+
+        ``default_engine_image``: the vLLM image the operator runs when the spec pins none, if the site
+        replaced dspool's own default (what the image supports decides the precision on Ampere).
+        """
         serving = spec.serving
         return cls(
             deployment=f"{namespace}/{name}",
@@ -71,6 +81,7 @@ class ReplicaRequest(BaseModel):
                 kv_cache_tokens=serving.kv_cache_tokens or DEFAULT_KV_CACHE_TOKENS,
                 max_model_len=serving.max_model_len,
                 gpu_memory_utilization=serving.gpu_memory_utilization,
+                engine_image=serving.image or default_engine_image,
             ),
             accelerator_types=list(spec.placement.accelerator_types),
             strategy=spec.placement.strategy,

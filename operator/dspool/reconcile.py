@@ -236,6 +236,7 @@ def reconcile(
     pods_by_replica = _pods_by_replica(pods)
     events: list[Event] = []
     avoid: dict[int, list[str]] = {}
+    site_vllm_image = settings.images.vllm if settings.images is not None else None
 
     # 2. replicas that lost their node, or whose pods cannot be scheduled there, give their reservation back.
     for index, placement in sorted(placements.items()):
@@ -282,7 +283,7 @@ def reconcile(
     while len(current) < desired:
         used = set(current) | set(outdated)
         index = next(i for i in range(len(used) + 1) if i not in used)
-        request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, index, dsd.spec, catalog)
+        request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, index, dsd.spec, catalog, site_vllm_image)
         if index in avoid:
             request = request.model_copy(update={"avoid_nodes": avoid[index]})
         decision = place_replica(pool, request, catalog, list(current.values()))

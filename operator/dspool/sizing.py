@@ -2,7 +2,9 @@
 
 Pure functions of catalog entries and a validated request; no I/O. The rules (see docs/sizing.md):
 
-- precision ``auto`` is the checkpoint's native precision where the hardware runs it, else BF16;
+- precision ``auto`` is the cheapest precision the backend runs for that checkpoint on that hardware:
+  the native one where the hardware runs it; an FP8 checkpoint on NVIDIA without FP8 (Ampere) served
+  weight-only (W8A16, vLLM's Marlin kernels) when the vLLM image has them; else BF16;
 - usable memory per device = device memory x gpuMemoryUtilization - the backend's runtime overhead;
 - weights (published checkpoint size, else parameters x bytes per parameter) split over TP x PP devices;
   the largest pipeline stage holds ceil(layers / PP) layers;
@@ -15,6 +17,7 @@ Pure functions of catalog entries and a validated request; no I/O. The rules (se
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from typing import Literal
 
@@ -52,6 +55,11 @@ BYTES_PER_PARAM: dict[Precision, float] = {
     Precision.W8A16: 1.05,
 }
 
+# The first vLLM release that serves block-wise FP8 checkpoints (DeepSeek-V3/R1) weight-only on GPUs
+# without FP8 tensor cores (compute capability < 8.9): Marlin kernels for the dense layers and for the MoE
+# experts. docs/sizing.md cites the pull requests; dspool's default vLLM image is at least this release.
+VLLM_FP8_MARLIN_MIN_VERSION = (0, 9, 0)
+
 DEFAULT_KV_CACHE_TOKENS = 32768
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_MAX_NODES = 8
@@ -79,6 +87,9 @@ class SizingRequest(_Camel):
     overhead_gib: float | None = Field(default=None, ge=0, description="overrides the backend default")
     max_nodes: int = Field(default=DEFAULT_MAX_NODES, ge=1, le=64)
     allow_multi_node: bool = True
+    engine_image: str | None = Field(
+        default=None, description="the engine image when pinned (spec.serving.image); None = dspool's default"
+    )
 
 
 class MemoryAccount(_Camel):
@@ -114,6 +125,7 @@ class Plan(_Camel):
     kv_cache_tokens: int
     memory_gib: MemoryAccount = Field(alias="memoryGiB")
     reason: str
+    precision_note: str = Field(default="", description="why this precision, when it is not the checkpoint's own")
 
     @model_validator(mode="after")
     def _check_shape(self) -> Plan:
@@ -135,9 +147,14 @@ def tensor_parallel_choices(model: ModelSpec, devices_per_node: int) -> list[int
 
 
 def weights_total_gib(model: ModelSpec, precision: Precision) -> float:
-    """Weight bytes of the whole model at a precision (published checkpoint size when known)."""
+    """Weight bytes of the whole model at a precision (published checkpoint size when known).
+
+    W8A16 of an FP8 checkpoint is that checkpoint itself, its 8-bit weights dequantized on the fly.
+    """
     if precision in model.checkpoint_gib:
         return model.checkpoint_gib[precision]
+    if precision == Precision.W8A16 and Precision.FP8 in model.checkpoint_gib:
+        return model.checkpoint_gib[Precision.FP8]
     return model.params_b * 1e9 * BYTES_PER_PARAM[precision] / GIB
 
 
@@ -156,22 +173,88 @@ def kv_bytes_per_token_per_device(model: ModelSpec, tensor_parallel: int, pipeli
     return model.kv_bytes_per_token * stage_fraction(model, pipeline_parallel) / kv_split(model, tensor_parallel)
 
 
-def resolve_precision(model: ModelSpec, accelerator: AcceleratorSpec, asked: str) -> tuple[Precision | None, str]:
-    """The precision to plan with and a note; (None, reason) when the hardware cannot run what was asked."""
+def image_version(image: str) -> tuple[int, ...] | None:
+    """The release an image's tag names (``vllm/vllm-openai:v0.11.0`` -> (0, 11, 0)); None when it names none."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    if ":" not in name:
+        return None
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", name.rsplit(":", 1)[1])
+    if match is None:
+        return None
+    return tuple(int(part) for part in match.groups(default="0"))
+
+
+def _version_text(version: tuple[int, ...]) -> str:
+    return "v" + ".".join(str(part) for part in version)
+
+
+def fp8_weight_only_path(accelerator: AcceleratorSpec, backend: Backend, engine_image: str | None) -> tuple[bool, str]:
+    """Whether ``backend`` serves an FP8 checkpoint weight-only (W8A16) on ``accelerator``, and a note.
+
+    Only vLLM on NVIDIA has that path (Marlin kernels); MindIE and vllm-ascend take BF16 or ModelSlim
+    W8A8/W8A16 checkpoints. A pinned image older than the release with the Marlin paths lacks it; an
+    image whose tag names no version is assumed current, and the note says so.
+    """
+    if accelerator.vendor != Vendor.NVIDIA or backend != Backend.VLLM:
+        return False, f"{backend.value} has no FP8 weight path"
+    minimum = _version_text(VLLM_FP8_MARLIN_MIN_VERSION)
+    if engine_image is None:
+        return True, ""
+    version = image_version(engine_image)
+    if version is None:
+        return True, f"assumed {engine_image} is vLLM >= {minimum}"
+    if version < VLLM_FP8_MARLIN_MIN_VERSION:
+        return False, (
+            f"the pinned image {engine_image} is vLLM {_version_text(version)}, older than {minimum} "
+            f"(the first with Marlin W8A16 kernels for block-FP8 dense and MoE layers)"
+        )
+    return True, ""
+
+
+def _weight_only_note(accelerator: AcceleratorSpec, assumption: str) -> str:
+    return (
+        f"FP8 checkpoint served as published, weight-only (w8a16): vLLM's Marlin kernels dequantize the FP8 "
+        f"weights to 16 bits on {accelerator.id} ({_describe_hardware(accelerator)}, no FP8 tensor cores), so "
+        f"memory stays at FP8 size but compute is 16-bit (prefill slower than native FP8 on Hopper); "
+        f"--precision bf16 plans a converted checkpoint" + (f" ({assumption})" if assumption else "")
+    )
+
+
+def resolve_precision(
+    model: ModelSpec, accelerator: AcceleratorSpec, asked: str, backend: Backend, engine_image: str | None = None
+) -> tuple[Precision | None, str]:
+    """The precision to plan with and a note; (None, reason) when the hardware cannot run what was asked.
+
+    ``auto`` is the cheapest precision ``backend`` really runs for the checkpoint on this hardware.
+    """
+    fp8_checkpoint = model.native_precision == Precision.FP8
     if asked == "auto":
         if model.native_precision in accelerator.precisions:
             return model.native_precision, ""
+        weight_only, why = fp8_weight_only_path(accelerator, backend, engine_image)
+        if fp8_checkpoint and weight_only:
+            return Precision.W8A16, _weight_only_note(accelerator, why)
         note = (
             f"{model.native_precision.value.upper()} checkpoint converted to BF16: {accelerator.id} "
             f"({_describe_hardware(accelerator)}) has no FP8"
         )
-        return Precision.BF16, note
+        return Precision.BF16, note + (f" and {why}" if fp8_checkpoint and why else "")
     precision = Precision(asked)
     if precision not in accelerator.precisions:
         supported = ", ".join(p.value for p in accelerator.precisions)
         return None, (
             f"{accelerator.id} ({_describe_hardware(accelerator)}) cannot run {precision.value}: FP8 needs NVIDIA "
             f"compute capability >= 8.9 (Ada, Hopper, Blackwell); it runs {supported}"
+        )
+    if precision == Precision.W8A16 and fp8_checkpoint and accelerator.vendor == Vendor.NVIDIA and not accelerator.fp8:
+        weight_only, why = fp8_weight_only_path(accelerator, backend, engine_image)
+        if not weight_only:
+            return None, f"{accelerator.id} cannot serve {model.id}'s FP8 checkpoint weight-only: {why}"
+        return precision, _weight_only_note(accelerator, why)
+    if precision == Precision.BF16 and fp8_checkpoint:
+        return (
+            precision,
+            "the FP8 checkpoint must be converted to BF16 first (point modelSource at the converted weights)",
         )
     return precision, ""
 
@@ -234,8 +317,10 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
     devices_per_node = request.devices_per_node or accelerator.devices_per_node
     device_memory = request.device_memory_gib or accelerator.memory_gib
     kv_tokens = max(request.kv_cache_tokens, request.max_model_len or 0)
-    precision, precision_note = resolve_precision(model, accelerator, str(request.precision))
     backend, backend_note = resolve_backend(accelerator, str(request.backend))
+    precision, precision_note = resolve_precision(
+        model, accelerator, str(request.precision), backend or Backend.VLLM, request.engine_image
+    )
     overhead = (
         request.overhead_gib if request.overhead_gib is not None else RUNTIME_OVERHEAD_GIB[backend or Backend.VLLM]
     )
@@ -256,12 +341,13 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
             kv_cache_tokens=kv_tokens,
             memory_gib=account or _empty_account(device_memory, request.gpu_memory_utilization, overhead),
             reason=reason,
+            precision_note=precision_note if precision is not None else "",
         )
 
-    if precision is None:
-        return infeasible(precision_note)
     if backend is None:
         return infeasible(backend_note)
+    if precision is None:
+        return infeasible(precision_note)
     if request.max_model_len is not None and request.max_model_len > model.max_context:
         return infeasible(f"maxModelLen {request.max_model_len} exceeds {model.id}'s context of {model.max_context}")
 
@@ -378,6 +464,7 @@ def _feasible_plan(
         kv_cache_tokens=kv_tokens,
         memory_gib=chosen,
         reason="; ".join(parts),
+        precision_note=precision_note,
     )
 
 

@@ -62,6 +62,7 @@ def test_plan_all_covers_every_model_and_accelerator(capsys: pytest.CaptureFixtu
         (["plan", "deepseek-r1", "--gpu-memory-utilization", "abc"], "not a number"),
         (["plan", "deepseek-r1", "--all"], "--all"),
         (["plan"], "give a MODEL or --all"),
+        (["plan", "deepseek-r1", "-a", "A100-80G", "--kv-cache-tokens", "20000000"], "--kv-cache-tokens"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv: list[str], message: str) -> None:
@@ -78,3 +79,14 @@ def test_models_and_accelerators_list_the_catalog(capsys: pytest.CaptureFixture[
     assert main(["accelerators"]) == 0
     out = capsys.readouterr().out
     assert "huawei.com/Ascend310P" in out and "H200-141G" in out
+
+
+def test_the_cli_module_runs_as_a_script() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dspool.cli", "plan", "deepseek-r1", "-a", "A100-80G", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["precision"] == "w8a16"

@@ -122,13 +122,12 @@ def test_refusal_names_what_was_needed_and_the_best_available_per_type() -> None
         node("h200-0", "H200-141G", used=6),
         node("h200-1", "H200-141G", used=4),
         node("a100-0", "A100-80G"),
-        node("a100-1", "A100-80G"),
     )
     decision = place_replica(pool, request(R1, accelerator_types=["H200-141G", "A100-80G", "B200-180G"]), CATALOG)
     assert decision.placement is None
     assert decision.reason == (
         "no room for deepseek-r1 replica 0: H200-141G needs 8 free on one node (best: h200-1 with 4 free); "
-        "A100-80G: 24 devices over 3 nodes, only 2 nodes in pool; not in pool or excluded: B200-180G"
+        "A100-80G: 16 devices over 2 nodes, only 1 node in pool; not in pool or excluded: B200-180G"
     )
 
 

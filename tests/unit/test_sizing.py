@@ -8,12 +8,15 @@ from hypothesis import strategies as st
 
 from dspool.catalog import Precision, Vendor, builtin_catalog
 from dspool.sizing import (
+    VLLM_FP8_MARLIN_MIN_VERSION,
     SizingRequest,
     candidate_layouts,
+    image_version,
     memory_account,
     plan,
     tensor_parallel_choices,
 )
+from dspool.workloads import DEFAULT_IMAGES
 
 CATALOG = builtin_catalog()
 MODEL_IDS = [m.id for m in CATALOG.models]
@@ -39,11 +42,68 @@ def test_r1_on_h100_is_fp8_tp8_by_pp2_over_two_nodes() -> None:
     assert "TP8 would need" in result.reason  # says why one node is not enough
 
 
-def test_r1_on_ampere_falls_back_to_bf16_and_needs_three_nodes_not_the_articles_two() -> None:
-    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("A100-80G"))
+@pytest.mark.parametrize("model", ["deepseek-r1", "deepseek-v3"])
+@pytest.mark.parametrize("accelerator", ["A100-80G", "A800-80G"])
+def test_fp8_checkpoints_on_ampere_run_weight_only_on_two_nodes_not_bf16_on_three(model: str, accelerator: str) -> None:
+    result = plan(CATALOG.model(model), CATALOG.accelerator(accelerator))
+    assert result.precision == Precision.W8A16
+    assert (result.devices_per_replica, result.nodes_per_replica) == (16, 2)
+    assert (result.tensor_parallel, result.pipeline_parallel) == (8, 2)
+    assert result.memory_gib.weights_total == 641  # the published FP8 checkpoint, not 1276 GiB of BF16
+    assert "weight-only" in result.reason and "Marlin" in result.reason and "prefill slower" in result.reason
+    assert "converted" not in result.precision_note.split(";")[0]
+
+
+def test_bf16_on_ampere_is_still_the_converted_path_on_three_nodes() -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("A100-80G"), SizingRequest(precision="bf16"))
     assert result.precision == Precision.BF16
     assert (result.devices_per_replica, result.nodes_per_replica) == (24, 3)
-    assert "converted to BF16" in result.reason
+    assert result.memory_gib.weights_total == 1276
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("vllm/vllm-openai:v0.8.5", Precision.BF16),
+        ("registry.example:5000/mirror/vllm/vllm-openai:v0.11.0", Precision.W8A16),
+        ("vllm/vllm-openai:latest", Precision.W8A16),
+        ("vllm/vllm-openai@sha256:" + "a" * 64, Precision.W8A16),
+    ],
+)
+def test_a_pinned_vllm_image_decides_whether_ampere_runs_fp8_weight_only(image: str, expected: Precision) -> None:
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("A100-80G"), SizingRequest(engine_image=image))
+    assert result.precision == expected
+    if expected == Precision.BF16:
+        assert result.devices_per_replica == 24
+        assert "v0.8.5, older than" in result.reason and "converted to BF16" in result.reason
+    elif image_version(image) is None:
+        assert f"assumed {image} is vLLM >=" in result.reason
+
+
+def test_explicit_w8a16_on_an_old_vllm_image_is_refused_with_the_reason() -> None:
+    request = SizingRequest(precision="w8a16", engine_image="vllm/vllm-openai:v0.7.3")
+    result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("A100-80G"), request)
+    assert not result.feasible and "v0.7.3, older than" in result.reason
+
+
+def test_dspools_default_vllm_image_has_the_marlin_fp8_paths() -> None:
+    version = image_version(DEFAULT_IMAGES.vllm)
+    assert version is not None and version >= VLLM_FP8_MARLIN_MIN_VERSION
+
+
+@pytest.mark.parametrize("accelerator", ["Ascend910B3", "Ascend910B4"])
+def test_ascend_has_no_fp8_weight_path_and_stays_bf16(accelerator: str) -> None:
+    for backend in ("mindie", "vllm-ascend"):
+        result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator(accelerator), SizingRequest(backend=backend))
+        assert result.precision == Precision.BF16, backend
+        assert f"{backend} has no FP8 weight path" in result.precision_note
+
+
+def test_distills_on_ampere_are_unchanged_bf16() -> None:
+    for model in CATALOG.models:
+        if model.native_precision == Precision.BF16:
+            result = plan(model, CATALOG.accelerator("A100-80G"))
+            assert result.precision == Precision.BF16 and result.precision_note == ""
 
 
 def test_r1_w8a8_on_atlas_800i_a2_is_two_servers_and_auto_hints_at_it() -> None:
@@ -187,3 +247,7 @@ def test_fp8_is_never_planned_on_ampere_or_ascend(model_id: str, accelerator_id:
     if accelerator.vendor == Vendor.ASCEND or accelerator.architecture == "ampere":
         assert result.precision != Precision.FP8
         assert not result.feasible or result.precision in (Precision.BF16, Precision.W8A8, Precision.W8A16)
+    if request.precision == "auto" and result.precision == Precision.W8A16:
+        # auto picks weight-only FP8 only where vLLM's Marlin path runs it: an FP8 checkpoint on NVIDIA without FP8
+        assert accelerator.vendor == Vendor.NVIDIA and not accelerator.fp8 and result.backend == "vllm"
+        assert CATALOG.model(model_id).native_precision == Precision.FP8

@@ -362,6 +362,16 @@ def test_without_lws_two_nodes_become_statefulsets_behind_a_headless_service() -
     assert worker_set["spec"]["selector"]["matchLabels"]["dspool.io/role"] == "worker"
 
 
+def test_weight_only_fp8_on_ampere_serves_the_published_checkpoint_with_no_quantization_flag() -> None:
+    lws = only(build(make_dsd(), make_placement("A100-80G", ["n1", "n2"], precision="w8a16")), "LeaderWorkerSet")
+    leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    line = command_line(engine(leader))
+    # vLLM reads the checkpoint's own FP8 quantization config and picks Marlin on compute capability 8.0;
+    # a --quantization or --dtype flag here would force another method.
+    assert "--quantization" not in line and "--dtype" not in line
+    assert "deepseek-ai/DeepSeek-R1 " in line  # the published FP8 weights, as they are
+
+
 def test_three_stage_pipeline_spreads_workers_over_the_other_planned_nodes() -> None:
     lws = only(build(make_dsd(), make_placement("A100-80G", ["n1", "n2", "n3"], precision="bf16")), "LeaderWorkerSet")
     group = lws["spec"]["leaderWorkerTemplate"]
