@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make test          lint, type-check, unit tests, then cluster tests on the local control plane"
 	@echo "make demo          run the operator on a simulated GPU/NPU pool (local control plane)"
-	@echo "make crds          regenerate crds/ from the pydantic models"
+	@echo "make crds          regenerate crds/, charts/dspool/crds/ and the chart's values reference from code"
 	@echo "make cluster-up    build (once, cached) and start etcd, kube-apiserver, controller-manager, scheduler, kwok"
 	@echo "make cluster-down  stop the local control plane and remove its state"
 	@echo "make bench         placement and CLI benchmarks (bench/placement.py, bench/cli.py)"
@@ -27,6 +27,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check operator tests e2e bench
 	$(BIN)/ruff format --check operator tests e2e bench
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -37,11 +38,14 @@ unit: $(STAMP)
 cluster-test: $(STAMP)
 	$(BIN)/pytest -q tests -m cluster
 
+# Everything generated from code: the CRD (crds/ and the chart's copy), the chart's values reference.
 crds: $(STAMP)
-	$(BIN)/python -m dspool.crdgen crds
+	$(BIN)/python -m dspool.crdgen crds charts/dspool/crds
+	$(BIN)/python -m dspool.chartgen charts/dspool
 
 crds-check: $(STAMP)
-	$(BIN)/python -m dspool.crdgen crds --check
+	$(BIN)/python -m dspool.crdgen crds charts/dspool/crds --check
+	$(BIN)/python -m dspool.chartgen charts/dspool --check
 
 test: lint typecheck crds-check unit cluster-test
 

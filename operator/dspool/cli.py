@@ -18,6 +18,7 @@ from dspool.placement import ReplicaRequest, place_replicas
 from dspool.sizing import Backend, Plan, SizingRequest, plan
 
 EXIT_USAGE = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class UsageError(Exception):
@@ -133,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="dspool-operator",
         help="operators sharing a pool must share this Lease; disjoint pools may differ",
     )
-    p_run.add_argument("--verbose", "-v", action="store_true")
+    p_run.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="log verbosity (JSON lines on stderr)"
+    )
+    p_run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
     p_run.set_defaults(handler=_cmd_run)
 
     p_pool = sub.add_parser("pool", help="print the pool: nodes by accelerator, devices used/free, replicas")
@@ -414,7 +418,7 @@ def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         lease_name=args.lease_name,
         metrics_port=args.metrics_port or None,
     )
-    run(cfg, liveness_port=args.liveness_port or None, verbose=args.verbose)
+    run(cfg, liveness_port=args.liveness_port or None, log_level="debug" if args.verbose else args.log_level)
     return 0
 
 

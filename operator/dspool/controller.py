@@ -588,9 +588,11 @@ async def cleanup(**_: Any) -> None:
         await asyncio.to_thread(op.lease.release)
 
 
-def run(cfg: OperatorConfig, liveness_port: int | None = 8080, verbose: bool = False) -> None:
-    """Run the operator until interrupted (``dspool run``)."""
+def run(cfg: OperatorConfig, liveness_port: int | None = 8080, log_level: str = "info") -> None:
+    """Run the operator until interrupted (``dspool run``); ``log_level`` is debug, info, warning or error."""
     register(cfg)
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
+    kopf.configure(debug=log_level == "debug", quiet=log_level in ("warning", "error"), log_format=kopf.LogFormat.JSON)
+    if log_level == "error":
+        logging.getLogger().setLevel(logging.ERROR)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
     kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
