@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import ClusterError, cache_root, exclusive_lock, go_command  # noqa: E402
+from cluster import ClusterError, cache_root, exclusive_lock, go_command
 
 TOOLS_DIR = Path(__file__).resolve().parent / "tools"
 

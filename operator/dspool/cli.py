@@ -134,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="dspool-operator",
         help="operators sharing a pool must share this Lease; disjoint pools may differ",
     )
-    p_run.add_argument(
-        "--log-level", choices=LOG_LEVELS, default="info", help="log verbosity (JSON lines on stderr)"
-    )
+    p_run.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity (JSON lines on stderr)")
     p_run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
     p_run.set_defaults(handler=_cmd_run)
 
