@@ -1,0 +1,496 @@
+"""The Helm chart on the real API server: lint, render, server-side dry run, install, and RBAC proven.
+
+Helm is built from its pinned Go module by ``e2e/tools.py`` (cached beside the control plane). The RBAC
+proof runs the dspool wheel, installed into a clean venv, in in-cluster mode under the chart's
+ServiceAccount: a token minted with TokenRequest and mounted (in a private mount namespace) where a pod
+finds it, ``/var/run/secrets/kubernetes.io/serviceaccount``. It goes through a whole scenario and its log
+must hold no ``Forbidden``; the same token is then refused what it must not do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, unique_name, wait_for
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from test_operator import (
+    assert_no_node_oversubscribed,
+    create_dsd,
+    get_dsd,
+    has_event,
+    kubectl_path,
+    placed_nodes,
+    pods_of,
+    wait_phase,
+    write_pool,
+)
+
+from dspool import api
+from dspool.sim.fleet import PoolHandle
+
+CHART = REPO_ROOT / "charts" / "dspool"
+CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
+VALUE_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "monitoring": [
+        "--set", "monitoring.serviceMonitor.enabled=true",
+        "--set", "monitoring.prometheusRule.enabled=true",
+        "--set", "monitoring.dashboards.enabled=true",
+    ],
+    "watch-namespaces": ["--set", "watchNamespaces={WATCHED}", "--set", "replicaCount=2"],
+    "custom-catalog": ["-f", str(REPO_ROOT / "tests" / "cluster" / "data" / "site-catalog-values.yaml")],
+}  # fmt: skip
+
+
+def _load_tools() -> Any:
+    spec = importlib.util.spec_from_file_location("dspool_e2e_tools", REPO_ROOT / "e2e" / "tools.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOLS = _load_tools()
+
+
+@pytest.fixture(scope="session")
+def helm(kubeconfig: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run helm (built on first use) against the cluster under test."""
+    binary = str(TOOLS.binary("helm"))
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([binary, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True)
+        if check and done.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(kubeconfig: str) -> None:
+    """The ServiceMonitor, PodMonitor and PrometheusRule CRDs of the pinned prometheus-operator."""
+    for path in TOOLS.prometheus_operator_crds():
+        subprocess.run([kubectl_path(), "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", str(path)],
+                       check=True, capture_output=True)  # fmt: skip
+    for name in ("servicemonitors", "podmonitors", "prometheusrules"):
+        crd = f"crd/{name}.monitoring.coreos.com"
+        wait = [kubectl_path(), "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", crd, "--timeout=60s"]
+        subprocess.run(wait, check=True, capture_output=True)
+
+
+def value_args(value_set: str, watched: str = "watched-a,watched-b") -> list[str]:
+    """The helm flags of a named value set."""
+    return [arg.replace("{WATCHED}", "{" + watched + "}") for arg in VALUE_SETS[value_set]]
+
+
+def rendered(helm: Callable[..., Any], value_set: str, namespace: str, watched: str = "watched-a,watched-b") -> list:
+    """The objects `helm template` renders for a value set."""
+    done = helm("template", "t", str(CHART), "-n", namespace, *value_args(value_set, watched))
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+def test_chart_lints_strict(helm: Callable[..., Any], value_set: str) -> None:
+    done = helm("lint", "--strict", str(CHART), *value_args(value_set))
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+        (["--set", "replicaCount=two"], "/replicaCount"),
+        (["--set", "operator.logLevel=loud"], "/operator/logLevel"),
+        (["--set", "engineImages.sglang=x"], "additional properties 'sglang' not allowed"),
+        (["--set", "catalog.accelerators[0].id=X", "--set", "catalog.accelerators[0].memoryGiB=lots"], "memoryGiB"),
+    ],
+)
+def test_unknown_or_mistyped_values_fail_with_a_message(
+    helm: Callable[..., Any], args: list[str], message: str
+) -> None:
+    done = helm("template", "t", str(CHART), *args, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_the_operator_pod_is_restricted_and_runs_dspool_run_flags(helm: Callable[..., Any]) -> None:
+    [deployment] = [o for o in rendered(helm, "watch-namespaces", "dspool-system") if o["kind"] == "Deployment"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    security = container["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["readOnlyRootFilesystem"] and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert "--namespace=watched-a" in container["args"] and "--namespace=watched-b" in container["args"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "healthz"
+
+
+def test_rbac_has_no_wildcards_secrets_or_node_writes(helm: Callable[..., Any]) -> None:
+    for value_set in ("defaults", "watch-namespaces"):
+        for obj in rendered(helm, value_set, "dspool-system"):
+            if obj["kind"] not in ("ClusterRole", "Role") or obj["metadata"]["name"].endswith(("-edit", "-view")):
+                continue
+            for rule in obj["rules"]:
+                assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+                assert "secrets" not in rule["resources"], rule
+                if "nodes" in rule["resources"] or "pods" in rule["resources"]:
+                    assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+    kinds = {(o["kind"], o["metadata"].get("namespace")) for o in rendered(helm, "watch-namespaces", "dspool-system")}
+    assert ("RoleBinding", "watched-a") in kinds and ("RoleBinding", "watched-b") in kinds
+    assert ("Role", "dspool-system") in kinds  # the Lease, in the release namespace only
+
+
+@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+def test_every_rendered_object_is_accepted_by_the_api_server(
+    helm: Callable[..., Any], kubeconfig: str, core_v1: client.CoreV1Api, monitoring_crds: None, value_set: str
+) -> None:
+    release_ns, watched_a, watched_b = (unique_name(f"chart-{value_set}-{part}") for part in ("rel", "a", "b"))
+    for name in (release_ns, watched_a, watched_b):
+        core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        objects = rendered(helm, value_set, release_ns, f"{watched_a},{watched_b}")
+        manifest = "\n---\n".join(yaml.safe_dump(o) for o in objects)
+        done = subprocess.run(
+            [kubectl_path(), "--kubeconfig", kubeconfig, "apply", "--server-side", "--dry-run=server", "-f", "-"],
+            input=manifest, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("serverside-applied (server dry run)") == len(objects), done.stdout
+        kinds = {o["kind"] for o in objects}
+        if value_set == "monitoring":
+            assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+        if value_set == "custom-catalog":
+            [catalog] = [o for o in objects if o["kind"] == "ConfigMap"]
+            assert "H20-141G-site" in catalog["data"]["catalog.yaml"]
+    finally:
+        for name in (release_ns, watched_a, watched_b):
+            core_v1.delete_namespace(name)
+
+
+def test_the_site_catalog_of_the_values_loads_in_dspool(tmp_path: Path) -> None:
+    from dspool.catalog import load_catalog
+
+    values = yaml.safe_load((REPO_ROOT / "tests" / "cluster" / "data" / "site-catalog-values.yaml").read_text())
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(values["catalog"]))
+    assert load_catalog(path).accelerator("H20-141G-site").memory_gib == 140
+
+
+# ------------------------------------------------------------------------------ install and uninstall
+
+
+def _no_dsds_anywhere(custom: client.CustomObjectsApi) -> bool:
+    try:
+        return not custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
+    except ApiException as exc:
+        return exc.status == 404
+
+
+def test_helm_install_creates_the_crd_and_an_admitted_operator_pod_under_restricted_security(
+    helm: Callable[..., Any], api_client: client.ApiClient, core_v1: client.CoreV1Api, apps_v1: client.AppsV1Api
+) -> None:
+    ext = client.ApiextensionsV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    if _no_dsds_anywhere(custom):  # nothing to lose: let helm install the CRD itself
+        try:
+            ext.delete_custom_resource_definition(CRD_NAME)
+            wait_for(lambda: _crd_gone(ext), 60, "the CRD to be deleted before the install")
+        except ApiException as exc:
+            assert exc.status == 404
+    release, ns = unique_name("dspool"), unique_name("dspool-system")
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels=labels)))
+    try:
+        done = helm("install", release, str(CHART), "-n", ns, "--wait=false")
+        assert "kubectl get crd deepseekdeployments.dspool.io" in done.stdout  # NOTES.txt
+        crd = ext.read_custom_resource_definition(CRD_NAME)
+        assert crd.spec.names.short_names == ["dsd"]
+        deployment = apps_v1.read_namespaced_deployment(release, ns)
+        assert deployment.spec.template.spec.service_account_name == release
+        assert core_v1.read_namespaced_service(f"{release}-metrics", ns).spec.ports[0].port == 8081
+
+        # The ReplicaSet's pod passes the namespace's restricted Pod Security admission.
+        def pod_created() -> list[client.V1Pod]:
+            return core_v1.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/instance={release}").items
+
+        wait_for(pod_created, 60, "the operator pod to be admitted in the restricted namespace")
+        events = core_v1.list_namespaced_event(ns).items
+        assert not [e for e in events if e.reason == "FailedCreate"], [e.message for e in events]
+    finally:
+        helm("uninstall", release, "-n", ns, check=False)
+        core_v1.delete_namespace(ns)
+    assert ext.read_custom_resource_definition(CRD_NAME)  # helm keeps CRDs on uninstall
+
+
+def _crd_gone(ext: client.ApiextensionsV1Api) -> bool:
+    try:
+        ext.read_custom_resource_definition(CRD_NAME)
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+# ------------------------------------------------------------------------------ RBAC, proven
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean venv with only the dspool wheel (and its dependencies) installed: what the image holds."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(root / "dist"), str(REPO_ROOT)],
+                   check=True, capture_output=True)  # fmt: skip
+    [wheel] = (root / "dist").glob("dspool-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    subprocess.run([str(root / "venv" / "bin" / "pip"), "install", "-q", str(wheel)], check=True, capture_output=True)
+    return root / "venv"
+
+
+@dataclass
+class Installed:
+    """A helm release and the identity of its ServiceAccount."""
+
+    release: str
+    namespace: str
+    service_account: str
+
+
+def mint_token(core_v1: client.CoreV1Api, installed: Installed) -> str:
+    """A TokenRequest token for the chart's ServiceAccount, as the kubelet mints for a pod."""
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    response = core_v1.create_namespaced_service_account_token(installed.service_account, installed.namespace, request)
+    return str(response.status.token)
+
+
+def api_server_port() -> int:
+    """The local API server's port (the in-cluster process reaches it as KUBERNETES_SERVICE_HOST:PORT)."""
+    state = json.loads((REPO_ROOT / ".cluster" / "state.json").read_text())
+    return int(state["ports"]["kube-apiserver"])
+
+
+class InClusterOperator:
+    """``dspool run`` from the wheel, configured the way a pod is: service-account files and env only."""
+
+    def __init__(self, venv: Path, token: str, installed: Installed, args: list[str], log_path: Path) -> None:
+        self.secrets = log_path.parent / f"serviceaccount-{uuid.uuid4().hex[:6]}"
+        self.secrets.mkdir()
+        (self.secrets / "token").write_text(token)
+        shutil.copy(REPO_ROOT / ".cluster" / "pki" / "ca.crt", self.secrets / "ca.crt")
+        (self.secrets / "namespace").write_text(installed.namespace)
+        mount = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run
+        # A private mount namespace with a fresh /run: the host's /run is untouched.
+        script = f'mount -t tmpfs tmpfs /run && mkdir -p {mount} && cp {self.secrets}/* {mount}/ && exec "$@"'
+        self.command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                        str(venv / "bin" / "dspool"), "run", *args]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "VIRTUAL_ENV", "PYTHONPATH")}
+        self.env = {**env, "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api_server_port()),
+                    "POD_NAMESPACE": installed.namespace, "HOME": str(log_path.parent)}  # fmt: skip
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (again)."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        """Stop it cleanly (it hands the Lease over)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        """Everything it logged."""
+        return self.log_path.read_text(errors="replace")
+
+
+def can_unshare() -> bool:
+    """Whether this user can make a private mount namespace (root, or user namespaces allowed)."""
+    done = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def install(helm: Callable[..., Any], core_v1: client.CoreV1Api) -> Iterator[Callable[..., Installed]]:
+    """Factory: `install(*helm_args)` installs the chart as a fresh release in a fresh namespace."""
+    releases: list[Installed] = []
+
+    def make(*args: str, release: str | None = None, namespace: str | None = None) -> Installed:
+        release = release or unique_name("dspool")
+        if namespace is None:
+            namespace = unique_name("dspool-system")
+            core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        helm("install", release, str(CHART), "-n", namespace, "--set", "replicaCount=0", *args)
+        installed = Installed(release, namespace, release)
+        releases.append(installed)
+        return installed
+
+    yield make
+    for installed in releases:
+        helm("uninstall", installed.release, "-n", installed.namespace, check=False)
+    for namespace in {installed.namespace for installed in releases}:
+        core_v1.delete_namespace(namespace)
+
+
+def operator_args(pool: PoolHandle, *namespaces: str) -> list[str]:
+    """`dspool run` flags for one test pool (the chart's defaults, e.g. its Lease name, plus test speed-ups)."""
+    watched = [f"--namespace={ns}" for ns in namespaces]
+    return [*watched, f"--node-selector=dspool.io/pool={pool.name}", "--liveness-port=0", "--metrics-port=0",
+            "--resync-seconds=3", "--stuck-after-seconds=30", "--node-grace-seconds=5"]  # fmt: skip
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs a private mount namespace (unshare --mount) for the token")
+def test_the_chart_identity_runs_a_whole_scenario_without_one_forbidden_and_is_refused_the_rest(
+    install: Callable[..., Installed], wheel_venv: Path, fake_pool: Callable[[str], PoolHandle],
+    api_client: client.ApiClient, core_v1: client.CoreV1Api, apps_v1: client.AppsV1Api,
+    namespace: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    custom = client.CustomObjectsApi(api_client)
+    other = unique_name("not-watched")
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        installed = install("--set", f"watchNamespaces={{{namespace}}}")
+        pool = fake_pool(write_pool(tmp_path, "rbac", """
+            - {name: h100, count: 2, accelerator: H100-80G, labels: {dspool.io/fabric: ib-1}}
+            - {name: rtx, count: 2, accelerator: RTX4090-24G, devicesPerNode: 4}
+        """))  # fmt: skip
+        token = mint_token(core_v1, installed)
+        operator = InClusterOperator(wheel_venv, token, installed, operator_args(pool, namespace), tmp_path / "op.log")
+        operator.start()
+        try:
+            _scenario(custom, core_v1, apps_v1, namespace, pool, installed, operator)
+        finally:
+            operator.stop()
+        log = operator.log()
+        assert "connected" in log, log[-3000:]
+        assert "Forbidden" not in log and " 403" not in log, [line for line in log.splitlines() if "403" in line]
+        _refused_what_it_must_not_do(token, core_v1, namespace, other, pool)
+    finally:
+        core_v1.delete_namespace(other)
+
+
+def _scenario(
+    custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, apps_v1: client.AppsV1Api, namespace: str,
+    pool: PoolHandle, installed: Installed, operator: InClusterOperator,
+) -> None:  # fmt: skip
+    # A single-node model and a multi-node one (R1 on 2 x 8 H100 as one gang; StatefulSets, no LWS here).
+    create_dsd(custom, namespace, "small", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 1})
+    create_dsd(custom, namespace, "r1", {"model": "deepseek-r1", "placement": {"acceleratorTypes": ["H100-80G"]}})
+    wait_phase(custom, namespace, "small", "Ready", 120)
+    r1 = wait_phase(custom, namespace, "r1", "Ready", 120)
+    assert len(placed_nodes(r1)[0]) == 2, operator.log()[-3000:]
+    assert apps_v1.list_namespaced_stateful_set(namespace).items
+    # Scale through the scale subresource, then lose the node of one replica.
+    custom.patch_namespaced_custom_object_scale(api.GROUP, api.VERSION, namespace, api.PLURAL, "small",
+                                                {"spec": {"replicas": 2}})  # fmt: skip
+    wait_for(lambda: len(get_dsd(custom, namespace, "small")["status"].get("placements", [])) == 2, 60, "scale to 2")
+    small = wait_phase(custom, namespace, "small", "Ready", 90)
+    lost = placed_nodes(small)[0][0][0]
+    core_v1.delete_node(lost)
+    wait_for(lambda: has_event(core_v1, namespace, "small", "ReplicaLost", "Warning"), 60, "a ReplicaLost event")
+    wait_for(
+        lambda: all(lost not in [n for n, _ in p] for p in placed_nodes(get_dsd(custom, namespace, "small"))),
+        90, "the lost replica to be placed elsewhere",
+    )  # fmt: skip
+    assert_no_node_oversubscribed(core_v1, PoolHandle(pool.name, [n for n in pool.node_names if n != lost]))
+    # The Lease is held in the release namespace.
+    lease = client.CoordinationV1Api(core_v1.api_client).read_namespaced_lease("dspool-operator", installed.namespace)
+    assert lease.spec.holder_identity
+    # Deleting a DSD removes its workloads (owner references, the garbage collector).
+    custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, "r1")
+    wait_for(lambda: pods_of(core_v1, namespace, "r1") == [], 60, "the R1 pods to be garbage-collected")
+    time.sleep(5)  # a few more passes: stale-object clean-up, events, status
+
+
+def _refused_what_it_must_not_do(token: str, core_v1: client.CoreV1Api, watched: str, other: str,
+                                 pool: PoolHandle) -> None:  # fmt: skip
+    configuration = client.Configuration()
+    configuration.host = f"https://127.0.0.1:{api_server_port()}"
+    configuration.ssl_ca_cert = str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    as_operator = client.ApiClient(configuration)
+    core, apps = client.CoreV1Api(as_operator), client.AppsV1Api(as_operator)
+    custom = client.CustomObjectsApi(as_operator)
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "intruder"},
+                  "spec": {"selector": {"matchLabels": {"a": "b"}},
+                           "template": {"metadata": {"labels": {"a": "b"}},
+                                        "spec": {"containers": [{"name": "c", "image": "x"}]}}}}  # fmt: skip
+    attempts: dict[str, Callable[[], Any]] = {
+        "read Secrets": lambda: core.list_namespaced_secret(watched),
+        "read Secrets cluster-wide": lambda: core.list_secret_for_all_namespaces(),
+        "delete a Node": lambda: core.delete_node(pool.node_names[0]),
+        "patch a Node": lambda: core.patch_node(pool.node_names[0], {"metadata": {"labels": {"x": "y"}}}),
+        "create a Deployment outside watchNamespaces": lambda: apps.create_namespaced_deployment(other, deployment),
+        "post an Event outside watchNamespaces": lambda: core.create_namespaced_event(
+            other, {"metadata": {"generateName": "x."}, "involvedObject": {"name": "x", "namespace": other}}
+        ),
+        "patch a DSD's status outside watchNamespaces": lambda: custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, other, api.PLURAL, "any", {"status": {}}
+        ),
+        "delete pods": lambda: core.delete_collection_namespaced_pod(watched),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(ApiException) as refused:
+            attempt()
+        assert refused.value.status == 403, f"{what}: {refused.value.status} {refused.value.reason}"
+    assert core.list_node(label_selector=f"dspool.io/pool={pool.name}").items  # what it may do, it can
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs a private mount namespace (unshare --mount) for the token")
+def test_uninstall_keeps_the_crd_and_dsds_and_a_reinstall_moves_nothing(
+    helm: Callable[..., Any], install: Callable[..., Installed], wheel_venv: Path,
+    fake_pool: Callable[[str], PoolHandle], api_client: client.ApiClient, core_v1: client.CoreV1Api,
+    namespace: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    custom = client.CustomObjectsApi(api_client)
+    pool = fake_pool(write_pool(tmp_path, "reinstall", """
+        - {name: l20, count: 2, accelerator: L20-48G}
+    """))  # fmt: skip
+    first = install()
+    operator = InClusterOperator(wheel_venv, mint_token(core_v1, first), first, operator_args(pool), tmp_path / "1.log")
+    operator.start()
+    try:
+        create_dsd(custom, namespace, "d32", {"model": "deepseek-r1-distill-qwen-32b", "replicas": 3})
+        before = placed_nodes(wait_phase(custom, namespace, "d32", "Ready", 120))
+    finally:
+        operator.stop()
+    helm("uninstall", first.release, "-n", first.namespace)
+    assert client.ApiextensionsV1Api(api_client).read_custom_resource_definition(CRD_NAME)
+    assert placed_nodes(get_dsd(custom, namespace, "d32")) == before  # the DSD and its reservations stay
+    # Install again (same release name and namespace, as an upgrade-by-reinstall does) and run the operator.
+    again = install(release=first.release, namespace=first.namespace)
+    operator = InClusterOperator(wheel_venv, mint_token(core_v1, again), again, operator_args(pool), tmp_path / "2.log")
+    operator.start()
+    try:
+        wait_for(lambda: "connected" in operator.log(), 60, "the reinstalled operator to connect")
+        time.sleep(8)  # several passes
+        after = wait_phase(custom, namespace, "d32", "Ready", 60)
+    finally:
+        operator.stop()
+    assert placed_nodes(after) == before, "a reinstall moved replicas"
+    assert "Forbidden" not in operator.log()
