@@ -21,9 +21,7 @@ def kubectl_dspool(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[s
     return subprocess.run([kubectl_path(), "dspool", *args], capture_output=True, text=True, env=env)
 
 
-def test_kubectl_dspool_plans_and_reads_the_live_pool(
-    kubeconfig: str, fake_pool: Callable[[str], PoolHandle]
-) -> None:
+def test_kubectl_dspool_plans_and_reads_the_live_pool(kubeconfig: str, fake_pool: Callable[[str], PoolHandle]) -> None:
     planned = kubectl_dspool(kubeconfig, "plan", "deepseek-r1", "-a", "A100-80G", "-o", "json")
     assert planned.returncode == 0, planned.stderr
     assert (json.loads(planned.stdout)["precision"], json.loads(planned.stdout)["devicesPerReplica"]) == ("w8a16", 16)
