@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--fabric-label", default="dspool.io/fabric", help="node label that bounds multi-node replicas")
     p_run.add_argument("--liveness-port", type=int, default=8080, help="serve /healthz here (0 = off)")
     p_run.add_argument("--metrics-port", type=int, default=8081, help="serve Prometheus /metrics here (0 = off)")
+    p_run.add_argument(
+        "--node-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export devices per node (3 series a node; --no-node-metrics for very large pools)",
+    )
     p_run.add_argument("--resync-seconds", type=_positive_float, default=30.0)
     p_run.add_argument(
         "--stuck-after-seconds",
@@ -415,6 +421,7 @@ def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         lease_namespace=args.lease_namespace,
         lease_name=args.lease_name,
         metrics_port=args.metrics_port or None,
+        node_metrics=args.node_metrics,
     )
     run(cfg, liveness_port=args.liveness_port or None, log_level="debug" if args.verbose else args.log_level)
     return 0

@@ -30,13 +30,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import start_http_server
 
 from dspool import api
-from dspool.catalog import Catalog, load_catalog
+from dspool.catalog import Catalog, UnknownIdError, load_catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, pod_device_requests, reservations_from_status
 from dspool.lease import LeaderLease
-from dspool.metrics import DeploymentSample, PassCollector, PassSample
+from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.reconcile import ReconcileResult, ReconcileSettings, reconcile
 from dspool.workloads import images_from_env
 
@@ -72,6 +72,7 @@ class OperatorConfig:
     lease_name: str = "dspool-operator"
     lease_seconds: int = 15
     metrics_port: int | None = 8081  # Prometheus /metrics; None = off
+    node_metrics: bool = True  # per-node device series (nodes x 3); off for very large pools
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -186,7 +187,7 @@ class Operator:
         self.indexes: tuple[kopf.Index[Any, Any], kopf.Index[Any, Any], kopf.Index[Any, Any]] | None = None
         self.indexes_ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.metrics = PassCollector()
+        self.metrics = OperatorMetrics()
 
     # ------------------------------------------------------------------ setup and signalling
 
@@ -214,9 +215,7 @@ class Operator:
             self.api_client, self.cfg.lease_namespace, self.cfg.lease_name, identity, self.cfg.lease_seconds
         )
         if self.cfg.metrics_port:
-            registry = CollectorRegistry()
-            registry.register(self.metrics)
-            start_http_server(self.cfg.metrics_port, registry=registry)
+            start_http_server(self.cfg.metrics_port, registry=self.metrics.registry)
         log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
 
     async def poke(self) -> None:
@@ -283,7 +282,7 @@ class Operator:
             self.written_placements.clear()
             self.applied.clear()
             self.desired_objects.clear()
-        self.metrics.set_leader(leading)
+        self.metrics.state.set_leader(leading)
         if self.leading and not leading:
             log.warning("lost the lease %s/%s; another operator decides now", self.cfg.lease_namespace,
                         self.cfg.lease_name)  # fmt: skip
@@ -331,6 +330,7 @@ class Operator:
         )
         results = []
         samples = []
+        decision_seconds: list[float] = []
         for body in bodies:
             metadata = body["metadata"]
             if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
@@ -352,8 +352,10 @@ class Operator:
                 continue
             self.written_placements[uid] = status.get("placements", [])
             results.append(result)
+            decision_seconds += result.decision_seconds
             desired = (body.get("spec") or {}).get("replicas", 1)
-            samples.append(DeploymentSample(namespace, name, desired if isinstance(desired, int) else 0, result.status))
+            desired = desired if isinstance(desired, int) else 0
+            samples.append(DeploymentSample(namespace, name, desired, result.status, own_pods))
             try:
                 if not result.hold:
                     self._apply_objects(uid, namespace, name, result)
@@ -363,8 +365,32 @@ class Operator:
                 self._post_events(metadata, result)
             except Exception as exc:
                 log.warning("posting events of %s/%s failed: %s", namespace, name, _describe(exc))
-        self.metrics.record(PassSample(pool, samples, time.monotonic() - started, leader=self.leading))
+        sample = PassSample(
+            pool, samples, time.monotonic() - started, leader=self.leading, catalog=self.catalog,
+            demand=self._demand(snapshot), node_metrics=self.cfg.node_metrics,
+        )  # fmt: skip
+        self.metrics.record_pass(sample, decision_seconds)
         return results
+
+    def _demand(self, snapshot: Snapshot) -> list[Any]:
+        """The models of the DSDs in the cluster, each once (the demand mix for stranded devices)."""
+        models: dict[str, Any] = {}
+        for body in snapshot.deployments:
+            model_id = (body.get("spec") or {}).get("model")
+            try:
+                model = self.catalog.model(str(model_id))
+            except UnknownIdError:
+                continue
+            models.setdefault(model.id, model)
+        return list(models.values())
+
+    def _counted(self, verb: str, kind: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Make one API write, counting failures by verb, kind and HTTP code."""
+        try:
+            return call(*args, **kwargs)
+        except ApiException as exc:
+            self.metrics.write_errors.labels(verb, kind, str(exc.status)).inc()
+            raise
 
     # ------------------------------------------------------------------ writes (blocking; worker thread)
 
@@ -374,9 +400,10 @@ class Operator:
         custom = client.CustomObjectsApi(self.api_client)
         # A merge patch replaces lists wholesale; fields we no longer set are cleared explicitly.
         patch = {key: None for key in old if key not in status} | status
-        custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}, _request_timeout=REQUEST_TIMEOUT
-        )
+        self._counted(
+            "patch", api.KIND, custom.patch_namespaced_custom_object_status,
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}, _request_timeout=REQUEST_TIMEOUT,
+        )  # fmt: skip
 
     def _apply_objects(self, uid: str, namespace: str, name: str, result: ReconcileResult) -> None:
         assert self.dynamic is not None
@@ -386,7 +413,10 @@ class Operator:
             if self.applied.get(key) == digest:
                 continue
             resource = self._resource(obj["apiVersion"], obj["kind"])
-            resource.server_side_apply(
+            self._counted(
+                "apply",
+                obj["kind"],
+                resource.server_side_apply,
                 body=obj,
                 name=obj["metadata"]["name"],
                 namespace=namespace,
@@ -430,7 +460,10 @@ class Operator:
                 if (api_version, kind, item.metadata.name) in wanted:
                     continue
                 with contextlib.suppress(ApiException):  # already gone (404) or retried next pass
-                    resource.delete(
+                    self._counted(
+                        "delete",
+                        kind,
+                        resource.delete,
                         name=item.metadata.name,
                         namespace=namespace,
                         body={"propagationPolicy": "Background"},
@@ -447,7 +480,10 @@ class Operator:
             if time.monotonic() - self.posted_events.get(key, -EVENT_REPEAT_SECONDS) < EVENT_REPEAT_SECONDS:
                 continue
             self.posted_events[key] = time.monotonic()
-            core.create_namespaced_event(
+            self._counted(
+                "create",
+                "Event",
+                core.create_namespaced_event,
                 metadata["namespace"],
                 client.CoreV1Event(
                     metadata=client.V1ObjectMeta(generate_name=f"{metadata['name']}."),
@@ -468,6 +504,7 @@ class Operator:
                 ),
                 _request_timeout=REQUEST_TIMEOUT,
             )
+            self.metrics.events_posted.labels(event.type, event.reason).inc()
             log.info("%s/%s %s: %s", metadata["namespace"], metadata["name"], event.reason, event.message)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +82,7 @@ class ReconcileResult:
     objects: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     hold: bool = False
+    decision_seconds: list[float] = field(default_factory=list)
 
 
 def spec_hash(spec: DeepSeekDeploymentSpec) -> str:
@@ -237,6 +239,7 @@ def reconcile(
     events: list[Event] = []
     avoid: dict[int, list[str]] = {}
     site_vllm_image = settings.images.vllm if settings.images is not None else None
+    decision_seconds: list[float] = []  # how long each placement decision took (a metric, not a decision input)
 
     # 2. replicas that lost their node, or whose pods cannot be scheduled there, give their reservation back.
     for index, placement in sorted(placements.items()):
@@ -286,7 +289,9 @@ def reconcile(
         request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, index, dsd.spec, catalog, site_vllm_image)
         if index in avoid:
             request = request.model_copy(update={"avoid_nodes": avoid[index]})
+        started = time.perf_counter()
         decision = place_replica(pool, request, catalog, list(current.values()))
+        decision_seconds.append(time.perf_counter() - started)
         if (
             decision.placement is None
             and outdated
@@ -354,7 +359,7 @@ def reconcile(
             kwargs["images"] = settings.images
         objects.extend(build_replica_objects(dsd, placement, model, accelerator, **kwargs))
     objects.append(build_service(dsd))
-    return ReconcileResult(status=status, objects=objects, events=events)
+    return ReconcileResult(status=status, objects=objects, events=events, decision_seconds=decision_seconds)
 
 
 def _stamp(

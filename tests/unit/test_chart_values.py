@@ -24,6 +24,7 @@ FLAG_OF_VALUE = {
     "logLevel": "log_level",
     "livenessPort": "liveness_port",
     "metricsPort": "metrics_port",
+    "nodeMetrics": "node_metrics",
     "leaseName": "lease_name",
 }
 
