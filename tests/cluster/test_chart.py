@@ -51,6 +51,7 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set", "monitoring.serviceMonitor.enabled=true",
         "--set", "monitoring.prometheusRule.enabled=true",
         "--set", "monitoring.dashboards.enabled=true",
+        "--set", "monitoring.podMonitor.enabled=true",
     ],
     "watch-namespaces": ["--set", "watchNamespaces={WATCHED}", "--set", "replicaCount=2"],
     "custom-catalog": ["-f", str(REPO_ROOT / "tests" / "cluster" / "data" / "site-catalog-values.yaml")],

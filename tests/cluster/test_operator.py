@@ -23,39 +23,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from dspool import api
-from dspool.crdgen import build_crd
 from dspool.sim.fleet import PoolHandle
 
 GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
 GPU = "nvidia.com/gpu"
-
-
-@pytest.fixture(scope="session")
-def crd_installed(api_client: client.ApiClient) -> None:
-    """The DeepSeekDeployment CRD from crds/, installed (or updated) and Established."""
-    ext = client.ApiextensionsV1Api(api_client)
-    crd = build_crd()
-    name = crd["metadata"]["name"]
-    try:
-        current = ext.read_custom_resource_definition(name)
-        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(name, crd)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        ext.create_custom_resource_definition(crd)
-
-    def established() -> bool:
-        conditions = ext.read_custom_resource_definition(name).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    wait_for(established, 30, "the DeepSeekDeployment CRD to be Established")
-
-
-@pytest.fixture(scope="session")
-def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
-    """The custom-objects API."""
-    return client.CustomObjectsApi(api_client)
 
 
 class OperatorProcess:
