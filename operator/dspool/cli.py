@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from dspool.api import KIND, DeepSeekDeployment
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
 from dspool.placement import ReplicaRequest, place_replicas
+from dspool.report import format_table
 from dspool.sizing import Backend, Plan, SizingRequest, plan
 
 EXIT_USAGE = 2
@@ -265,16 +266,6 @@ def _short_note(result: Plan) -> str:
     return result.precision_note.split("; ")[0].split(": vLLM's")[0]
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [str(cell).ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [str(row[-1])]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
 def _cmd_models(args: argparse.Namespace, catalog: Catalog) -> int:
     if args.output == "json":
         print(json.dumps([m.model_dump(mode="json", by_alias=True) for m in catalog.models], indent=2))
@@ -429,58 +420,15 @@ def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
 
 def _cmd_pool(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.clusterview import api_client_from, read_cluster
-    from dspool.placement import fragmentation
+    from dspool.report import format_pool, pool_summary
 
     selector = _node_selector(args)
     view = read_cluster(api_client_from(args.kubeconfig), catalog, args.fabric_label, selector)
-    by_node: dict[str, list[str]] = {}
-    for reservation in view.reservations:
-        by_node.setdefault(reservation.node, []).append(
-            f"{reservation.deployment}#{reservation.replica}({reservation.devices})"
-        )
-    frag = fragmentation(view.pool)
+    summary = pool_summary(view.pool, view.reservations, view.deployments, catalog)
     if args.output == "json":
-        payload = {
-            "totals": {k: v.model_dump(mode="json") for k, v in view.pool.totals().items()},
-            "fragmentation": frag,
-            "nodes": [
-                {
-                    **n.model_dump(
-                        mode="json", include={"name", "accelerator", "allocatable", "used", "reserved", "fabric"}
-                    ),
-                    "free": n.free,
-                    "replicas": by_node.get(n.name, []),
-                }
-                for n in sorted(view.pool.nodes.values(), key=lambda n: n.name)
-            ],
-        }
-        print(json.dumps(payload, indent=2))
-        return 0
-    rows = [
-        [acc, str(t.nodes), str(t.allocatable), str(t.used), str(t.reserved), str(t.free), f"{frag.get(acc, 0.0):.2f}"]
-        for acc, t in sorted(view.pool.totals().items())
-    ]
-    print(format_table(["ACCELERATOR", "NODES", "DEVICES", "USED", "RESERVED", "FREE", "FRAGMENTATION"], rows))
-    if args.nodes or len(view.pool.nodes) <= 40:
-        print()
-        node_rows = [
-            [
-                n.name,
-                n.accelerator,
-                n.fabric or "-",
-                str(n.allocatable),
-                str(n.used),
-                str(n.reserved),
-                str(n.free),
-                ", ".join(by_node.get(n.name, [])) or "-",
-            ]
-            for n in sorted(view.pool.nodes.values(), key=lambda n: (n.accelerator, n.name))
-        ]
-        print(
-            format_table(
-                ["NODE", "ACCELERATOR", "FABRIC", "DEVICES", "USED", "RESERVED", "FREE", "REPLICAS"], node_rows
-            )
-        )
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_pool(summary, view.pool, show_nodes=True if args.nodes else None))
     return 0
 
 

@@ -33,11 +33,12 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from prometheus_client import start_http_server
 
 from dspool import api
-from dspool.catalog import Catalog, UnknownIdError, load_catalog
+from dspool.catalog import Catalog, load_catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, pod_device_requests, reservations_from_status
 from dspool.lease import LeaderLease
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.reconcile import ReconcileResult, ReconcileSettings, reconcile
+from dspool.report import demand_of
 from dspool.workloads import images_from_env
 
 log = logging.getLogger("dspool")
@@ -367,22 +368,10 @@ class Operator:
                 log.warning("posting events of %s/%s failed: %s", namespace, name, _describe(exc))
         sample = PassSample(
             pool, samples, time.monotonic() - started, leader=self.leading, catalog=self.catalog,
-            demand=self._demand(snapshot), node_metrics=self.cfg.node_metrics,
+            demand=demand_of(snapshot.deployments, self.catalog), node_metrics=self.cfg.node_metrics,
         )  # fmt: skip
         self.metrics.record_pass(sample, decision_seconds)
         return results
-
-    def _demand(self, snapshot: Snapshot) -> list[Any]:
-        """The models of the DSDs in the cluster, each once (the demand mix for stranded devices)."""
-        models: dict[str, Any] = {}
-        for body in snapshot.deployments:
-            model_id = (body.get("spec") or {}).get("model")
-            try:
-                model = self.catalog.model(str(model_id))
-            except UnknownIdError:
-                continue
-            models.setdefault(model.id, model)
-        return list(models.values())
 
     def _counted(self, verb: str, kind: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """Make one API write, counting failures by verb, kind and HTTP code."""

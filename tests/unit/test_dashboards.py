@@ -1,0 +1,39 @@
+"""The dashboards read only metrics that exist, use defined variables and lay out cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dspool.dashboards import DASHBOARDS, POOL, Dashboard, Panel, Query, check, metric_names, render
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "dspool"
+
+
+def test_the_shipped_dashboards_pass_their_checks_and_cover_the_four_views() -> None:
+    assert check() == []
+    assert {d.uid for d in DASHBOARDS} == {"dspool-pool", "dspool-deployments", "dspool-devices", "dspool-operator"}
+    assert {p.name for p in (CHART / "dashboards").glob("*.json")} == {f"{d.uid}.json" for d in DASHBOARDS}
+
+
+def test_a_panel_reading_a_metric_nobody_emits_is_caught() -> None:
+    stale = Panel("KV cache", "old name", (Query('vllm:gpu_cache_usage_perc{namespace=~"$namespace"}'),))
+    problems = check([Dashboard("x", "x", "x", (stale,), variables=())])
+    assert "no exporter defines metric 'vllm:gpu_cache_usage_perc'" in problems[0]
+    assert "undefined variable $namespace" in problems[1]
+
+
+def test_metric_names_skip_labels_functions_and_strings() -> None:
+    expr = 'sum by (le, deployment) (rate(vllm:x_bucket{a="b:c"}[5m]) * on(namespace, pod) group_left(deployment) y)'
+    assert metric_names(expr) == {"vllm:x_bucket", "y"}
+
+
+def test_rendered_json_has_unique_panel_ids_and_a_datasource_variable() -> None:
+    for dashboard in DASHBOARDS:
+        model = render(dashboard)
+        ids = [p["id"] for p in model["panels"]]
+        assert len(ids) == len(set(ids))
+        assert model["templating"]["list"][0]["type"] == "datasource"
+        assert all(t["datasource"]["uid"] == "${datasource}" for p in model["panels"] for t in p["targets"])
+    pool = json.loads((CHART / "dashboards" / "dspool-pool.json").read_text())
+    assert pool["title"] == POOL.title and pool["panels"][0]["title"] == "Placeable replicas now"
