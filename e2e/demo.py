@@ -23,8 +23,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from dspool import api
-from dspool.cli import format_table
 from dspool.crdgen import build_crd
+from dspool.report import format_table
 from dspool.sim.fleet import apply_pool, load_pool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         step(f"kubectl get dsd -n {NAMESPACE}")
         print_deployments(items)
-        step("dspool pool  (devices per accelerator, and which replicas sit where)")
+        step("dspool pool  (devices per accelerator, what still fits, and which replicas sit where)")
         subprocess.run([sys.executable, "-m", "dspool", "pool", "--node-selector", POOL_SELECTOR], env=env, check=True)
         step("dspool plan -f examples/r1-671b.yaml --cluster  (dry run: where would one more replica go?)")
         subprocess.run(
@@ -207,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                 if line.startswith(
                     (
                         'dspool_pool_devices{accelerator="H200',
-                        "dspool_pool_fragmentation",
-                        'dspool_deployment_replicas{deployment="r1-671b-ampere"',
+                        'dspool_pool_placeable_replicas{accelerator="all"',
+                        "dspool_pool_whole_free_nodes",
+                        "dspool_pool_stranded_devices",
+                        'dspool_deployment_pending_replicas{deployment="r1-671b-ampere"',
+                        'dspool_replica_info{accelerator="Ascend910B3"',
                     )
                 ):
                     print(line)

@@ -37,3 +37,19 @@ def test_rendered_json_has_unique_panel_ids_and_a_datasource_variable() -> None:
         assert all(t["datasource"]["uid"] == "${datasource}" for p in model["panels"] for t in p["targets"])
     pool = json.loads((CHART / "dashboards" / "dspool-pool.json").read_text())
     assert pool["title"] == POOL.title and pool["panels"][0]["title"] == "Placeable replicas now"
+
+
+def test_the_observability_doc_names_every_metric_panel_and_alert() -> None:
+    import yaml
+
+    from dspool.metrics import METRIC_NAMES
+
+    doc = (CHART.parents[1] / "docs" / "observability.md").read_text()
+    rules = yaml.safe_load((CHART / "rules" / "dspool.rules.yaml").read_text())
+    alerts = [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+    missing = [name for name in METRIC_NAMES if f"`{name}`" not in doc]
+    missing += [
+        panel.title for dashboard in DASHBOARDS for panel in dashboard.panels if f"| {panel.title} |" not in doc
+    ]
+    missing += [alert for alert in alerts if f"### {alert}" not in doc]
+    assert not missing, f"docs/observability.md does not describe: {missing}"
