@@ -6,6 +6,7 @@
     python e2e/cluster.py up       # build if needed, then start everything on 127.0.0.1
     python e2e/cluster.py status   # show each component, its pid and whether it is alive
     python e2e/cluster.py down     # stop exactly what `up` started and remove .cluster/
+    python e2e/cluster.py lws remove|install   # take the LeaderWorkerSet CRD away, or bring it back
 
 The versions are the ones pinned by the Go modules under e2e/controlplane/ (go.mod + go.sum), one
 module per upstream so that their dependency graphs stay independent. Binaries are cached in
@@ -17,6 +18,12 @@ State lives in ``.cluster/`` at the repo root: certificates, kubeconfigs, etcd d
 ``pids/``. Fake nodes are simulated by kwok: it manages only nodes annotated
 ``kwok.x-k8s.io/node=fake`` (see ``python e2e/fleet.py``), keeps them Ready and moves the pods that
 kube-scheduler binds to them to Running/Ready.
+
+The LeaderWorkerSet controller (``sigs.k8s.io/lws``, built by ``e2e/tools.py``) runs beside them, out of
+cluster: its CRD and admission webhooks are installed at ``up``, the webhooks pointing at
+``https://127.0.0.1:<port>`` with a serving certificate from the cluster CA (LWS's own certificate
+rotation is for in-cluster Services and is turned off). Its pod webhooks only see pods labelled
+``leaderworkerset.sigs.k8s.io/name``, as in LWS's chart, so other pods never depend on it.
 
 Only the standard library and the ``openssl`` command are used, so this runs before any venv exists.
 """
@@ -43,6 +50,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULES_DIR = REPO_ROOT / "e2e" / "controlplane"
@@ -60,7 +68,10 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_POD_CIDR = "10.244.0.0/16"
 KWOK_NODE_SELECTOR = "kwok.x-k8s.io/node=fake"
 # Order matters: each component needs the ones before it.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "lws-controller")
+LWS_CRD_PATH = "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+LWS_CRD_NAME = "leaderworkersets.leaderworkerset.x-k8s.io"
+LWS_WEBHOOKS = "dspool-local-lws"  # name of both webhook configurations
 # Client rate for the controllers: the defaults (20/30 qps) crawl with thousands of fake nodes.
 CONTROLLER_QPS, CONTROLLER_BURST = 300, 600
 
@@ -289,6 +300,8 @@ CLIENT_IDENTITIES = {
     "kube-scheduler": "/CN=system:kube-scheduler",
     # kwok stands in for thousands of kubelets (node status, leases, pod status), like kwokctl's admin.
     "kwok": "/O=system:masters/CN=kwok-controller",
+    # LWS's manager; in a cluster its chart gives it a ClusterRole, here it runs as admin like kwok.
+    "lws-controller": "/O=system:masters/CN=lws-controller",
 }
 
 
@@ -326,6 +339,12 @@ def generate_pki() -> None:
     )
     for name, subject in CLIENT_IDENTITIES.items():
         issue_certificate(name, subject, CLIENT_EXTENSIONS)
+    issue_certificate(
+        "lws-webhook",
+        "/CN=lws-webhook",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost",
+    )
     openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(PKI_DIR / "sa.key"))
     openssl("pkey", "-in", str(PKI_DIR / "sa.key"), "-pubout", "-out", str(PKI_DIR / "sa.pub"))
     for key in PKI_DIR.glob("*.key"):
@@ -416,9 +435,24 @@ def crashed_error(component: str) -> ClusterError:
     )
 
 
+def component_binary(component: str) -> Path:
+    """Where a component's binary is: the control plane's bin dir, or the LWS tool's."""
+    if component == "lws-controller":
+        return lws_tool().binary("lws-controller")
+    return bin_dir() / component
+
+
+def lws_tool() -> Any:
+    """e2e/tools.py (it builds LWS and knows its source), loaded on first use."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import tools
+
+    return tools
+
+
 def start(component: str, args: list[str]) -> int:
     """Start a component in its own process group with output to its log; record its pid."""
-    binary = bin_dir() / component
+    binary = component_binary(component)
     with open(log_file(component), "ab") as log:
         process = subprocess.Popen(
             [str(binary), *args],
@@ -495,12 +529,14 @@ class Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    lws_webhook: int
+    lws_health: int
 
     @classmethod
     def allocate(cls) -> Ports:
         """Pick distinct free ports."""
         chosen: set[int] = set()
-        while len(chosen) < 6:
+        while len(chosen) < 8:
             chosen.add(free_port())
         return cls(*sorted(chosen))
 
@@ -580,7 +616,98 @@ def component_args(ports: Ports) -> dict[str, list[str]]:
             f"--node-lease-duration-seconds={KWOK_NODE_LEASE_SECONDS}",
             f"--server-address=127.0.0.1:{ports.kwok}",
         ],
+        "lws-controller": [
+            f"--config={STATE_DIR / 'lws-config.yaml'}",
+            f"--kubeconfig={STATE_DIR / 'lws-controller.kubeconfig'}",
+            "--zap-devel=false",
+        ],
     }
+
+
+def write_lws_config(ports: Ports) -> None:
+    """LWS's configuration: webhooks on loopback with our certificate, no leader election, no metrics."""
+    cert_dir = STATE_DIR / "lws-certs"
+    cert_dir.mkdir(exist_ok=True)
+    shutil.copy(PKI_DIR / "lws-webhook.crt", cert_dir / "tls.crt")
+    shutil.copy(PKI_DIR / "lws-webhook.key", cert_dir / "tls.key")
+    config = {
+        "apiVersion": "config.lws.x-k8s.io/v1alpha1",
+        "kind": "Configuration",
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {"enable": False},
+        "webhook": {"host": "127.0.0.1", "port": ports.lws_webhook, "certDir": str(cert_dir)},
+        "metrics": {"bindAddress": "0"},
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{ports.lws_health}"},
+        "clientConnection": {"qps": CONTROLLER_QPS, "burst": CONTROLLER_BURST},
+    }
+    (STATE_DIR / "lws-config.yaml").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def lws_webhook_configurations(port: int) -> list[dict[str, Any]]:
+    """LWS's mutating and validating webhooks (config/webhook of its module), served on loopback."""
+    ca_bundle = base64.b64encode((PKI_DIR / "ca.crt").read_bytes()).decode()
+    pods_only = {"matchExpressions": [{"key": "leaderworkerset.sigs.k8s.io/name", "operator": "Exists"}]}
+
+    def hook(name: str, path: str, group: str, resource: str, operations: list[str]) -> dict[str, Any]:
+        webhook: dict[str, Any] = {
+            "name": name,
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca_bundle},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "rules": [{"apiGroups": [group], "apiVersions": ["v1"], "operations": operations,
+                       "resources": [resource]}],
+        }  # fmt: skip
+        if resource == "pods":
+            webhook["objectSelector"] = pods_only
+        return webhook
+
+    lws = ("leaderworkerset.x-k8s.io", "leaderworkersets", ["CREATE", "UPDATE"])
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": LWS_WEBHOOKS},
+            "webhooks": [
+                hook("mleaderworkerset.kb.io", "/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset", *lws),
+                hook("mpod.kb.io", "/mutate--v1-pod", "", "pods", ["CREATE"]),
+            ],
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": LWS_WEBHOOKS},
+            "webhooks": [
+                hook("vleaderworkerset.kb.io", "/validate-leaderworkerset-x-k8s-io-v1-leaderworkerset", *lws),
+                hook("vpod.kb.io", "/validate--v1-pod", "", "pods", ["CREATE", "UPDATE"]),
+            ],
+        },
+    ]
+
+
+def kubectl(*args: str, stdin: str | None = None) -> str:
+    """Run the built kubectl as admin; raise with its output on failure."""
+    done = subprocess.run(
+        [str(bin_dir() / "kubectl"), f"--kubeconfig={ADMIN_KUBECONFIG}", *args],
+        input=stdin, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def install_lws(port: int) -> None:
+    """Install the LWS CRD (from its pinned module) and its webhooks, and wait until the CRD is served."""
+    crd = lws_tool().source_dir("lws") / LWS_CRD_PATH
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    manifest = "\n---\n".join(json.dumps(obj) for obj in lws_webhook_configurations(port))
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+    kubectl("wait", "--for=condition=Established", f"crd/{LWS_CRD_NAME}", "--timeout=60s")
+
+
+def remove_lws() -> None:
+    """Delete the LWS CRD (and with it every LeaderWorkerSet); the controller and webhooks stay."""
+    kubectl("delete", "crd", LWS_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=120s")
 
 
 def write_scheduler_config() -> None:
@@ -646,6 +773,7 @@ def up() -> None:
         shutil.rmtree(STATE_DIR)  # what a failed startup left behind (it reported its logs then)
 
     build()
+    lws_tool().build("lws")
     started = time.monotonic()
     for directory in (STATE_DIR, LOG_DIR, PID_DIR):
         directory.mkdir(parents=True, exist_ok=True)
@@ -666,15 +794,17 @@ def start_all() -> None:
     generate_pki()
     api = f"https://127.0.0.1:{ports.apiserver}"
     write_kubeconfig(ADMIN_KUBECONFIG, api, "admin")
-    for identity in ("kube-controller-manager", "kube-scheduler", "kwok"):
+    for identity in ("kube-controller-manager", "kube-scheduler", "kwok", "lws-controller"):
         write_kubeconfig(STATE_DIR / f"{identity}.kubeconfig", api, identity)
     write_scheduler_config()
+    write_lws_config(ports)
     state = {
         "etcd": ports.etcd,
         "kube-apiserver": ports.apiserver,
         "kube-controller-manager": ports.controller_manager,
         "kube-scheduler": ports.scheduler,
         "kwok": ports.kwok,
+        "lws-controller": ports.lws_webhook,
     }
     STATE_FILE.write_text(json.dumps({"ports": state, "bin": str(bin_dir())}, indent=2) + "\n")
     args = component_args(ports)
@@ -697,6 +827,10 @@ def start_all() -> None:
         "the `default` service account in namespace `default`",
         90,
     )
+    start("lws-controller", args["lws-controller"])
+    healthz = f"http://127.0.0.1:{ports.lws_health}/healthz"
+    wait_until(lambda: http_ok(healthz), "lws-controller", "the LWS controller's /healthz", 60)
+    install_lws(ports.lws_webhook)
 
 
 # ---------------------------------------------------------------------------------------------- down
@@ -758,18 +892,28 @@ def status() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["build", "up", "down", "status"])
+    parser.add_argument("command", choices=["build", "up", "down", "status", "lws"])
+    parser.add_argument("action", nargs="?", choices=["install", "remove"], help="lws: install or remove its CRD")
     parser.add_argument("--force", action="store_true", help="build: rebuild even when the cache is warm")
     options = parser.parse_args(argv)
     try:
         if options.command == "build":
             build(force=options.force)
+            lws_tool().build("lws")
         elif options.command == "up":
             with cluster_lock():
                 up()
         elif options.command == "down":
             with cluster_lock():
                 down()
+        elif options.command == "lws":
+            state = read_state()
+            if state is None:
+                raise ClusterError("no cluster; run `python e2e/cluster.py up` first")
+            if options.action == "remove":
+                remove_lws()
+            else:
+                install_lws(state["lws-controller"])
         else:
             return status()
     except ClusterError as error:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tools the tests need that have no Debian or PyPI package, built from pinned Go modules and cached.
 
-    python e2e/tools.py build helm          # or: prometheus, all
+    python e2e/tools.py build helm          # or: prometheus, lws, all
     python e2e/tools.py path helm           # print the binary's path (building it first if needed)
     python e2e/tools.py crds prometheus-operator   # print the directory holding its CRD manifests
 
@@ -62,6 +62,12 @@ TOOLS: dict[str, Tool] = {
             "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
             "promtool": "github.com/prometheus/prometheus/cmd/promtool",
         },
+    ),
+    "lws": Tool(
+        "sigs.k8s.io/lws",
+        "v0.7.0",
+        {"lws-controller": "sigs.k8s.io/lws/cmd"},
+        "-s -w -X sigs.k8s.io/lws/pkg/version.GitVersion=v0.7.0",
     ),
 }
 # Source-only modules: fetched for their manifests, never built.

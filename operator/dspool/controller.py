@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from dspool.catalog import Catalog, load_catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, pod_device_requests, reservations_from_status
 from dspool.lease import LeaderLease
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
+from dspool.mindie import ASCEND_DEVICE_ANNOTATION, MINDCLUSTER_CRD
 from dspool.reconcile import ReconcileResult, ReconcileSettings, reconcile
 from dspool.report import demand_of
 from dspool.workloads import images_from_env
@@ -52,6 +54,8 @@ OBJECT_KINDS = [
     ("v1", "Service"),
 ]
 FIELD_MANAGER = "dspool"
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+WATCHED_CRDS = (LWS_CRD, MINDCLUSTER_CRD)  # installing or removing either changes what dspool builds
 REQUEST_TIMEOUT = 30  # seconds; a hung API call must not stall every decision
 EVENT_REPEAT_SECONDS = 600  # the same event is posted again after this long
 REAPPLY_SECONDS = 600  # every object is applied again this often, restoring any deleted or edited by hand
@@ -122,11 +126,14 @@ def compact_pod(body: Mapping[str, Any]) -> dict[str, Any] | None:
         kept = ("name", "resources", "restartPolicy")  # restartPolicy marks sidecar init containers
         return [{k: c[k] for k in kept if k in c} for c in spec.get(key) or []]
 
+    annotations = metadata.get("annotations") or {}
+    kept_annotations = {k: annotations[k] for k in (ASCEND_DEVICE_ANNOTATION,) if k in annotations}
     return {
         "metadata": {
             "name": metadata.get("name"),
             "namespace": metadata.get("namespace"),
             "labels": labels,
+            "annotations": kept_annotations,  # the NPUs the device plugin gave the pod: MindIE rank tables
             "deletionTimestamp": metadata.get("deletionTimestamp"),
         },
         "spec": {
@@ -134,7 +141,12 @@ def compact_pod(body: Mapping[str, Any]) -> dict[str, Any] | None:
             "containers": containers("containers"),
             "initContainers": containers("initContainers"),
         },
-        "status": {"phase": status.get("phase"), "conditions": list(status.get("conditions") or [])},
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": list(status.get("conditions") or []),
+            "podIP": status.get("podIP"),
+            "hostIP": status.get("hostIP"),
+        },
     }
 
 
@@ -203,13 +215,13 @@ class Operator:
         # The client caches discovery in a file shared by every process on the host: start from the cluster
         # as it is now (a CRD such as LWS may have been installed or removed since).
         self.dynamic.resources.invalidate_cache()
-        try:
-            self.dynamic.resources.get(api_version="leaderworkerset.x-k8s.io/v1", kind="LeaderWorkerSet")
-            lws = True
-        except ResourceNotFoundError:
-            lws = False
+        lws = self._served("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+        mindcluster = self._served("mindxdl.gitee.com/v1", "AscendJob")
         self.settings = ReconcileSettings(
-            lws_available=lws, images=images_from_env(os.environ), stuck_after_seconds=self.cfg.stuck_after_seconds
+            lws_available=lws,
+            images=images_from_env(os.environ),
+            stuck_after_seconds=self.cfg.stuck_after_seconds,
+            mindcluster=mindcluster,
         )
         identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = LeaderLease(
@@ -218,6 +230,35 @@ class Operator:
         if self.cfg.metrics_port:
             start_http_server(self.cfg.metrics_port, registry=self.metrics.registry)
         log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
+        if mindcluster:
+            log.info("MindCluster's ascend-operator is installed: it writes the MindIE rank tables, dspool does not")
+
+    def _served(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves a kind (per the dynamic client's discovery)."""
+        assert self.dynamic is not None
+        try:
+            self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def crd_changed(self, name: str, established: bool) -> bool:
+        """A watched CRD appeared or went: build LeaderWorkerSets or StatefulSets, write rank tables or not.
+        True when that changes what dspool builds (the caller wakes the loop)."""
+        if name == LWS_CRD:
+            if self.settings.lws_available == established:
+                return False
+            self.settings = dataclasses.replace(self.settings, lws_available=established)
+        else:
+            if self.settings.mindcluster == established:
+                return False
+            self.settings = dataclasses.replace(self.settings, mindcluster=established)
+        if self.dynamic is not None:
+            self.dynamic.resources.invalidate_cache()  # discovery must see the kind appear or go
+        self.resources.clear()
+        self.applied.clear()  # apply everything again with the new shape
+        log.info("%s %s", name, "installed" if established else "removed")
+        return True
 
     async def poke(self) -> None:
         """Wake the reconcile loop: the cluster changed."""
@@ -402,7 +443,7 @@ class Operator:
             if self.applied.get(key) == digest:
                 continue
             resource = self._resource(obj["apiVersion"], obj["kind"])
-            self._counted(
+            applied = self._counted(
                 "apply",
                 obj["kind"],
                 resource.server_side_apply,
@@ -413,6 +454,8 @@ class Operator:
                 force_conflicts=True,
                 _request_timeout=REQUEST_TIMEOUT,
             )
+            if getattr(getattr(applied, "metadata", None), "deletionTimestamp", None):
+                continue  # an object of the same name is still being deleted (e.g. LWS's): apply again later
             self.applied[key] = digest
         wanted = {(obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) for obj in result.objects}
         if self.desired_objects.get(uid) == wanted:
@@ -594,6 +637,22 @@ async def object_deleted(name: str, **_: Any) -> None:
     op = _operator()
     op.node_views.pop(name, None)
     await op.poke()
+
+
+def _watched_crd(name: str, **_: Any) -> bool:
+    return name in WATCHED_CRDS
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_watched_crd)
+async def crd_event(name: str, type: str | None, body: kopf.Body, **_: Any) -> None:
+    """LeaderWorkerSet or MindCluster installed or removed while running: picked up without a restart."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    established = type != "DELETED" and any(
+        c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+    )
+    op = _operator()
+    if op.dynamic is not None and await asyncio.to_thread(op.crd_changed, name, established):
+        await op.poke()
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

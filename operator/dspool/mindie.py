@@ -8,8 +8,10 @@ Key layout and defaults follow the MindIE Service configuration reference (``con
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MINDIE_API_PORT = 1025
@@ -27,6 +29,17 @@ START_SCRIPT_KEY = "start.sh"
 # MindCluster's convention for where a pod finds its HCCL rank table.
 RANK_TABLE_DIR = "/user/serverid/devindex/config"
 RANK_TABLE_PATH = f"{RANK_TABLE_DIR}/hccl.json"
+RANK_TABLE_KEY = "hccl.json"
+RANK_TABLE_PENDING = {"status": "initializing"}
+
+# The Ascend device plugin writes each pod's allocated NPUs with their RoCE addresses here, as JSON
+# {"pod_name", "server_id" (the pod UID), "host_ip", "devices": [{"device_id", "device_ip"}]}:
+# mind-cluster component/ascend-common/api/default_name.go (Pod910DeviceAnno) and
+# component/ascend-device-plugin/pkg/common/proto.go (Instance, Device), written by AddPodAnnotation.
+ASCEND_DEVICE_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
+# MindCluster's ascend-operator writes rank tables itself (ConfigMap rings-config-<job>, key hccl.json);
+# its CRD tells that it is installed.
+MINDCLUSTER_CRD = "ascendjobs.mindxdl.gitee.com"
 
 # Replaced at start by the pod IP (MIES_CONTAINER_IP, from the downward API). MindIE's defaults,
 # 127.0.0.1 / 127.0.0.2, listen on loopback only, so kubelet probes and the Service could not reach it.
@@ -204,3 +217,55 @@ def mindie_start_script(*, multi_node: bool) -> str:
         ]
     lines += [f"cd {MINDIE_HOME}", f"exec {MINDIE_DAEMON}", ""]
     return "\n".join(lines)
+
+
+def _pod_order(pod: Mapping[str, Any]) -> tuple[int, int, str]:
+    """Leader first, then workers by index (LWS's worker-index label, else the StatefulSet ordinal)."""
+    metadata = pod.get("metadata", {})
+    labels = metadata.get("labels") or {}
+    name = str(metadata.get("name", ""))
+    if labels.get("dspool.io/role") == "leader":
+        return (0, 0, name)
+    index = labels.get("leaderworkerset.sigs.k8s.io/worker-index")
+    if index is None:
+        ordinal = re.search(r"-(\d+)$", name)
+        index = ordinal.group(1) if ordinal else "0"
+    return (1, int(index) if str(index).isdigit() else 0, name)
+
+
+def rank_table_from_pods(pods: Sequence[Mapping[str, Any]], servers: int) -> dict[str, Any] | None:
+    """The completed rank table of one multi-node MindIE replica, from its pods as the device plugin
+    annotated them; None until all ``servers`` pods exist, have an IP and carry their NPUs' addresses.
+
+    Servers are in pod order (the leader first: it is MindIE's master); a server's id is its host IP (the
+    annotation's ``host_ip``, else the pod's ``hostIP``), its container IP the pod IP; devices in device-id
+    order. A replaced pod changes the table, so it is rebuilt from the pods every time.
+    """
+    live = [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
+    if len(live) != servers:
+        return None
+    server_ips, container_ips, device_ips = [], [], []
+    for pod in sorted(live, key=_pod_order):
+        raw = (pod.get("metadata", {}).get("annotations") or {}).get(ASCEND_DEVICE_ANNOTATION)
+        status = pod.get("status") or {}
+        try:
+            allocated = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        if not isinstance(allocated, dict) or not status.get("podIP"):
+            return None
+        devices = allocated.get("devices") or []
+        try:
+            ordered = sorted(devices, key=lambda device: int(device["device_id"]))
+            addresses = [str(device["device_ip"]) for device in ordered]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not addresses:
+            return None
+        server_ips.append(str(allocated.get("host_ip") or status.get("hostIP") or status["podIP"]))
+        container_ips.append(str(status["podIP"]))
+        device_ips.append(addresses)
+    try:
+        return build_rank_table(server_ips, device_ips, container_ips=container_ips)
+    except ValueError:
+        return None  # e.g. two pods reporting one host: wait for consistent annotations

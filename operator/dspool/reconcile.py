@@ -60,6 +60,7 @@ class ReconcileSettings:
     lws_available: bool = False
     images: ImageDefaults | None = None
     stuck_after_seconds: float = DEFAULT_STUCK_AFTER_SECONDS
+    mindcluster: bool = False  # MindCluster's ascend-operator writes MindIE rank tables; dspool does not
 
 
 @dataclass
@@ -357,6 +358,8 @@ def reconcile(
         kwargs: dict[str, Any] = {"lws_available": settings.lws_available}
         if settings.images is not None:
             kwargs["images"] = settings.images
+        if not settings.mindcluster:
+            kwargs["rank_table_pods"] = _of_placement(placement, pods_by_replica.get(placement.replica, []))
         objects.extend(build_replica_objects(dsd, placement, model, accelerator, **kwargs))
     objects.append(build_service(dsd))
     return ReconcileResult(status=status, objects=objects, events=events, decision_seconds=decision_seconds)

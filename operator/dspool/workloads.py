@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -51,10 +51,13 @@ from dspool.mindie import (
     MINDIE_METRICS_PORT,
     MINDIE_MULTI_NODE_PORT,
     RANK_TABLE_DIR,
+    RANK_TABLE_KEY,
     RANK_TABLE_PATH,
+    RANK_TABLE_PENDING,
     START_SCRIPT_KEY,
     build_mindie_config,
     mindie_start_script,
+    rank_table_from_pods,
 )
 from dspool.sizing import Backend
 
@@ -302,8 +305,13 @@ def build_replica_objects(
     *,
     lws_available: bool,
     images: ImageDefaults = DEFAULT_IMAGES,
+    rank_table_pods: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The objects that run one replica on its planned nodes, in apply order (ConfigMaps and Services first).
+
+    ``rank_table_pods``: for a multi-node MindIE replica on a cluster without MindCluster, the replica's
+    current pods; dspool then writes its HCCL rank table (``status: completed`` once every pod carries
+    its NPUs' addresses, ``initializing`` before). None leaves the table to MindCluster.
 
     Raises ValueError for a placement that cannot be served as given: a backend on the wrong vendor,
     a node count that is not the pipeline-parallel size, or a multi-node replica on Ascend 310P.
@@ -311,7 +319,10 @@ def build_replica_objects(
     replica = _Replica(dsd, placement, model, accelerator, images)
     _check_placement(replica)
     if replica.backend == Backend.MINDIE:
-        return _mindie_objects(replica)
+        objects = _mindie_objects(replica)
+        if replica.multi_node and rank_table_pods is not None:
+            objects.insert(1, _rank_table_config_map(replica, rank_table_pods))
+        return objects
     if not replica.multi_node:
         return [_deployment(replica, _vllm_pod_template(replica, LEADER, [placement.nodes[0].name]))]
     if lws_available:
@@ -838,10 +849,20 @@ def mindie_config_map_name(replica_name: str) -> str:
 def rank_table_config_map_name(replica_name: str) -> str:
     """The ConfigMap a multi-node MindIE replica reads its rank table (``hccl.json``) from.
 
-    ``rings-config-<name>`` is the name MindCluster's HCCL tooling writes for a job; on clusters without
-    it the controller writes the table itself from :func:`dspool.mindie.build_rank_table`.
+    ``rings-config-<name>`` is the name MindCluster's ascend-operator writes for a job; on clusters without
+    it dspool writes the table itself (:func:`dspool.mindie.rank_table_from_pods`).
     """
     return f"rings-config-{replica_name}"
+
+
+def _rank_table_config_map(replica: _Replica, pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    table = rank_table_from_pods(pods, replica.placement.pipeline_parallel) or RANK_TABLE_PENDING
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": replica.metadata(rank_table_config_map_name(replica.name)),
+        "data": {RANK_TABLE_KEY: json.dumps(table, indent=2) + "\n"},
+    }
 
 
 def _mindie_objects(replica: _Replica) -> list[dict[str, Any]]:
