@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -205,3 +209,107 @@ def crd_installed(api_client: client.ApiClient) -> None:
 def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
     """The custom-objects API."""
     return client.CustomObjectsApi(api_client)
+
+
+class OperatorProcess:
+    """A ``dspool run`` subprocess scoped to one namespace and one pool."""
+
+    def __init__(self, kubeconfig: str, namespace: str, pool: str, log_path: Path) -> None:
+        with socket.socket() as probe:  # a free port for /metrics
+            probe.bind(("127.0.0.1", 0))
+            self.metrics_port = probe.getsockname()[1]
+        self.args = [
+            sys.executable, "-m", "dspool", "run", "--namespace", namespace,
+            "--node-selector", f"dspool.io/pool={pool}", "--liveness-port", "0",
+            "--resync-seconds", "3", "--stuck-after-seconds", "30", "--node-grace-seconds", "5",
+            "--lease-namespace", namespace, "--lease-name", f"dspool-{pool}",
+            "--metrics-port", str(self.metrics_port),
+        ]  # fmt: skip
+        self.env = {**os.environ, "KUBECONFIG": kubeconfig}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the operator."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop it: SIGKILL simulates a crash, SIGTERM a clean shutdown."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def metrics(self) -> str:
+        """The Prometheus text the operator serves."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def log_tail(self) -> str:
+        """The last lines of its log, for failure messages."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+
+
+@pytest.fixture
+def start_operator(
+    kubeconfig: str, namespace: str, crd_installed: None, tmp_path: Path
+) -> Iterator[Callable[[PoolHandle], OperatorProcess]]:
+    """Factory: start the operator for this test's namespace and a pool; stopped after the test."""
+    started: list[OperatorProcess] = []
+
+    def start(pool: PoolHandle) -> OperatorProcess:
+        operator = OperatorProcess(kubeconfig, namespace, pool.name, tmp_path / "operator.log")
+        operator.start()
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+PoolOf = Callable[[str, str], PoolHandle]
+OperatorOn = Callable[[str, str], tuple[PoolHandle, OperatorProcess]]
+
+
+@pytest.fixture
+def pool_of(tmp_path: Path, fake_pool: Callable[[str], PoolHandle]) -> PoolOf:
+    """Factory: `pool_of(name, groups_yaml)` applies a pool of fake nodes for this test."""
+    return lambda name, groups: fake_pool(write_pool(tmp_path, name, groups))
+
+
+@pytest.fixture
+def operator_on(pool_of: PoolOf, start_operator: Callable[[PoolHandle], OperatorProcess]) -> OperatorOn:
+    """Factory: `operator_on(name, groups_yaml)` applies a pool and starts an operator limited to it."""
+
+    def make(name: str, groups: str) -> tuple[PoolHandle, OperatorProcess]:
+        pool = pool_of(name, groups)
+        return pool, start_operator(pool)
+
+    return make
+
+
+def write_pool(tmp_path: Path, name: str, groups: str) -> str:
+    """A pool file with the given groups (YAML list items)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ngroups:\n" + textwrap.indent(textwrap.dedent(groups).strip(), "  ") + "\n")
+    return str(path)
+
+
+def _lws(action: str) -> None:
+    if os.environ.get("DSPOOL_KUBECONFIG"):
+        return  # an existing cluster: LWS is what it is
+    subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "lws", action], check=True, capture_output=True)
+
+
+@pytest.fixture
+def lws_installed() -> Iterator[None]:
+    """LWS as `make cluster-up` installs it (reinstalled afterwards if a test removed it)."""
+    _lws("install")
+    yield
+    _lws("install")

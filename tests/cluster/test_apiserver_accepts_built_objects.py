@@ -1,20 +1,12 @@
 """Every object the workload builders produce, checked by a real API server with strict field validation
 (dry run): vLLM, MindIE and vllm-ascend, single- and multi-node, and the LeaderWorkerSet against the real LWS
-CRD (taken from the pinned sigs.k8s.io/lws Go module; removed again so other tests see no LWS).
-
-This file runs before test_operator.py on purpose: the kubernetes client caches API discovery in a file
-shared by all processes, so the operators started later must not trust a cache that still lists LWS."""
+CRD (the local control plane installs LWS from its pinned module; see e2e/cluster.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -24,48 +16,9 @@ from dspool.catalog import Precision, builtin_catalog
 from dspool.sizing import Backend
 from dspool.workloads import build_replica_objects, build_service
 
-LWS_MODULE = "sigs.k8s.io/lws@v0.7.0"
-CRD_PATH = "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml"
-
-
-@pytest.fixture
-def lws_crd(api_client: client.ApiClient) -> Iterator[None]:
-    """The LWS CRD installed for one test, and removed (with a wait) afterwards."""
-    try:
-        download = subprocess.run(["go", "mod", "download", "-json", LWS_MODULE], capture_output=True, text=True,
-                                  timeout=300, check=True)  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.fail(f"cannot fetch the LWS module {LWS_MODULE} with go: {exc}")
-    crd = yaml.safe_load((Path(json.loads(download.stdout)["Dir"]) / CRD_PATH).read_text())
-    ext = client.ApiextensionsV1Api(api_client)
-    name = crd["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conditions = ext.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            break
-        time.sleep(0.5)
-    yield
-    ext.delete_custom_resource_definition(name)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            ext.read_custom_resource_definition(name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
-        time.sleep(0.5)
-    pytest.fail("the LWS CRD was not removed; later tests would see LWS installed")
-
 
 def test_r1_on_two_h100_nodes_is_a_leader_worker_set_the_api_server_accepts(
-    api_client: client.ApiClient, namespace: str, lws_crd: None
+    api_client: client.ApiClient, namespace: str, lws_installed: None
 ) -> None:
     catalog = builtin_catalog()
     dsd = DeepSeekDeployment.model_validate(

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, unique_name, wait_for
+from conftest import REPO_ROOT, unique_name, wait_for, write_pool
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_operator import (
@@ -37,7 +37,6 @@ from test_operator import (
     placed_nodes,
     pods_of,
     wait_phase,
-    write_pool,
 )
 
 from dspool import api

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, wait_for
+from conftest import REPO_ROOT, OperatorProcess, wait_for
 from kubernetes import client
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from test_chart import TOOLS
-from test_operator import OperatorProcess, create_dsd, get_dsd, wait_phase
+from test_operator import create_dsd, get_dsd, wait_phase
 
 from dspool import api
 from dspool.catalog import builtin_catalog
