@@ -692,17 +692,32 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
         input=stdin, capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode != 0:
-        raise ClusterError(f"kubectl {' '.join(args)} failed:\n{done.stderr.strip()}")
+        raise ClusterError(f"kubectl {' '.join(args)} failed:\n{done.stderr.strip()[:2000]}")
     return done.stdout
 
 
 def install_lws(port: int) -> None:
     """Install the LWS CRD (from its pinned module) and its webhooks, and wait until the CRD is served."""
     crd = lws_tool().source_dir("lws") / LWS_CRD_PATH
+    deadline = time.monotonic() + 120
+    # A CRD still being deleted (its LeaderWorkerSets go first) cannot be applied: wait until it is gone.
+    while kubectl("get", "crd", LWS_CRD_NAME, "--ignore-not-found", "-o", "jsonpath={.metadata.deletionTimestamp}"):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the CRD {LWS_CRD_NAME} is still being deleted after 120 s")
+        time.sleep(0.5)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     manifest = "\n---\n".join(json.dumps(obj) for obj in lws_webhook_configurations(port))
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
-    kubectl("wait", "--for=condition=Established", f"crd/{LWS_CRD_NAME}", "--timeout=60s")
+
+    # not `kubectl wait` (nor a jsonpath filter): both fail at once while the CRD has no conditions yet
+    def established() -> bool:
+        conditions = json.loads(kubectl("get", "crd", LWS_CRD_NAME, "-o", "json")).get("status", {}).get("conditions")
+        return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions or [])
+
+    while not established():
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the CRD {LWS_CRD_NAME} is not Established after 120 s")
+        time.sleep(0.5)
 
 
 def remove_lws() -> None:

@@ -301,15 +301,18 @@ def write_pool(tmp_path: Path, name: str, groups: str) -> str:
     return str(path)
 
 
-def _lws(action: str) -> None:
+def lws(action: str) -> None:
+    """`e2e/cluster.py lws install|remove` on the local control plane (nothing on an existing cluster)."""
     if os.environ.get("DSPOOL_KUBECONFIG"):
         return  # an existing cluster: LWS is what it is
-    subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "lws", action], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "lws", action], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"`e2e/cluster.py lws {action}` failed:\n{done.stdout}{done.stderr}")
 
 
 @pytest.fixture
 def lws_installed() -> Iterator[None]:
     """LWS as `make cluster-up` installs it (reinstalled afterwards if a test removed it)."""
-    _lws("install")
+    lws("install")
     yield
-    _lws("install")
+    lws("install")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import CLUSTER_SCRIPT, OperatorOn, wait_for
+from conftest import OperatorOn, lws, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_operator import (
@@ -124,7 +123,7 @@ def test_lws_removed_and_installed_while_the_operator_runs_is_picked_up_without_
     wait_phase(custom, namespace, "r1", "Ready", 120)
     assert len(lws_objects(custom, namespace)) == 1
 
-    subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "lws", "remove"], check=True, capture_output=True)
+    lws("remove")
 
     def own_statefulsets() -> bool:
         sets = apps_v1.list_namespaced_stateful_set(namespace, label_selector=f"{api.DEPLOYMENT_LABEL}=r1").items
@@ -135,7 +134,7 @@ def test_lws_removed_and_installed_while_the_operator_runs_is_picked_up_without_
     wait_for(own_statefulsets, 180, "dspool's own StatefulSets to serve R1 once LWS is gone")
     assert "removed" in operator.log_path.read_text()
 
-    subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "lws", "install"], check=True, capture_output=True)
+    lws("install")
 
     def back_on_lws() -> bool:
         sets = apps_v1.list_namespaced_stateful_set(namespace, label_selector=f"{api.DEPLOYMENT_LABEL}=r1").items
