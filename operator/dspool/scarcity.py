@@ -1,29 +1,34 @@
 """What a placement costs the other models of the demand mix: the scarce-shape score of ``binpack``.
 
-A replica placed on a node takes devices, and it can also take away a *home* of another model: an 8-device
+A replica placed on a node takes devices, and it can also take away a *home* of a bigger model: an 8-device
 node that was whole is no longer a place for DeepSeek-R1 (TP8 on one H200 node, or one stage of a TP8 x PP2
-gang on H100), and a half-used 8-device node no longer holds a TP4 70B. This module prices that loss so the
-placement engine can prefer, among the accelerator types a replica fits, the one where it hurts least.
+gang on H100). Sub-node shapes (a TP4 70B on an 8-device server) fit any partly used node with room, so
+they are plentiful; *whole-node shapes* need a node nobody touched, and a pool under churn has few. This
+module prices what a placement takes from them, so the placement engine can prefer, among the accelerator
+types a replica fits, the one where it hurts least.
 
-The demand mix is the set of models the pool should keep room for: the models of the DeepSeekDeployments
-in the cluster (pending ones included), or every catalog model when none is given. Each model is sized on
-each accelerator type of the pool (with default serving settings) into a *shape*: ``stages`` nodes of
-``per_stage`` devices. For a candidate placement (nodes and the devices it takes on each), the loss for one
-shape on that type is the shape's capacity that disappears beyond the devices the replica itself takes:
+The demand mix is the set of models the pool should keep room for: the models of the DeepSeekDeployments in
+the cluster (pending ones included), or every catalog model when none is given. Each model is sized on each
+accelerator type of the pool (default serving settings); the *whole-node shapes* are those taking all the
+devices of a node (``per_stage`` = the server size) or a gang of nodes (``stages > 1``, one stage of
+``per_stage`` devices per node, inside one fabric domain), and that some domain of the pool is big enough to
+hold. For a candidate placement (nodes and the devices it takes on each) on type T, each whole-node shape of
+another model on T costs:
 
-- single-node shape (``stages == 1``): on each node, ``per_stage * (free // per_stage - after // per_stage)
-  - taken``, floored at 0 - e.g. one device taken from a whole 8-device node costs a TP8 shape 7 devices;
-- gang shape (``stages > 1``): the nodes that had ``per_stage`` free and no longer have it ("crossed"); when
-  that lowers the number of complete gangs the fabric domain can host, the whole gang is lost
-  (``stages * per_stage`` devices), else only the crossed nodes' stages (a spare node), minus what is taken.
+- **homes broken**: a node that had room for a stage and no longer has ("crossed"): for a single-node
+  shape ``per_stage - taken`` devices of that model's capacity; for a gang, when the crossing lowers the
+  number of complete gangs the fabric domain can host, the whole gang (``stages * per_stage - taken``), else
+  only the crossed stage (a spare node);
+- **keep-away**: ``KEEP_AWAY`` (0.5) per device taken on T at all, broken node or not: every replica on a
+  big model's home type delays the day its node is whole again (``bench/churn.py`` chose the value).
 
-Each shape's loss is weighted by the model's demand weight, by how good a home the type is for that model
-(its fewest nodes over any type of the pool / its nodes on this type: R1 weighs 1 on H200, 1/2 on H100,
-1/3 on L20) and by the type's device memory, so the score is in GiB, the unit of the engine's existing
-"memory claimed" ranking: ``cost = devices x device memory + loss``. The requesting model's own shapes are
-not counted (they are the replica's own business), and the lowest cost wins among types with the same
-number of nodes per replica. The loss is never negative, so memory claimed is a lower bound on the cost and
-the engine stops scanning types once the next one claims more memory than the best cost found.
+Both are weighted by the model's demand weight, by how good a home T is for it (its fewest devices per
+replica over the pool's types / its devices per replica on T: R1 weighs 1 on H200, 1/2 on H100, 1/3 on
+L20; a TP8 70B on 8 RTX 4090 weighs 1/4 against TP2 on H200) and by T's device memory, so the loss is in GiB,
+the unit of the engine's existing "memory claimed" ranking: ``cost = devices x device memory + loss``. The
+requesting model's own shapes are not counted, and the lowest cost wins among types with the same number of
+nodes per replica. The loss is never negative, so memory claimed is a lower bound on the cost and the engine
+stops scanning types once the next one claims more memory than the best cost found.
 
 Pure; everything derived from the fixed node set is memoised on the pool.
 """
@@ -42,6 +47,9 @@ from dspool.plancache import model_fingerprint, sized_plan
 from dspool.sizing import SizingRequest
 
 DEFAULT_WEIGHT = 1.0
+# Share of a whole-node shape's per-device weight charged for every device taken on its home type, whether
+# or not the placement breaks a whole node (see the module docstring; measured in bench/churn.py).
+KEEP_AWAY = 0.5
 
 
 class DemandMix(BaseModel):
@@ -136,10 +144,7 @@ class MixShapes:
 
 
 def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
-    """Every model of the mix sized on every accelerator type of the pool (memoised on the pool).
-
-    Shapes that take a single device never lose capacity to another replica and are left out.
-    """
+    """The whole-node shapes of the mix on every accelerator type of the pool (memoised on the pool)."""
 
     def compute() -> MixShapes:
         groups = pool.by_accelerator()
@@ -166,20 +171,21 @@ def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
         merged: dict[tuple[str, int, int], Shape] = {}
         for model_id in sorted(plans):
             per_type = plans[model_id]
-            fewest_nodes = min(stages for stages, _ in per_type.values())
+            fewest_devices = min(stages * per_stage for stages, per_stage in per_type.values())
             for accelerator_id, (stages, per_stage) in per_type.items():
-                if stages == 1 and per_stage == 1:
-                    continue
                 nodes = groups[accelerator_id]
+                node_devices = max(n.allocatable for n in nodes)
+                if stages == 1 and per_stage < node_devices:
+                    continue  # a sub-node shape fits any partly used node with room: not scarce
                 memory = min(n.device_memory_gib for n in nodes)
-                quality = fewest_nodes / stages
+                quality = fewest_devices / (stages * per_stage)
                 shape = Shape(
                     model=model_id,
                     accelerator=accelerator_id,
                     stages=stages,
                     per_stage=per_stage,
                     weight=demand.weight(model_id) * quality * memory,
-                    node_devices=max(n.allocatable for n in nodes),
+                    node_devices=node_devices,
                 )
                 known = merged.get((accelerator_id, stages, per_stage))
                 if known is None or shape.weight > known.weight:
@@ -205,6 +211,7 @@ def placement_loss(
     type_shapes = shapes.by_type.get(accelerator, ())
     if not type_shapes:
         return NO_LOSS
+    devices_taken = sum(need for _, need in taken)
     total = 0.0
     worst: Shape | None = None
     worst_gib = 0.0
@@ -212,21 +219,17 @@ def placement_loss(
         if shape.model == requesting_model:
             continue
         per_stage = shape.per_stage
+        crossed: dict[str, int] = {}  # fabric domain -> nodes that no longer hold a stage
+        taken_on_crossed = 0
+        for node, need in taken:
+            free = node.allocatable - node.used - node.reserved
+            if free >= per_stage > free - need:
+                crossed[node.fabric_domain] = crossed.get(node.fabric_domain, 0) + 1
+                taken_on_crossed += need
         lost = 0
         if shape.stages == 1:
-            for node, need in taken:
-                free = node.allocatable - node.used - node.reserved
-                after = free - need
-                if free >= per_stage:
-                    lost += max(0, per_stage * (free // per_stage - max(after, 0) // per_stage) - need)
+            lost = sum(crossed.values()) * per_stage
         else:
-            crossed: dict[str, int] = {}  # domain -> crossed nodes
-            taken_on_crossed = 0
-            for node, need in taken:
-                free = node.allocatable - node.used - node.reserved
-                if free >= per_stage > free - need:
-                    crossed[node.fabric_domain] = crossed.get(node.fabric_domain, 0) + 1
-                    taken_on_crossed += need
             for domain, count in crossed.items():
                 fitting = sum(
                     1
@@ -235,10 +238,8 @@ def placement_loss(
                 )
                 gangs_lost = fitting // shape.stages - (fitting - count) // shape.stages
                 lost += max(gangs_lost * shape.stages * per_stage, count * per_stage)
-            lost = max(0, lost - taken_on_crossed)
-        if lost:
-            gib = lost * shape.weight
-            total += gib
-            if gib > worst_gib:
-                worst, worst_gib = shape, gib
+        gib = (max(0, lost - taken_on_crossed) + KEEP_AWAY * devices_taken) * shape.weight
+        total += gib
+        if gib > worst_gib:
+            worst, worst_gib = shape, gib
     return Loss(total, worst) if total else NO_LOSS
