@@ -42,7 +42,7 @@ from dspool.placement import ReplicaRequest, TypeCandidate, feasible_types, plac
 from dspool.rebalance import PlannedMove, RebalancePlan, RebalancePolicy, ResidentDeployment
 from dspool.sim.fleet import NodeGroup
 from dspool.sim.fleet import Pool as PoolFile
-from dspool.sim.inputs import TraceEntry, load_pool_file
+from dspool.sim.inputs import TraceEntry, dump_trace, load_pool_file
 from dspool.sim.simulate import Placer, SimulationReport, SimulationSettings, pool_from_file, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,9 +120,9 @@ def draw_trace(pool: Pool, catalog: Catalog, arrivals: int, seed: int, load: flo
             replicas = rng.choices([r for r, _ in REPLICA_CHOICES], [w for _, w in REPLICA_CHOICES])[0]
         entries.append(
             TraceEntry(
-                at=round(at, 3),
-                lifetime=round(rng.expovariate(1 / mean_lifetime), 3) + 1.0,
-                name=f"d{index}",
+                at=round(at, 1),
+                lifetime=round(rng.expovariate(1 / mean_lifetime) + 1.0, 1),
+                name=f"{short(model)}-{index}",
                 spec=DeepSeekDeploymentSpec(model=model, replicas=replicas),
             )
         )
@@ -422,8 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--arrivals", type=int, default=1500)
     parser.add_argument("--max-moves", type=int, default=RebalancePolicy().max_moves)
+    parser.add_argument("--write-trace", metavar="FILE", help="write the enterprise-mixed trace of seed 1 and stop")
     args = parser.parse_args(argv)
     catalog = builtin_catalog()
+    if args.write_trace:
+        pool_file = load_pool_file(ROOT / "examples" / "pools" / "enterprise-mixed.yaml", catalog)
+        trace = draw_trace(pool_from_file(pool_file, catalog), catalog, args.arrivals, 1)
+        Path(args.write_trace).write_text(dump_trace(trace))
+        print(f"wrote {len(trace)} arrivals to {args.write_trace}")
+        return 0
     pools = [mixed_28(), load_pool_file(ROOT / "examples" / "pools" / "enterprise-mixed.yaml", catalog)]
     seeds, arrivals = args.seeds, args.arrivals
     if args.quick:

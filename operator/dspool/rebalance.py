@@ -73,12 +73,13 @@ from dspool.placement import (
 
 # Beyond this many movable replicas on one node, subsets are not enumerated: the largest ones are taken.
 MAX_ENUMERATED_PER_NODE = 12
+MAX_MOVES_LIMIT = 16
 
 
 class RebalancePolicy(BaseModel):
     """Limits of the rebalancer; the defaults are what ``dspool run --rebalance`` and ``simulate`` use."""
 
-    max_moves: int = Field(default=4, ge=1, le=16, description="replicas one plan may move")
+    max_moves: int = Field(default=4, ge=1, le=MAX_MOVES_LIMIT, description="replicas one plan may move")
     max_in_flight: int = Field(default=4, ge=1, le=64, description="moves in flight pool-wide")
     cooldown_seconds: float = Field(default=300.0, ge=0, description="per DSD, after one of its moves started")
     ready_timeout_seconds: float = Field(default=900.0, gt=0, description="a new copy not Ready by then rolls back")

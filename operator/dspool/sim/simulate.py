@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,14 +95,14 @@ class DspoolPlacer:
         self.catalog = catalog
         self.demand = demand
         self.policy = policy
-        self.refusals: list[str] = []
+        self.last_reason = ""  # why the last replica was refused (and why no plan helped)
         self.plans: list[str] = []
 
     def place(self, pool: Pool, request: ReplicaRequest, peers: Sequence[ReplicaPlacement]) -> ReplicaPlacement | None:
         """``placement.place_replica``."""
         decision = place_replica(pool, request, self.catalog, peers, self.demand)
-        if decision.placement is None and len(self.refusals) < EXAMPLES_KEPT:
-            self.refusals.append(decision.reason)
+        if decision.placement is None:
+            self.last_reason = decision.reason
         return decision.placement
 
     def make_room(
@@ -128,7 +128,9 @@ class DspoolPlacer:
             demand=self.demand,
             peers=peers,
         )
-        if outcome.plan is not None and len(self.plans) < EXAMPLES_KEPT:
+        if outcome.plan is None:
+            self.last_reason += f"; {outcome.reason}"
+        elif len(self.plans) < EXAMPLES_KEPT:
             self.plans.append(outcome.reason)
         return outcome.plan
 
@@ -242,7 +244,10 @@ class Simulation:
         catalog: Catalog,
         settings: SimulationSettings | None = None,
         placer: Placer | None = None,
+        observer: Callable[[Simulation, float], None] | None = None,
     ) -> None:
+        """``observer`` is called after every event with the simulation and the clock (tests check invariants)."""
+        self.observer = observer
         self.pool = pool
         self.trace = trace
         self.catalog = catalog
@@ -263,6 +268,7 @@ class Simulation:
         self.rolled_back = 0
         self.devices_disrupted = 0
         self.waits: list[float] = []
+        self.refusals: list[str] = []
         self.never_placed = 0
         self.devices = sum(n.allocatable for n in pool.nodes.values())
         self.booked_area = 0.0
@@ -317,8 +323,12 @@ class Simulation:
         if placement is not None:
             self._placed(deployment, placement, None if since is None else now - since)
             return True
-        if plan is not None:
-            return self._start_plan(plan, _Waiter(deployment.key, replica, now if since is None else since), now)
+        if plan is not None and self._start_plan(
+            plan, _Waiter(deployment.key, replica, now if since is None else since), now
+        ):
+            return True
+        if since is None and len(self.refusals) < EXAMPLES_KEPT:
+            self.refusals.append(getattr(self.placer, "last_reason", "") or f"no room for {request.model.id}")
         return False
 
     def _start_plan(self, plan: RebalancePlan, waiter: _Waiter, now: float) -> bool:
@@ -492,6 +502,8 @@ class Simulation:
                     self._advance(run, at)
                 if self.settings.queue:
                     self._retry_queue(at)
+            if self.observer is not None:
+                self.observer(self, at)
         self.never_placed += len(self.queue)
         return self._report(first, last)
 
@@ -527,7 +539,7 @@ class Simulation:
             ),
             pool_nodes=len(self.pool.nodes),
             pool_devices=self.devices,
-            refusal_examples=examples.refusals if examples else [],
+            refusal_examples=self.refusals,
             plan_examples=examples.plans if examples else [],
         )
 
