@@ -66,6 +66,10 @@ def line(at: float, name: str, spec: dict[str, Any], lifetime: float = 100.0) ->
         ),
         ([line(0, "a", {"model": R1}), line(50, "a", {"model": R1})], "t.jsonl:2: name 'a' is still alive (line 1"),
         (["[1, 2]"], "t.jsonl:1: expected an object"),
+        (
+            [line(0, "a", {"model": R1, "precision": "fp16"})],
+            "t.jsonl:1: spec.precision: Input should be one of 'auto', 'fp8', 'bf16', 'w8a8', 'w8a16'",
+        ),
     ],
 )
 def test_a_bad_trace_line_is_named_with_its_number(lines: list[str], expected: str) -> None:

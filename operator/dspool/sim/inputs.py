@@ -14,6 +14,7 @@ previous DSD has left.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,24 @@ class TraceEntry(BaseModel):
         return self.at + self.lifetime
 
 
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CHOICE_ERRORS = frozenset({"literal_error", "enum"})
+
+
+def _field_path(loc: Sequence[Any]) -> tuple[Any, ...]:
+    """The error location without pydantic's union-member tags (``literal['auto']``, ``str-enum[...]``)."""
+    return tuple(part for part in loc if isinstance(part, int) or _FIELD.match(str(part)))
+
+
 def _first_error(exc: ValidationError) -> tuple[tuple[Any, ...], str]:
-    first = exc.errors()[0]
-    return tuple(first["loc"]), str(first["msg"])
+    """The first error's field path and message; the errors of one union field become one list of choices."""
+    errors = exc.errors()
+    path = _field_path(errors[0]["loc"])
+    same_field = [e for e in errors if _field_path(e["loc"]) == path]
+    if len(same_field) > 1 and all(e["type"] in _CHOICE_ERRORS for e in same_field):
+        choices = [c for e in same_field for c in re.findall(r"'[^']*'", str(e["msg"]))]
+        return path, f"Input should be one of {', '.join(choices)}"
+    return path, str(errors[0]["msg"])
 
 
 def parse_trace(lines: Iterable[str], path: str, catalog: Catalog) -> list[TraceEntry]:
