@@ -35,10 +35,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dspool.api import DeepSeekDeploymentSpec, NodeDevices, PlacementSpec, ReplicaPlacement
+from dspool.api import DeepSeekDeploymentSpec, PlacementSpec, ReplicaPlacement
 from dspool.catalog import Catalog, builtin_catalog
 from dspool.inventory import NodeState, Pool
-from dspool.placement import ReplicaRequest, TypeCandidate, feasible_types, place_replica, reserve
+from dspool.placement import (
+    ReplicaRequest,
+    TypeCandidate,
+    feasible_types,
+    place_replica,
+    placement_from_plan,
+    reserve,
+)
 from dspool.rebalance import PlannedMove, RebalancePlan, RebalancePolicy, ResidentDeployment
 from dspool.sim.fleet import NodeGroup
 from dspool.sim.fleet import Pool as PoolFile
@@ -132,21 +139,6 @@ def draw_trace(pool: Pool, catalog: Catalog, arrivals: int, seed: int, load: flo
 # ----------------------------------------------------------------------------------- baseline policies
 
 
-def _placement(option: TypeCandidate, nodes: Sequence[NodeState], replica: int) -> ReplicaPlacement:
-    sized = option.plan
-    assert sized.precision is not None and sized.backend is not None
-    return ReplicaPlacement(
-        replica=replica,
-        accelerator=sized.accelerator,
-        precision=sized.precision,
-        backend=sized.backend,
-        tensor_parallel=sized.tensor_parallel,
-        pipeline_parallel=sized.pipeline_parallel,
-        max_model_len=sized.max_model_len,
-        nodes=[NodeDevices(name=n.name, devices=sized.tensor_parallel) for n in nodes],
-    )
-
-
 def _node_sets(option: TypeCandidate, pick: str) -> list[list[NodeState]]:
     """Node sets of one type with room for one replica: every fitting node, or one gang per fabric domain
     (its ``pick``: 'first' nodes by name or 'best' = fewest free)."""
@@ -235,7 +227,7 @@ class RulePlacer:
     def place(self, pool: Pool, request: ReplicaRequest, peers: Sequence[ReplicaPlacement]) -> ReplicaPlacement | None:
         """The rule's choice, or None."""
         chosen = self._choose(pool, request)
-        return _placement(chosen[0], chosen[1], request.replica) if chosen else None
+        return placement_from_plan(chosen[0].plan, [n.name for n in chosen[1]], request.replica) if chosen else None
 
     def make_room(
         self,

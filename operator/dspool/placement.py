@@ -43,6 +43,7 @@ __all__ = [
     "node_admits",
     "place_replica",
     "place_replicas",
+    "placement_from_plan",
     "release",
     "reserve",
     "scale_down_victims",
@@ -428,10 +429,7 @@ def _success_reason(
     later = [o for o in ranked[position + 1 :]]
     notes += [f"{o.plan.accelerator} needs {_shape(o.plan)}" for o in later[:1]]
     notes += [f"{p.accelerator} too small" for p in infeasible]
-    shown = notes[:MAX_ALTERNATIVES_IN_REASON]
-    if len(notes) > len(shown):
-        shown.append(f"{len(notes) - len(shown)} more")
-    return f"{_describe_choice(winner, strategy)} — {why}" + (f"; {'; '.join(shown)}" if shown else "")
+    return _with_notes(f"{_describe_choice(winner, strategy)} — {why}", notes)
 
 
 def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list[list[tuple[_TypeView, Plan]]]:
@@ -455,6 +453,29 @@ def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list
         else:
             tiers.append([item])
     return tiers
+
+
+def placement_from_plan(sized: Plan, nodes: Sequence[str], replica: int) -> ReplicaPlacement:
+    """The placement of a feasible plan on these nodes (one pipeline stage of TP devices on each)."""
+    assert sized.precision is not None and sized.backend is not None
+    return ReplicaPlacement(
+        replica=replica,
+        accelerator=sized.accelerator,
+        precision=sized.precision,
+        backend=sized.backend,
+        tensor_parallel=sized.tensor_parallel,
+        pipeline_parallel=sized.pipeline_parallel,
+        max_model_len=sized.max_model_len,
+        nodes=[NodeDevices(name=name, devices=sized.tensor_parallel) for name in nodes],
+    )
+
+
+def _with_notes(head: str, notes: list[str]) -> str:
+    """``head`` and at most MAX_ALTERNATIVES_IN_REASON notes ('N more' for the rest)."""
+    shown = notes[:MAX_ALTERNATIVES_IN_REASON]
+    if len(notes) > len(shown):
+        shown.append(f"{len(notes) - len(shown)} more")
+    return head + (f"; {'; '.join(shown)}" if shown else "")
 
 
 def _memory_claimed(item: tuple[_TypeView, Plan]) -> float:
@@ -553,10 +574,7 @@ def _least_cost_reason(winner: _TypeOutcome, ranked: list[_TypeOutcome], infeasi
     later = [o for o in ranked[position + 1 :] if o.choice is None or o.plan.accelerator != winner.plan.accelerator]
     notes += [f"{o.plan.accelerator} needs {_shape(o.plan)}" for o in later[:1]]
     notes += [f"{p.accelerator} too small" for p in infeasible]
-    shown = notes[:MAX_ALTERNATIVES_IN_REASON]
-    if len(notes) > len(shown):
-        shown.append(f"{len(notes) - len(shown)} more")
-    return f"{_describe_choice(winner, Strategy.BINPACK)} — {why}" + (f"; {'; '.join(shown)}" if shown else "")
+    return _with_notes(f"{_describe_choice(winner, Strategy.BINPACK)} — {why}", notes)
 
 
 def _peer_nodes(pool: Pool, request: ReplicaRequest, peers: Iterable[ReplicaPlacement]) -> set[str]:
@@ -708,17 +726,7 @@ def place_replica(
     if winner is not None:
         assert winner.choice is not None
         sized = winner.plan
-        assert sized.precision is not None and sized.backend is not None
-        placement = ReplicaPlacement(
-            replica=request.replica,
-            accelerator=sized.accelerator,
-            precision=sized.precision,
-            backend=sized.backend,
-            tensor_parallel=sized.tensor_parallel,
-            pipeline_parallel=sized.pipeline_parallel,
-            max_model_len=sized.max_model_len,
-            nodes=[NodeDevices(name=n.name, devices=sized.tensor_parallel) for n in winner.choice.nodes],
-        )
+        placement = placement_from_plan(sized, [n.name for n in winner.choice.nodes], request.replica)
         if least_cost:
             reason = _least_cost_reason(winner, ranked, infeasible)
         else:
