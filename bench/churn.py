@@ -26,7 +26,6 @@ split clusters) and by the pooled engine (dspool binpack): replicas served and d
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import statistics
 import sys
@@ -478,21 +477,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # static partitions versus the pooled engine, same traces
         labelled, counts = static_partitions(pool_file, base, catalog)
-        served_static, served_pooled, idle_static, idle_pooled, ratios = [], [], [], [], []
+        variants: dict[str, list[SimulationReport]] = {
+            "static partitions": [],
+            "pooled": [],
+            "pooled + rebalancing": [],
+        }
+        rebalancing = SimulationSettings(rebalance=True, policy=policy)
         for trace in traces:
-            static = simulate(pool_from_file(labelled, catalog), partitioned(trace), catalog)
-            pooled = simulate(pool_from_file(pool_file, catalog), trace, catalog)
-            served_static.append(static.replicas_placed)
-            served_pooled.append(pooled.replicas_placed)
-            idle_static.append(1 - static.allocation)
-            idle_pooled.append(1 - pooled.allocation)
-            ratios.append(pooled.allocation / static.allocation - 1 if static.allocation else math.nan)
+            variants["static partitions"].append(
+                simulate(pool_from_file(labelled, catalog), partitioned(trace), catalog)
+            )
+            variants["pooled"].append(simulate(pool_from_file(pool_file, catalog), trace, catalog))
+            variants["pooled + rebalancing"].append(
+                simulate(pool_from_file(pool_file, catalog), trace, catalog, rebalancing)
+            )
         split = ", ".join(f"{short(m)} {n}" for m, n in sorted(counts.items()))
         print(f"static partitions (nodes per model: {split}) vs pooled (dspool binpack), same traces:")
-        print(f"{'':22} {'replicas served':>16} {'devices idle':>13}")
-        print(f"{'static partitions':22} {statistics.fmean(served_static):>16.0f} {mean_spread(idle_static):>13}")
-        print(f"{'pooled':22} {statistics.fmean(served_pooled):>16.0f} {mean_spread(idle_pooled):>13}")
-        more = [p / s - 1 for p, s in zip(served_pooled, served_static, strict=True)]
+        print(f"{'':22} {'replicas served':>16} {'671B accept.':>13} {'devices idle':>13}")
+        for name, reports in variants.items():
+            served = statistics.fmean(r.replicas_placed for r in reports)
+            big = mean_spread([big_acceptance(r) for r in reports])
+            print(f"{name:22} {served:>16.0f} {big:>13} {mean_spread([1 - r.allocation for r in reports]):>13}")
+        static, pooled = variants["static partitions"], variants["pooled"]
+        ratios = [p.allocation / s.allocation - 1 for p, s in zip(pooled, static, strict=True) if s.allocation]
+        more = [p.replicas_placed / s.replicas_placed - 1 for p, s in zip(pooled, static, strict=True)]
         print(
             f"pooling: {mean_spread(ratios)} utilization (devices booked), {mean_spread(more)} replicas served "
             f"(per seed: {', '.join(f'{r:+.0%}' for r in ratios)})"
