@@ -478,6 +478,16 @@ def _with_notes(head: str, notes: list[str]) -> str:
     return head + (f"; {'; '.join(shown)}" if shown else "")
 
 
+def _filter_note(pool: Pool, request: ReplicaRequest, excluded: int) -> str:
+    """'N nodes excluded by nodeSelector/taints', telling apart the nodes the replica is avoiding."""
+    avoided = min(excluded, sum(1 for name in set(request.avoid_nodes) if name in pool.nodes))
+    filtered = excluded - avoided
+    parts = [f"{filtered} node{'s' if filtered != 1 else ''} excluded by nodeSelector/taints"] if filtered else []
+    if avoided:
+        parts.append(f"{avoided} node{'s' if avoided != 1 else ''} avoided (the replica leaves or failed there)")
+    return "; ".join(parts)
+
+
 def _memory_claimed(item: tuple[_TypeView, Plan]) -> float:
     type_view, sized = item
     return round(sized.devices_per_replica * type_view.device_memory_gib, 3)
@@ -675,7 +685,7 @@ def place_replica(
     candidates = [t for t in (allowed if allowed is not None else view.types) if t in view.types]
     excluded_nodes = sum(view.excluded.get(t, 0) for t in (allowed if allowed is not None else view.excluded))
     missing = [t for t in allowed if t not in view.types] if allowed is not None else []
-    filter_note = f"{excluded_nodes} node{'s' if excluded_nodes != 1 else ''} excluded by nodeSelector/taints"
+    filter_note = _filter_note(pool, request, excluded_nodes)
 
     if not candidates:
         if allowed is not None:
