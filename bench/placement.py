@@ -8,22 +8,28 @@ mix. Times are reported with ratios to the 100-node run because shared machines 
 
     python bench/placement.py            # full run, ~1 minute on 2 cores
     python bench/placement.py --quick    # a few seconds
+    python bench/placement.py --against main   # the speed part for main's placement.py and this one, same run
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from dspool import placement as engine
 from dspool.api import Strategy
 from dspool.catalog import Catalog, builtin_catalog
 from dspool.inventory import Pool, build_pool
-from dspool.placement import ReplicaRequest, place_replica, reserve
+from dspool.placement import ReplicaRequest
 
 # share of nodes per accelerator type; H100s sit in fabrics of 32 nodes, like every other type
 NODE_MIX: list[tuple[str, float]] = [
@@ -164,9 +170,18 @@ class RunResult:
 
 
 def run(
-    node_count: int, max_requests: int, strategy: Strategy, catalog: Catalog, seed: int, fill_target: float
+    node_count: int,
+    max_requests: int,
+    strategy: Strategy,
+    catalog: Catalog,
+    seed: int,
+    fill_target: float,
+    module: Any = engine,
 ) -> tuple[RunResult, Pool]:
-    """Build a pool and place the request stream into it until ``fill_target`` or ``max_requests``."""
+    """Build a pool and place the request stream into it until ``fill_target`` or ``max_requests``.
+
+    ``module``: the placement module timed (``--against`` passes another revision's)."""
+    place_replica, reserve = module.place_replica, module.reserve
     rng = random.Random(seed)
     nodes, pods = synthetic_cluster(node_count, catalog, rng)
     started = time.perf_counter()
@@ -214,10 +229,10 @@ def big_replicas_that_fit(pool: Pool, catalog: Catalog) -> int:
     count = 0
     while True:
         request = ReplicaRequest(deployment="bench/probe", replica=count, model=model)
-        decision = place_replica(pool, request, catalog)
+        decision = engine.place_replica(pool, request, catalog)
         if decision.placement is None:
             return count
-        reserve(pool, request.deployment, decision.placement)
+        engine.reserve(pool, request.deployment, decision.placement)
         count += 1
 
 
@@ -267,11 +282,53 @@ def print_quality_table(rows: Sequence[tuple[int, Strategy, RunResult]]) -> None
         )
 
 
+def placement_at(revision: str) -> Any:
+    """``operator/dspool/placement.py`` as it is at a git revision, imported as a separate module."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "-C", str(root), "show", f"{revision}:operator/dspool/placement.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "placement_at_revision.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("placement_at_revision", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare(revision: str, sizes: Sequence[int], budgets: dict[int, int], catalog: Catalog, seed: int) -> None:
+    """Decisions per second of ``revision``'s placement and this one, alternated twice; best run of each."""
+    other = placement_at(revision)
+    best: dict[tuple[str, int], RunResult] = {}
+    for _ in range(2):
+        for label, module in ((revision, other), ("this tree", engine)):
+            run(20, 50, Strategy.BINPACK, catalog, seed, TARGET_FILL, module)  # warm its caches
+            for size in sizes:
+                result = run(size, budgets[size], Strategy.BINPACK, catalog, seed, TARGET_FILL, module)[0]
+                if (label, size) not in best or result.per_second > best[(label, size)].per_second:
+                    best[(label, size)] = result
+    print(f"{'nodes':>7} {'placement.py at':>16} {'decisions/s':>12} {'p50 us':>7} {'p99 us':>7} {'ratio':>6}")
+    for size in sizes:
+        base = best[(revision, size)]
+        for label in (revision, "this tree"):
+            result = best[(label, size)]
+            print(
+                f"{size:>7,} {label:>16} {result.per_second:>12,.0f} {result.percentile_us(0.5):>7,.0f} "
+                f"{result.percentile_us(0.99):>7,.0f} {ratio(result.per_second, base.per_second):>6}"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print both tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small pools and few requests (a few seconds)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--against", metavar="REV", help="time REV's placement.py against this one (speed only)")
     args = parser.parse_args(argv)
     catalog = builtin_catalog()
     if args.quick:
@@ -283,6 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             [100, 1000, 5000],
             0.6,
         )
+    if args.against:
+        started = time.perf_counter()
+        print(f"placement speed, {args.against} vs this tree: place_replica + reserve, best of two alternated runs")
+        compare(args.against, sizes, budgets, catalog, args.seed)
+        print(f"\n(python {sys.version.split()[0]}, {time.perf_counter() - started:.1f} s)")
+        return 0
     # warm the planner cache so the first timed decisions are not paying for sizing
     run(20, 50, Strategy.BINPACK, catalog, args.seed, TARGET_FILL)
 

@@ -64,6 +64,25 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
+class RebalanceConsent(StrEnum):
+    """Whether the rebalancer may move a DeepSeekDeployment's replicas to make room for another one."""
+
+    ALLOWED = "Allowed"
+    NEVER = "Never"
+
+
+class MoveState(StrEnum):
+    """Where one make-before-break move is; dspool.rebalance.next_move_step computes the next state."""
+
+    PLANNED = "Planned"
+    DESTINATION_RESERVED = "DestinationReserved"
+    NEW_REPLICA_STARTING = "NewReplicaStarting"
+    NEW_REPLICA_READY = "NewReplicaReady"
+    OLD_REMOVED = "OldRemoved"
+    DONE = "Done"
+    ROLLED_BACK = "RolledBack"
+
+
 class ResourceList(ApiModel):
     """CPU/memory requests or limits for the serving container (quantities as strings)."""
 
@@ -122,6 +141,11 @@ class PlacementSpec(ApiModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     allow_multi_node: bool = True
+    rebalance: RebalanceConsent = Field(
+        default=RebalanceConsent.ALLOWED,
+        description="Allowed: replicas may be moved (make-before-break) to make room for another model; "
+        "Never: they stay where they are",
+    )
 
 
 class PvcSource(ApiModel):
@@ -245,6 +269,24 @@ class Condition(ApiModel):
     observed_generation: int | None = None
 
 
+class ReplicaMove(ApiModel):
+    """A replica moving make-before-break to make room for a waiting replica of another DSD."""
+
+    # The new copy is an ordinary entry of status.placements under new_replica, so its devices are a
+    # reservation like any other and survive an operator restart; this record says which two placements
+    # form the move and how far it got. `replica` keeps serving until the new copy is Ready.
+
+    replica: int = Field(ge=0, description="the replica that moves; it serves until the new copy is Ready")
+    new_replica: int = Field(ge=0, description="index of the new copy in status.placements")
+    accelerator: str = Field(description="accelerator of the new copy")
+    from_nodes: list[NodeDevices] = Field(min_length=1)
+    to_nodes: list[NodeDevices] = Field(min_length=1)
+    state: MoveState = MoveState.PLANNED
+    for_replica: str = Field(description="namespace/name#index of the waiting replica this move makes room for")
+    started_at: str | None = Field(default=None, description="when the destination was reserved (RFC 3339)")
+    reason: str = ""
+
+
 class DeepSeekDeploymentStatus(ApiModel):
     """What dspool decided and observed."""
 
@@ -257,6 +299,7 @@ class DeepSeekDeploymentStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
     message: str | None = None
+    moves: list[ReplicaMove] = Field(default_factory=list, description="replicas being moved (make-before-break)")
 
 
 class DeepSeekDeployment(ApiModel):

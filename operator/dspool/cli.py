@@ -1,4 +1,4 @@
-"""The ``dspool`` command line: plan, models, accelerators (and the operator's commands)."""
+"""The ``dspool`` command line: plan, models, accelerators, simulate (and the operator's commands)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
-from dspool.api import KIND, DeepSeekDeployment
+from dspool.api import KIND, DeepSeekDeployment, Strategy
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
 from dspool.placement import ReplicaRequest, place_replicas
+from dspool.rebalance import MAX_MOVES_LIMIT, RebalancePolicy
 from dspool.report import format_table
 from dspool.sizing import Backend, Plan, SizingRequest, plan
 
@@ -144,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity (JSON lines on stderr)")
     p_run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
     p_run.set_defaults(handler=_cmd_run)
+
+    p_sim = sub.add_parser(
+        "simulate", help="capacity what-if: play a trace of DeepSeekDeployments on a pool file, offline"
+    )
+    p_sim.add_argument("--pool", required=True, metavar="POOL.yaml", help="a pool file (examples/pools/ format)")
+    p_sim.add_argument("--trace", required=True, metavar="TRACE.jsonl", help="one arrival per line, sorted by at")
+    p_sim.add_argument("--strategy", choices=[s.value for s in Strategy], help="override every spec's strategy")
+    p_sim.add_argument("--rebalance", choices=["off", "on"], default="off", help="move replicas to make room")
+    p_sim.add_argument(
+        "--max-moves", type=_positive_int, default=RebalancePolicy().max_moves, help="replicas one plan may move"
+    )
+    p_sim.add_argument("--queue", action="store_true", help="refused replicas wait for room instead of being lost")
+    p_sim.add_argument(
+        "--move-seconds", type=_non_negative_float, default=0.0, help="until a moved replica's new copy is Ready"
+    )
+    p_sim.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p_sim.set_defaults(handler=_cmd_simulate)
 
     p_pool = sub.add_parser("pool", help="print the pool: nodes by accelerator, devices used/free, replicas")
     p_pool.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
@@ -394,6 +412,65 @@ def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
         nodes = ", ".join(f"{n.name}:{n.devices}" for n in placed.nodes) if placed else "-"
         rows.append([f"{dsd.name}/{index}", placed.accelerator if placed else "-", nodes, decision.reason])
     print(format_table(["REPLICA", "ACCELERATOR", "NODES:DEVICES", "WHY"], rows))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
+    """Play a trace on a pool file with the operator's own placement (and rebalancing) code."""
+    from dspool.sim.inputs import InputError, load_pool_file, load_trace
+    from dspool.sim.simulate import SimulationSettings, pool_from_file, simulate
+
+    if args.max_moves > MAX_MOVES_LIMIT:
+        raise UsageError(f"--max-moves must be at most {MAX_MOVES_LIMIT}")
+    try:
+        pool_file = load_pool_file(args.pool, catalog)
+        trace = load_trace(args.trace, catalog)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    settings = SimulationSettings(
+        strategy=Strategy(args.strategy) if args.strategy else None,
+        rebalance=args.rebalance == "on",
+        policy=RebalancePolicy(max_moves=args.max_moves),
+        queue=args.queue,
+        move_seconds=args.move_seconds,
+    )
+    report = simulate(pool_from_file(pool_file, catalog), trace, catalog, settings)
+    if args.output == "json":
+        print(json.dumps(report.model_dump(mode="json", by_alias=True), indent=2))
+        return 0
+    span_hours = (trace[-1].at - trace[0].at) / 3600 if trace else 0.0
+    rebalancing = (
+        f"rebalancing on (at most {args.max_moves} moves per plan)" if settings.rebalance else "rebalancing off"
+    )
+    print(
+        f"pool {pool_file.name}: {report.pool_nodes} nodes, {report.pool_devices} devices; trace: {report.arrivals} "
+        f"arrivals over {span_hours:.1f} h; {args.strategy or 'strategy from each spec'}, {rebalancing}"
+        + (", refused replicas queue" if args.queue else "")
+    )
+    rows = [
+        [model, str(c.requested), str(c.placed), f"{c.placed / c.requested:.1%}" if c.requested else "-"]
+        for model, c in report.per_model.items()
+    ]
+    rows.append(["all", str(report.replicas_requested), str(report.replicas_placed), f"{report.acceptance:.1%}"])
+    print(format_table(["MODEL", "REQUESTED", "PLACED", "ACCEPTANCE"], rows))
+    print()
+    print(f"allocation  {report.allocation:.1%} of the devices booked (time-averaged, first to last arrival)")
+    print(
+        f"moves       {report.moves} ({report.moves_per_arrival:.2f} per arrival) in {report.rebalance_plans} plans, "
+        f"{report.devices_disrupted} devices disrupted, {report.rolled_back} rolled back"
+    )
+    print(
+        f"decisions   p50 {report.decision_seconds.p50 * 1000:.2f} ms, p99 {report.decision_seconds.p99 * 1000:.2f} ms"
+    )
+    if args.queue:
+        print(
+            f"waiting     {report.waiting.replicas} replicas waited (mean {report.waiting.mean_seconds:.0f} s, "
+            f"p99 {report.waiting.p99_seconds:.0f} s); {report.waiting.never_placed} never placed"
+        )
+    for example in report.refusal_examples[:1]:
+        print(f"first refusal: {example}")
+    for example in report.plan_examples[:1]:
+        print(f"first plan:    {example}")
     return 0
 
 

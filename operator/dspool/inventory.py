@@ -18,6 +18,7 @@ pod is bound.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -51,6 +52,16 @@ class NodeState(BaseModel):
     fabric: str | None = Field(default=None, description="value of the fabric label, None when absent")
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[dict[str, Any]] = Field(default_factory=list)
+    # the pool's FreeIndex holding this node, told of every change of the counts (see __setattr__)
+    _free_index: FreeIndex | None = PrivateAttr(default=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _COUNT_FIELDS:
+            private = self.__pydantic_private__
+            index = private.get("_free_index") if private else None
+            if index is not None:
+                index.moved(self)
 
     @property
     def free(self) -> int:
@@ -61,6 +72,89 @@ class NodeState(BaseModel):
     def fabric_domain(self) -> str:
         """The network domain a multi-node replica must stay in; unlabelled nodes share ``<none>``."""
         return self.fabric if self.fabric is not None else NO_FABRIC
+
+
+_COUNT_FIELDS = frozenset({"allocatable", "used", "reserved"})
+
+
+class FreeIndex:
+    """The nodes of each accelerator type bucketed by free devices, so best fit is found without a scan.
+
+    Exact by construction: every node it holds reports each change of ``allocatable``, ``used`` or
+    ``reserved`` (``NodeState.__setattr__``), wherever the change comes from (``reserve``/``release``, or
+    code that adds a terminating pod's devices to ``used``). Within a bucket, nodes are sorted by name, so
+    a lookup returns what a scan in name order would. A node belongs to one index at a time; building a new
+    index over a node invalidates the one it was in. Copies of a node or a pool start without an index.
+    """
+
+    def __init__(self, groups: Mapping[str, list[NodeState]]) -> None:
+        self.valid = True
+        self._nodes: dict[str, NodeState] = {}
+        self._free: dict[str, int] = {}
+        self._buckets: dict[str, list[list[str]]] = {}  # accelerator -> [free] -> sorted node names
+        self._totals: dict[str, int] = {}
+        for accelerator, nodes in groups.items():
+            buckets: list[list[str]] = [[] for _ in range(max(n.allocatable for n in nodes) + 1)]
+            total = 0
+            for node in nodes:  # sorted by name
+                free = node.free
+                previous = node._free_index
+                if previous is not None and previous is not self:
+                    previous.valid = False
+                node._free_index = self
+                self._nodes[node.name] = node
+                self._free[node.name] = free
+                self._grow(buckets, free)[free].append(node.name)
+                total += free
+            self._buckets[accelerator] = buckets
+            self._totals[accelerator] = total
+
+    @staticmethod
+    def _grow(buckets: list[list[str]], free: int) -> list[list[str]]:
+        while len(buckets) <= free:
+            buckets.append([])
+        return buckets
+
+    def moved(self, node: NodeState) -> None:
+        """Re-bucket ``node`` after its counts changed (ignored for nodes this index does not hold)."""
+        name = node.name
+        if self._nodes.get(name) is not node:
+            return
+        old = self._free[name]
+        new = node.free
+        if new == old:
+            return
+        buckets = self._buckets[node.accelerator]
+        bucket = buckets[old]
+        del bucket[bisect_left(bucket, name)]
+        insort(self._grow(buckets, new)[new], name)
+        self._free[name] = new
+        self._totals[node.accelerator] += new - old
+
+    def best_fit(self, accelerator: str, need: int) -> NodeState | None:
+        """The node of the type with the fewest free devices that are still >= ``need`` (first by name)."""
+        buckets = self._buckets.get(accelerator, [])
+        for free in range(max(need, 0), len(buckets)):
+            if buckets[free]:
+                return self._nodes[buckets[free][0]]
+        return None
+
+    def roomiest(self, accelerator: str) -> NodeState | None:
+        """The node of the type with the most free devices (first by name)."""
+        for bucket in reversed(self._buckets.get(accelerator, [])):
+            if bucket:
+                return self._nodes[bucket[0]]
+        return None
+
+    def free_total(self, accelerator: str) -> int:
+        """Free devices over all nodes of the type."""
+        return self._totals.get(accelerator, 0)
+
+    def __copy__(self) -> None:
+        return None  # a copied node or pool must not report into (or read) the original's index
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None
 
 
 class Reservation(BaseModel):
@@ -96,6 +190,18 @@ class Pool(BaseModel):
         default_factory=dict, description="deployment (namespace/name) -> its reservations on pool nodes"
     )
     _memo: dict[Any, Any] = PrivateAttr(default_factory=dict)
+    _free_index: FreeIndex | None = PrivateAttr(default=None)
+    _free_index_signature: int = PrivateAttr(default=-1)
+
+    def free_index(self) -> FreeIndex:
+        """The pool's :class:`FreeIndex`, built on first use (and again if another index took its nodes)."""
+        private = self.__pydantic_private__ or {}  # direct: pydantic's private-attribute lookup is slow
+        index: FreeIndex | None = private.get("_free_index")
+        if index is None or not index.valid or private.get("_free_index_signature") != len(self.nodes):
+            index = FreeIndex(self.by_accelerator())
+            self._free_index = index
+            self._free_index_signature = len(self.nodes)
+        return index
 
     def by_accelerator(self) -> dict[str, list[NodeState]]:
         """Nodes grouped by accelerator id, each group sorted by node name; groups sorted by id."""

@@ -26,15 +26,36 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from dspool.api import DeepSeekDeploymentSpec, NodeDevices, ReplicaPlacement, Strategy, Toleration
-from dspool.catalog import AcceleratorSpec, Catalog, ModelSpec, UnknownIdError
-from dspool.inventory import NodeState, Pool, Reservation
-from dspool.sizing import DEFAULT_KV_CACHE_TOKENS, Plan, SizingRequest, plan
+from dspool.catalog import Catalog, ModelSpec, UnknownIdError
+from dspool.inventory import FreeIndex, NodeState, Pool, Reservation
+from dspool.plancache import model_fingerprint, sized_plan
+from dspool.scarcity import DemandMix, Loss, catalog_mix, mix_shapes, placement_loss
+from dspool.sizing import DEFAULT_KV_CACHE_TOKENS, Plan, SizingRequest
+
+__all__ = [
+    "Decision",
+    "DemandMix",
+    "InsufficientDevicesError",
+    "ReplicaRequest",
+    "TypeCandidate",
+    "feasible_types",
+    "fragmentation",
+    "node_admits",
+    "place_replica",
+    "place_replicas",
+    "placement_from_plan",
+    "release",
+    "reserve",
+    "scale_down_victims",
+    "sized_plan",
+    "tolerates",
+]
 
 # dspool's serving pods always tolerate the device taints of the accelerators they ask for.
 ACCELERATOR_TAINT_KEYS = frozenset({"nvidia.com/gpu", "huawei.com/Ascend910", "huawei.com/Ascend310P"})
 BLOCKING_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 MAX_ALTERNATIVES_IN_REASON = 3
-PLAN_CACHE_LIMIT = 4096
+COST_EPSILON_GIB = 1e-6
 
 
 class InsufficientDevicesError(ValueError):
@@ -144,6 +165,7 @@ class _TypeView:
     fabric_labelled: bool
     device_memory_gib: float
     devices_per_node: int
+    complete: bool  # every node of the type passed the filters: the pool's FreeIndex answers for it
 
 
 @dataclass(frozen=True)
@@ -185,68 +207,11 @@ def _pool_view(pool: Pool, request: ReplicaRequest) -> _PoolView:
                 fabric_labelled=any(n.fabric is not None for n in admitted),
                 device_memory_gib=min(n.device_memory_gib for n in admitted),
                 devices_per_node=max(n.allocatable for n in admitted),
+                complete=len(admitted) == len(nodes),
             )
         return _PoolView(types=types, excluded=excluded)
 
     return pool.memo(_filter_key(request), compute)
-
-
-# ------------------------------------------------------------------------------------------------ sizing
-
-_PLAN_CACHE: dict[tuple[Any, ...], Plan] = {}
-
-
-def _model_fingerprint(model: ModelSpec) -> tuple[Any, ...]:
-    return (
-        model.id,
-        model.hf_id,
-        model.params_b,
-        model.layers,
-        model.attention_heads,
-        model.kv_heads,
-        model.head_dim,
-        model.max_context,
-        model.native_precision,
-        model.kv_bytes_per_token,
-        tuple(sorted(model.checkpoint_gib.items())),
-    )
-
-
-def _accelerator_fingerprint(accelerator: AcceleratorSpec) -> tuple[Any, ...]:
-    return (
-        accelerator.id,
-        accelerator.vendor,
-        accelerator.architecture,
-        accelerator.compute_capability,
-        accelerator.memory_gib,
-        accelerator.devices_per_node,
-        accelerator.multi_node,
-    )
-
-
-def sized_plan(
-    model: ModelSpec, accelerator: AcceleratorSpec, sizing: SizingRequest, device_memory_gib: float, devices: int
-) -> Plan:
-    """``sizing.plan`` with the pool's device memory and server size, memoised (the planner is called a lot)."""
-    key = (
-        _model_fingerprint(model),
-        _accelerator_fingerprint(accelerator),
-        tuple(sizing.model_dump().items()),
-        device_memory_gib,
-        devices,
-    )
-    cached = _PLAN_CACHE.get(key)
-    if cached is not None:
-        return cached
-    if len(_PLAN_CACHE) >= PLAN_CACHE_LIMIT:
-        _PLAN_CACHE.clear()
-    result = plan(
-        model,
-        accelerator,
-        sizing.model_copy(update={"device_memory_gib": device_memory_gib, "devices_per_node": devices}),
-    )
-    _PLAN_CACHE[key] = result
-    return result
 
 
 # ------------------------------------------------------------------------------------------- node choice
@@ -272,6 +237,8 @@ class _TypeOutcome:
     shortfall: str = ""  # why there is no room, when choice is None
     free_total: int = 0
     notes: list[str] = field(default_factory=list)
+    loss: Loss | None = None  # what the choice costs the other models of the demand mix (binpack)
+    cost: float = 0.0  # memory claimed + loss, GiB (binpack)
 
     @property
     def multi_node(self) -> bool:
@@ -282,8 +249,21 @@ class _TypeOutcome:
         return self.plan.devices_per_replica * self.view.device_memory_gib
 
 
-def _choose_single(view: _TypeView, need: int, strategy: Strategy, peer_nodes: set[str]) -> tuple[_Choice | None, str]:
-    """One node for a single-node replica; nodes are sorted by name, so strict comparisons keep the first name."""
+def _choose_single(
+    view: _TypeView, need: int, strategy: Strategy, peer_nodes: set[str], index: FreeIndex | None = None
+) -> tuple[_Choice | None, str]:
+    """One node for a single-node replica; nodes are sorted by name, so strict comparisons keep the first name.
+
+    ``index``: the pool's FreeIndex, which finds binpack's best fit without a scan when the view holds every
+    node of its type (it returns what the scan would).
+    """
+    if index is not None and strategy == Strategy.BINPACK and view.complete:
+        fit = index.best_fit(view.accelerator, need)
+        if fit is not None:
+            return _Choice([fit], fit.fabric_domain, fit.free - need, 0), ""
+        roomy = index.roomiest(view.accelerator)
+        best_text = f"best: {roomy.name} with {roomy.free} free" if roomy is not None else "no nodes"
+        return None, f"{view.accelerator} needs {need} free on one node ({best_text})"
     best: NodeState | None = None
     best_key: tuple[int, int] = (0, 0)
     roomiest: NodeState | None = None
@@ -355,17 +335,30 @@ def _choose_gang(
     return None, f"{view.accelerator} needs {stages} nodes x {per_stage} free{in_fabric}{detail}"
 
 
-def _evaluate(view: _TypeView, sized: Plan, strategy: Strategy, peer_nodes: set[str], free_total: bool) -> _TypeOutcome:
+def _evaluate(
+    view: _TypeView,
+    sized: Plan,
+    strategy: Strategy,
+    peer_nodes: set[str],
+    free_total: bool,
+    index: FreeIndex | None = None,
+) -> _TypeOutcome:
     outcome = _TypeOutcome(view=view, plan=sized)
     if free_total:
-        outcome.free_total = sum(n.free for n in view.nodes)
+        outcome.free_total = _type_free_total(view, index)
     if sized.pipeline_parallel > 1:
         outcome.choice, outcome.shortfall = _choose_gang(
             view, sized.pipeline_parallel, sized.tensor_parallel, strategy, peer_nodes
         )
     else:
-        outcome.choice, outcome.shortfall = _choose_single(view, sized.tensor_parallel, strategy, peer_nodes)
+        outcome.choice, outcome.shortfall = _choose_single(view, sized.tensor_parallel, strategy, peer_nodes, index)
     return outcome
+
+
+def _type_free_total(view: _TypeView, index: FreeIndex | None) -> int:
+    if index is not None and view.complete:
+        return index.free_total(view.accelerator)
+    return sum(n.free for n in view.nodes)
 
 
 # --------------------------------------------------------------------------------------------- decisions
@@ -436,10 +429,7 @@ def _success_reason(
     later = [o for o in ranked[position + 1 :]]
     notes += [f"{o.plan.accelerator} needs {_shape(o.plan)}" for o in later[:1]]
     notes += [f"{p.accelerator} too small" for p in infeasible]
-    shown = notes[:MAX_ALTERNATIVES_IN_REASON]
-    if len(notes) > len(shown):
-        shown.append(f"{len(notes) - len(shown)} more")
-    return f"{_describe_choice(winner, strategy)} — {why}" + (f"; {'; '.join(shown)}" if shown else "")
+    return _with_notes(f"{_describe_choice(winner, strategy)} — {why}", notes)
 
 
 def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list[list[tuple[_TypeView, Plan]]]:
@@ -465,28 +455,237 @@ def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list
     return tiers
 
 
+def placement_from_plan(sized: Plan, nodes: Sequence[str], replica: int) -> ReplicaPlacement:
+    """The placement of a feasible plan on these nodes (one pipeline stage of TP devices on each)."""
+    assert sized.precision is not None and sized.backend is not None
+    return ReplicaPlacement(
+        replica=replica,
+        accelerator=sized.accelerator,
+        precision=sized.precision,
+        backend=sized.backend,
+        tensor_parallel=sized.tensor_parallel,
+        pipeline_parallel=sized.pipeline_parallel,
+        max_model_len=sized.max_model_len,
+        nodes=[NodeDevices(name=name, devices=sized.tensor_parallel) for name in nodes],
+    )
+
+
+def _with_notes(head: str, notes: list[str]) -> str:
+    """``head`` and at most MAX_ALTERNATIVES_IN_REASON notes ('N more' for the rest)."""
+    shown = notes[:MAX_ALTERNATIVES_IN_REASON]
+    if len(notes) > len(shown):
+        shown.append(f"{len(notes) - len(shown)} more")
+    return head + (f"; {'; '.join(shown)}" if shown else "")
+
+
+def _filter_note(pool: Pool, request: ReplicaRequest, excluded: int) -> str:
+    """'N nodes excluded by nodeSelector/taints', telling apart the nodes the replica is avoiding."""
+    avoided = min(excluded, sum(1 for name in set(request.avoid_nodes) if name in pool.nodes))
+    filtered = excluded - avoided
+    parts = [f"{filtered} node{'s' if filtered != 1 else ''} excluded by nodeSelector/taints"] if filtered else []
+    if avoided:
+        parts.append(f"{avoided} node{'s' if avoided != 1 else ''} avoided (the replica leaves or failed there)")
+    return "; ".join(parts)
+
+
+def _memory_claimed(item: tuple[_TypeView, Plan]) -> float:
+    type_view, sized = item
+    return round(sized.devices_per_replica * type_view.device_memory_gib, 3)
+
+
+def _free_total(outcome: _TypeOutcome, index: FreeIndex) -> int:
+    if not outcome.free_total:
+        outcome.free_total = _type_free_total(outcome.view, index)
+    return outcome.free_total
+
+
+def _least_cost(
+    pool: Pool,
+    feasible: list[tuple[_TypeView, Plan]],
+    request: ReplicaRequest,
+    catalog: Catalog,
+    demand: DemandMix | None,
+) -> tuple[_TypeOutcome | None, list[_TypeOutcome], list[_TypeOutcome]]:
+    """binpack without a preference order: (winner, evaluated outcomes, every type in rank order).
+
+    Groups by nodes per replica (fewest first; the first group with room decides). Inside a group the
+    types are tried by memory claimed; each one with room costs memory claimed + its loss to the demand
+    mix; the lowest cost wins (ties: most free devices, then id). The loss is never negative, so once a
+    type claims more memory than the best cost so far, it and the rest of the group cannot win.
+    """
+    shapes = mix_shapes(pool, demand if demand is not None else catalog_mix(catalog), catalog)
+    index = pool.free_index()
+    groups: dict[int, list[tuple[float, _TypeView, Plan]]] = {}
+    claimed = [(_memory_claimed(item), *item) for item in feasible]
+    for memory, type_view, sized in sorted(claimed, key=lambda i: (i[2].pipeline_parallel, i[0], i[2].accelerator)):
+        groups.setdefault(sized.pipeline_parallel, []).append((memory, type_view, sized))
+    winner: _TypeOutcome | None = None
+    evaluated: list[_TypeOutcome] = []
+    ranked: list[_TypeOutcome] = []
+    for group in groups.values():
+        if winner is not None:
+            ranked.extend(_TypeOutcome(view=v, plan=p) for _, v, p in group)
+            continue
+        for memory, type_view, sized in group:
+            if winner is not None and memory > winner.cost + COST_EPSILON_GIB:
+                ranked.append(_TypeOutcome(view=type_view, plan=sized))
+                continue
+            outcome = _evaluate(type_view, sized, Strategy.BINPACK, set(), free_total=False, index=index)
+            evaluated.append(outcome)
+            ranked.append(outcome)
+            if outcome.choice is None:
+                continue
+            taken = [(n, sized.tensor_parallel) for n in outcome.choice.nodes]
+            outcome.loss = placement_loss(shapes, type_view.accelerator, taken, request.model.id)
+            outcome.cost = memory + outcome.loss.gib
+            if winner is None or _cheaper(outcome, winner, index):
+                winner = outcome
+    return winner, evaluated, ranked
+
+
+def _cheaper(outcome: _TypeOutcome, best: _TypeOutcome, index: FreeIndex) -> bool:
+    """Lower cost; on equal cost (within rounding), more free devices, then the lower accelerator id."""
+    if outcome.cost < best.cost - COST_EPSILON_GIB:
+        return True
+    if outcome.cost > best.cost + COST_EPSILON_GIB:
+        return False
+    mine = (-_free_total(outcome, index), outcome.plan.accelerator)
+    return mine < (-_free_total(best, index), best.plan.accelerator)
+
+
+def _least_cost_reason(winner: _TypeOutcome, ranked: list[_TypeOutcome], infeasible: list[Plan]) -> str:
+    """The reason of a least-cost binpack decision: where, why this type, and what the others lacked."""
+    position = ranked.index(winner)
+    passed_over = [o for o in ranked[:position] if o.choice is not None]
+    no_room = [o for o in ranked[:position] if o.choice is None]
+    notes: list[str] = []
+    if passed_over:
+        alternative = min(passed_over, key=lambda o: _memory_claimed((o.view, o.plan)))
+        loss = alternative.loss
+        if loss is not None and loss.worst is not None:
+            why = (
+                f"{winner.plan.accelerator} chosen over {alternative.plan.accelerator}: "
+                f"{alternative.plan.accelerator} nodes are where {loss.worst.describe()}"
+            )
+        else:
+            why = f"{winner.plan.accelerator} chosen over {alternative.plan.accelerator}: more free devices"
+        notes += [
+            f"{o.plan.accelerator} nodes are where {o.loss.worst.describe()}"
+            for o in passed_over
+            if o is not alternative and o.loss is not None and o.loss.worst is not None
+        ]
+    elif position == 0 and len(ranked) > 1:
+        why = "smallest adequate type"
+    elif position == 0:
+        why = "only type the model fits in the pool"
+    else:
+        why = "smallest adequate type with room"
+    notes += [o.shortfall for o in no_room]
+    later = [o for o in ranked[position + 1 :] if o.choice is None or o.plan.accelerator != winner.plan.accelerator]
+    notes += [f"{o.plan.accelerator} needs {_shape(o.plan)}" for o in later[:1]]
+    notes += [f"{p.accelerator} too small" for p in infeasible]
+    return _with_notes(f"{_describe_choice(winner, Strategy.BINPACK)} — {why}", notes)
+
+
 def _peer_nodes(pool: Pool, request: ReplicaRequest, peers: Iterable[ReplicaPlacement]) -> set[str]:
     nodes = {n.name for p in peers if p.replica != request.replica for n in p.nodes}
     nodes.update(r.node for r in pool.reservations_of(request.deployment) if r.replica != request.replica)
     return nodes
 
 
+@dataclass(frozen=True)
+class TypeCandidate:
+    """An accelerator type a request may use, its nodes after the filters, and the request sized on it."""
+
+    accelerator: str
+    plan: Plan
+    nodes: tuple[NodeState, ...]  # sorted by name
+    domains: tuple[tuple[str, tuple[NodeState, ...]], ...]  # fabric domain -> nodes, sorted by domain
+
+    @property
+    def memory_claimed(self) -> float:
+        """Devices per replica x device memory, GiB."""
+        return self.plan.devices_per_replica * min(n.device_memory_gib for n in self.nodes)
+
+
+def _sized_candidates(
+    pool: Pool, view: _PoolView, candidates: Sequence[str], request: ReplicaRequest, catalog: Catalog
+) -> tuple[list[tuple[_TypeView, Plan]], list[Plan]]:
+    """The request sized on each candidate type: (feasible, infeasible). Memoised on the pool: the same
+    model with the same sizing on the same filtered nodes always gets the same plans."""
+    key = (
+        "sized",
+        _filter_key(request),
+        model_fingerprint(request.model),
+        tuple(request.sizing.model_dump().items()),
+        request.allow_multi_node,
+        tuple(candidates),
+        id(catalog),
+    )
+
+    def compute() -> tuple[list[tuple[_TypeView, Plan]], list[Plan]]:
+        sizing = request.sizing.model_copy(update={"allow_multi_node": request.allow_multi_node})
+        feasible: list[tuple[_TypeView, Plan]] = []
+        infeasible: list[Plan] = []
+        for accelerator_id in candidates:
+            type_view = view.types[accelerator_id]
+            try:
+                accelerator = catalog.accelerator(accelerator_id)
+            except UnknownIdError:
+                continue
+            sized = sized_plan(
+                request.model, accelerator, sizing, type_view.device_memory_gib, type_view.devices_per_node
+            )
+            if sized.feasible:
+                feasible.append((type_view, sized))
+            else:
+                infeasible.append(sized)
+        return feasible, infeasible
+
+    return pool.memo(key, compute)
+
+
+def _allowed_types(request: ReplicaRequest, catalog: Catalog) -> list[str] | None:
+    return _canonical_types(request.accelerator_types, catalog) if request.accelerator_types else None
+
+
+def feasible_types(pool: Pool, request: ReplicaRequest, catalog: Catalog) -> list[TypeCandidate]:
+    """The types the request may use and fits on, with their admitted nodes, in the order binpack tries them
+    when nothing else decides: ``acceleratorTypes`` order, else fewest nodes per replica, then least memory.
+
+    For callers that search the pool themselves (the rebalancer); does not change the pool.
+    """
+    view = _pool_view(pool, request)
+    allowed = _allowed_types(request, catalog)
+    candidates = [t for t in (allowed if allowed is not None else view.types) if t in view.types]
+    feasible, _ = _sized_candidates(pool, view, candidates, request, catalog)
+    ordered = [item for tier in _type_tiers(feasible, allowed is not None) for item in tier]
+    return [TypeCandidate(v.accelerator, sized, v.nodes, v.domains) for v, sized in ordered]
+
+
 def place_replica(
-    pool: Pool, request: ReplicaRequest, catalog: Catalog, peers: Sequence[ReplicaPlacement] = ()
+    pool: Pool,
+    request: ReplicaRequest,
+    catalog: Catalog,
+    peers: Sequence[ReplicaPlacement] = (),
+    demand: DemandMix | None = None,
 ) -> Decision:
     """Decide where one replica goes without changing the pool; the reason always says why.
 
     ``peers`` are the other replicas of the same deployment (the pool's own reservations of that
-    deployment count too); ``spread`` keeps away from their nodes.
+    deployment count too); ``spread`` keeps away from their nodes. ``demand``: the models to keep room
+    for (those of the DSDs in the cluster); default every catalog model. ``binpack`` without
+    ``acceleratorTypes`` takes, among the types with the fewest nodes per replica, the one whose best-fit
+    placement costs least: memory claimed plus what it takes from the other models (``dspool.scarcity``).
     """
     view = _pool_view(pool, request)
     model = request.model
     label = f"{model.id} replica {request.replica}"
-    allowed = _canonical_types(request.accelerator_types, catalog) if request.accelerator_types else None
+    allowed = _allowed_types(request, catalog)
     candidates = [t for t in (allowed if allowed is not None else view.types) if t in view.types]
     excluded_nodes = sum(view.excluded.get(t, 0) for t in (allowed if allowed is not None else view.excluded))
     missing = [t for t in allowed if t not in view.types] if allowed is not None else []
-    filter_note = f"{excluded_nodes} node{'s' if excluded_nodes != 1 else ''} excluded by nodeSelector/taints"
+    filter_note = _filter_note(pool, request, excluded_nodes)
 
     if not candidates:
         if allowed is not None:
@@ -499,27 +698,19 @@ def place_replica(
         extra = f"; {filter_note}" if excluded_nodes else ""
         return Decision(placement=None, reason=f"no room for {label}: {why}{extra}")
 
-    sizing = request.sizing.model_copy(update={"allow_multi_node": request.allow_multi_node})
-    feasible: list[tuple[_TypeView, Plan]] = []
-    infeasible: list[Plan] = []
-    for accelerator_id in candidates:
-        type_view = view.types[accelerator_id]
-        try:
-            accelerator = catalog.accelerator(accelerator_id)
-        except UnknownIdError:
-            continue
-        sized = sized_plan(model, accelerator, sizing, type_view.device_memory_gib, type_view.devices_per_node)
-        if sized.feasible:
-            feasible.append((type_view, sized))
-        else:
-            infeasible.append(sized)
+    feasible, infeasible = _sized_candidates(pool, view, candidates, request, catalog)
 
     peer_nodes = _peer_nodes(pool, request, peers) if request.strategy == Strategy.SPREAD else set()
     preferred = allowed is not None
-    tiers = _type_tiers(feasible, preferred)
     outcomes: list[_TypeOutcome] = []
     winner: _TypeOutcome | None = None
     evaluated_tiers = 0
+    least_cost = request.strategy == Strategy.BINPACK and not preferred
+    if least_cost:
+        winner, outcomes, ranked = _least_cost(pool, feasible, request, catalog, demand)
+        tiers: list[list[tuple[_TypeView, Plan]]] = []  # every type is in `ranked`
+    else:
+        tiers = _type_tiers(feasible, preferred)
     for tier in tiers:
         evaluated = [
             _evaluate(type_view, sized, request.strategy, peer_nodes, free_total=len(tier) > 1)
@@ -539,23 +730,17 @@ def place_replica(
             break
     if winner is None and request.strategy == Strategy.SPREAD:
         winner = next((o for o in outcomes if o.choice is not None), None)
-    ranked = outcomes + [_TypeOutcome(view=v, plan=p) for tier in tiers[evaluated_tiers:] for v, p in tier]
+    if not least_cost:
+        ranked = outcomes + [_TypeOutcome(view=v, plan=p) for tier in tiers[evaluated_tiers:] for v, p in tier]
 
     if winner is not None:
         assert winner.choice is not None
         sized = winner.plan
-        assert sized.precision is not None and sized.backend is not None
-        placement = ReplicaPlacement(
-            replica=request.replica,
-            accelerator=sized.accelerator,
-            precision=sized.precision,
-            backend=sized.backend,
-            tensor_parallel=sized.tensor_parallel,
-            pipeline_parallel=sized.pipeline_parallel,
-            max_model_len=sized.max_model_len,
-            nodes=[NodeDevices(name=n.name, devices=sized.tensor_parallel) for n in winner.choice.nodes],
-        )
-        reason = _success_reason(winner, ranked, preferred, infeasible, request.strategy)
+        placement = placement_from_plan(sized, [n.name for n in winner.choice.nodes], request.replica)
+        if least_cost:
+            reason = _least_cost_reason(winner, ranked, infeasible)
+        else:
+            reason = _success_reason(winner, ranked, preferred, infeasible, request.strategy)
         return Decision(placement=placement, reason=reason, plan=sized)
 
     parts = [o.shortfall for o in outcomes]
@@ -623,11 +808,13 @@ def release(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
         pool.reservations.pop(deployment, None)
 
 
-def place_replicas(pool: Pool, requests: Iterable[ReplicaRequest], catalog: Catalog) -> list[Decision]:
+def place_replicas(
+    pool: Pool, requests: Iterable[ReplicaRequest], catalog: Catalog, demand: DemandMix | None = None
+) -> list[Decision]:
     """Place requests one after another, reserving each success; the pool is left updated."""
     decisions: list[Decision] = []
     for request in requests:
-        decision = place_replica(pool, request, catalog)
+        decision = place_replica(pool, request, catalog, demand=demand)
         if decision.placement is not None:
             reserve(pool, request.deployment, decision.placement)
         decisions.append(decision)

@@ -1,0 +1,555 @@
+"""``dspool simulate``: the operator's own placement and rebalancing code on a simulated clock.
+
+The pool file becomes the same ``v1.Node`` objects the test clusters get (``sim.fleet.node_manifests``), read
+by ``inventory.build_pool``; each arrival of the trace is a DeepSeekDeployment whose replicas are placed
+one by one by ``placement.place_replica`` (the demand mix: every model of the trace), exactly as a
+reconcile pass would. Departures release everything the DSD holds.
+
+A replica that cannot be placed when its DSD arrives is refused (loss model) unless ``queue`` is set: then
+it waits and is tried again, oldest first, whenever devices are released; its waiting time is reported.
+With ``rebalance``, a refused replica first asks ``rebalance.plan_rebalance``; a plan is executed the way
+the operator executes it: destinations booked while the old replicas keep theirs, each move driven by
+``rebalance.next_move_step``; a new copy is Ready ``move_seconds`` after its destination was booked
+(immediately by default), then the old copy is removed, and when every move is Done the waiting replica is
+placed. A plan whose copies are not Ready within the policy's timeout rolls back.
+
+Decision time is the wall time of each replica's decision (placement, plus planning when it was refused).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from dspool.api import DeepSeekDeploymentSpec, MoveState, ReplicaPlacement, Strategy
+from dspool.catalog import Catalog
+from dspool.inventory import Pool, build_pool
+from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest, place_replica, release, reserve
+from dspool.rebalance import (
+    TERMINAL_STATES,
+    MoveAction,
+    MoveFacts,
+    PlannedMove,
+    PlanProgress,
+    RebalancePlan,
+    RebalancePolicy,
+    ResidentDeployment,
+    book_destinations,
+    next_move_step,
+    plan_progress,
+    plan_rebalance,
+    release_destination,
+    release_source,
+)
+from dspool.sim.fleet import Pool as PoolFile
+from dspool.sim.fleet import node_manifests
+from dspool.sim.inputs import TraceEntry
+
+NAMESPACE = "sim"
+EXAMPLES_KEPT = 3
+
+# Events at the same instant: departures free devices before moves complete, and both before arrivals.
+_DEPART, _MOVE_CHECK, _ARRIVE = 0, 1, 2
+
+
+class SimulationSettings(BaseModel):
+    """How to run a trace."""
+
+    strategy: Strategy | None = Field(default=None, description="overrides every spec's strategy when set")
+    rebalance: bool = False
+    policy: RebalancePolicy = Field(default_factory=RebalancePolicy)
+    queue: bool = Field(default=False, description="refused replicas wait for room instead of being lost")
+    move_seconds: float = Field(default=0.0, ge=0, description="until a moved replica's new copy is Ready")
+
+
+class Placer(Protocol):
+    """How replicas are placed and room is made; the default is dspool's own engine (benchmarks plug others)."""
+
+    def place(self, pool: Pool, request: ReplicaRequest, peers: Sequence[ReplicaPlacement]) -> ReplicaPlacement | None:
+        """Where the replica goes, or None; must not change the pool."""
+        ...
+
+    def make_room(
+        self,
+        pool: Pool,
+        request: ReplicaRequest,
+        residents: Sequence[ResidentDeployment],
+        now: float,
+        in_flight: int,
+        peers: Sequence[ReplicaPlacement],
+    ) -> RebalancePlan | None:
+        """Moves that let a refused replica fit, or None; must not change the pool."""
+        ...
+
+
+class DspoolPlacer:
+    """dspool's placement engine and, when a policy is given, its rebalancer."""
+
+    def __init__(self, catalog: Catalog, demand: DemandMix | None, policy: RebalancePolicy | None) -> None:
+        self.catalog = catalog
+        self.demand = demand
+        self.policy = policy
+        self.last_reason = ""  # why the last replica was refused (and why no plan helped)
+        self.plans: list[str] = []
+
+    def place(self, pool: Pool, request: ReplicaRequest, peers: Sequence[ReplicaPlacement]) -> ReplicaPlacement | None:
+        """``placement.place_replica``."""
+        decision = place_replica(pool, request, self.catalog, peers, self.demand)
+        if decision.placement is None:
+            self.last_reason = decision.reason
+        return decision.placement
+
+    def make_room(
+        self,
+        pool: Pool,
+        request: ReplicaRequest,
+        residents: Sequence[ResidentDeployment],
+        now: float,
+        in_flight: int,
+        peers: Sequence[ReplicaPlacement],
+    ) -> RebalancePlan | None:
+        """``rebalance.plan_rebalance`` (None when rebalancing is off)."""
+        if self.policy is None:
+            return None
+        outcome = plan_rebalance(
+            pool,
+            request,
+            residents,
+            self.catalog,
+            self.policy,
+            now=now,
+            in_flight=in_flight,
+            demand=self.demand,
+            peers=peers,
+        )
+        if outcome.plan is None:
+            self.last_reason += f"; {outcome.reason}"
+        elif len(self.plans) < EXAMPLES_KEPT:
+            self.plans.append(outcome.reason)
+        return outcome.plan
+
+
+class _Report(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class ModelCounts(_Report):
+    """Replicas of one model: asked for and placed."""
+
+    requested: int = 0
+    placed: int = 0
+
+
+class Percentiles(_Report):
+    """p50 and p99 of a distribution."""
+
+    p50: float = 0.0
+    p99: float = 0.0
+
+
+class Waiting(_Report):
+    """Replicas that waited for room (``queue``)."""
+
+    replicas: int = 0
+    never_placed: int = 0
+    mean_seconds: float = 0.0
+    p99_seconds: float = 0.0
+
+
+class SimulationReport(_Report):
+    """What a run measured; ``-o json`` prints it."""
+
+    arrivals: int
+    replicas_requested: int
+    replicas_placed: int
+    acceptance: float = Field(description="replicas placed / requested")
+    per_model: dict[str, ModelCounts]
+    allocation: float = Field(description="time-averaged share of the pool's devices booked, first to last arrival")
+    moves: int = Field(description="replica moves started")
+    moves_per_arrival: float
+    rebalance_plans: int
+    rolled_back: int
+    devices_disrupted: int
+    decision_seconds: Percentiles
+    waiting: Waiting
+    pool_nodes: int
+    pool_devices: int
+    refusal_examples: list[str] = Field(default_factory=list)
+    plan_examples: list[str] = Field(default_factory=list)
+
+
+@dataclass
+class _Deployment:
+    entry: TraceEntry
+    key: str
+    spec: DeepSeekDeploymentSpec
+    placements: dict[int, ReplicaPlacement] = field(default_factory=dict)
+    moves_in_flight: int = 0
+    last_move_at: float | None = None
+
+
+@dataclass
+class _Waiter:
+    key: str
+    replica: int
+    since: float
+
+
+@dataclass
+class _PlanRun:
+    plan: RebalancePlan
+    started: float
+    states: list[MoveState]
+    waiter: _Waiter
+
+
+def _fits(pool: Pool, placement: ReplicaPlacement) -> bool:
+    """Whether every node of the placement is in the pool with enough free devices now."""
+    return all(n.name in pool.nodes and pool.nodes[n.name].free >= n.devices for n in placement.nodes)
+
+
+def _percentile(values: Sequence[float], share: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def pool_from_file(pool_file: PoolFile, catalog: Catalog) -> Pool:
+    """The inventory pool a cluster built from this pool file would give the operator (nothing booked)."""
+    nodes = node_manifests(pool_file, catalog)
+    for node in nodes:  # what kwok reports for every fake node once it runs
+        node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    return build_pool(nodes, [], [], catalog)
+
+
+def trace_demand(trace: Sequence[TraceEntry], catalog: Catalog) -> DemandMix:
+    """The demand mix of a trace: every model it names."""
+    return DemandMix.of(catalog.model(entry.spec.model) for entry in trace)
+
+
+class Simulation:
+    """One run of a trace on a pool; :meth:`run` returns the report."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        trace: Sequence[TraceEntry],
+        catalog: Catalog,
+        settings: SimulationSettings | None = None,
+        placer: Placer | None = None,
+        observer: Callable[[Simulation, float], None] | None = None,
+    ) -> None:
+        """``observer`` is called after every event with the simulation and the clock (tests check invariants)."""
+        self.observer = observer
+        self.pool = pool
+        self.trace = trace
+        self.catalog = catalog
+        self.settings = settings or SimulationSettings()
+        self.placer: Placer = placer or DspoolPlacer(
+            catalog, trace_demand(trace, catalog), self.settings.policy if self.settings.rebalance else None
+        )
+        self.live: dict[str, _Deployment] = {}
+        self.queue: list[_Waiter] = []
+        self.plans: list[_PlanRun] = []
+        self.events: list[tuple[float, int, int, str]] = []
+        self.sequence = 0
+        self.requested: dict[str, int] = {}
+        self.placed: dict[str, int] = {}
+        self.decisions: list[float] = []
+        self.moves = 0
+        self.plans_started = 0
+        self.rolled_back = 0
+        self.devices_disrupted = 0
+        self.waits: list[float] = []
+        self.refusals: list[str] = []
+        self.never_placed = 0
+        self.devices = sum(n.allocatable for n in pool.nodes.values())
+        self.booked_area = 0.0
+        self.clock = 0.0
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _push(self, at: float, kind: int, payload: str) -> None:
+        self.sequence += 1
+        heapq.heappush(self.events, (at, kind, self.sequence, payload))
+
+    def _booked(self) -> int:
+        return sum(n.allocatable - n.free for n in self.pool.nodes.values())
+
+    def _request(self, deployment: _Deployment, replica: int) -> ReplicaRequest:
+        return ReplicaRequest.from_spec(NAMESPACE, deployment.entry.name, replica, deployment.spec, self.catalog)
+
+    def _residents(self) -> list[ResidentDeployment]:
+        return [
+            ResidentDeployment(
+                deployment=d.key,
+                spec=d.spec,
+                placements=sorted(d.placements.values(), key=lambda p: p.replica),
+                moves_in_flight=d.moves_in_flight,
+                last_move_at=d.last_move_at,
+            )
+            for d in self.live.values()
+        ]
+
+    def _in_flight(self) -> int:
+        return sum(sum(1 for s in run.states if s not in (MoveState.DONE, MoveState.ROLLED_BACK)) for run in self.plans)
+
+    def _placed(self, deployment: _Deployment, placement: ReplicaPlacement, waited: float | None) -> None:
+        reserve(self.pool, deployment.key, placement)
+        deployment.placements[placement.replica] = placement
+        self.placed[deployment.spec.model] = self.placed.get(deployment.spec.model, 0) + 1
+        if waited is not None:
+            self.waits.append(waited)
+
+    # ------------------------------------------------------------------------------------------ decisions
+
+    def _try_place(self, deployment: _Deployment, replica: int, now: float, since: float | None) -> bool:
+        """Place one replica now, or start a plan for it; False when it must wait or is lost."""
+        request = self._request(deployment, replica)
+        peers = list(deployment.placements.values())
+        started = time.perf_counter()
+        placement = self.placer.place(self.pool, request, peers)
+        plan = None
+        if placement is None and self.settings.rebalance:
+            plan = self.placer.make_room(self.pool, request, self._residents(), now, self._in_flight(), peers)
+        self.decisions.append(time.perf_counter() - started)
+        if placement is not None:
+            self._placed(deployment, placement, None if since is None else now - since)
+            return True
+        if plan is not None and self._start_plan(
+            plan, _Waiter(deployment.key, replica, now if since is None else since), now
+        ):
+            return True
+        if since is None and len(self.refusals) < EXAMPLES_KEPT:
+            self.refusals.append(getattr(self.placer, "last_reason", "") or f"no room for {request.model.id}")
+        return False
+
+    def _start_plan(self, plan: RebalancePlan, waiter: _Waiter, now: float) -> bool:
+        if self.settings.move_seconds <= 0:
+            return self._apply_instantly(plan, waiter, now)
+        try:
+            book_destinations(self.pool, plan)
+        except (InsufficientDevicesError, ValueError):
+            return False
+        for move in plan.moves:
+            owner = self.live[move.deployment]
+            owner.placements[move.destination.replica] = move.destination
+            owner.moves_in_flight += 1
+            owner.last_move_at = now
+        run = _PlanRun(plan, now, [MoveState.DESTINATION_RESERVED] * len(plan.moves), waiter)
+        self.plans.append(run)
+        self._count_plan(plan)
+        self._push(now + self.settings.move_seconds, _MOVE_CHECK, "")
+        self._push(now + self.settings.policy.ready_timeout_seconds + 1e-6, _MOVE_CHECK, "")
+        self._advance(run, now)
+        return True
+
+    def _count_plan(self, plan: RebalancePlan) -> None:
+        self.plans_started += 1
+        self.moves += len(plan.moves)
+        self.devices_disrupted += plan.devices_freed
+
+    def _apply_instantly(self, plan: RebalancePlan, waiter: _Waiter, now: float) -> bool:
+        """New copies Ready at once: sources released, destinations and the waiting replica booked, or nothing.
+
+        Release-then-book, so plans that reuse freed devices (the re-pack baseline) apply too."""
+        for move in plan.moves:
+            release_source(self.pool, move)
+        booked: list[PlannedMove] = []
+        try:
+            for move in plan.moves:
+                reserve(self.pool, move.deployment, move.destination)
+                booked.append(move)
+            if not _fits(self.pool, plan.waiting):
+                raise InsufficientDevicesError(f"{waiter.key} replica {waiter.replica} no longer fits")
+        except (InsufficientDevicesError, ValueError):
+            for move in booked:
+                release_destination(self.pool, move)
+            for move in plan.moves:
+                reserve(self.pool, move.deployment, move.source)
+            return False
+        for move in plan.moves:
+            owner = self.live[move.deployment]
+            del owner.placements[move.source.replica]
+            owner.placements[move.destination.replica] = move.destination
+            owner.last_move_at = now
+        self._count_plan(plan)
+        self._placed(self.live[waiter.key], plan.waiting, now - waiter.since if self.settings.queue else None)
+        return True
+
+    def _advance(self, run: _PlanRun, now: float) -> None:
+        """Drive every move of a plan with the state machine, acting on what it asks for."""
+        for position, move in enumerate(run.plan.moves):
+            state = run.states[position]
+            if state in TERMINAL_STATES:
+                continue
+            owner = self.live.get(move.deployment)
+            if owner is None:  # its DSD left: both copies are gone with it
+                run.states[position] = MoveState.DONE
+                continue
+            ready = now - run.started >= self.settings.move_seconds
+            facts = MoveFacts(
+                destination_reserved=True,
+                new_replica_created=True,
+                new_replica_ready=ready,
+                seconds_since_start=now - run.started,
+            )
+            step = next_move_step(state, facts, self.settings.policy)
+            if step.action == MoveAction.REMOVE_OLD_REPLICA:
+                release_source(self.pool, move)
+                owner.placements.pop(move.source.replica, None)
+                facts = facts.model_copy(update={"old_replica_removed": True, "old_replica_gone": True})
+                step = next_move_step(step.state, facts, self.settings.policy)
+            elif step.action == MoveAction.ROLL_BACK:
+                release_destination(self.pool, move)
+                owner.placements.pop(move.destination.replica, None)
+                self.rolled_back += 1
+            if step.state in TERMINAL_STATES:
+                owner.moves_in_flight = max(0, owner.moves_in_flight - 1)
+            run.states[position] = step.state
+        progress = plan_progress(run.states)
+        if progress == PlanProgress.IN_FLIGHT:
+            return
+        self.plans.remove(run)
+        if progress == PlanProgress.ABANDONED:  # the moves still under way give their destinations back
+            for position, move in enumerate(run.plan.moves):
+                owner = self.live.get(move.deployment)
+                if owner is not None and run.states[position] not in TERMINAL_STATES:
+                    release_destination(self.pool, move)
+                    owner.placements.pop(move.destination.replica, None)
+                    owner.moves_in_flight = max(0, owner.moves_in_flight - 1)
+                    run.states[position] = MoveState.ROLLED_BACK
+                    self.rolled_back += 1
+        deployment = self.live.get(run.waiter.key)
+        if deployment is None:
+            return
+        if progress == PlanProgress.COMPLETE:
+            placement: ReplicaPlacement | None = run.plan.waiting
+            if not _fits(self.pool, run.plan.waiting):
+                placement = self.placer.place(
+                    self.pool, self._request(deployment, run.waiter.replica), list(deployment.placements.values())
+                )
+            if placement is not None:
+                self._placed(deployment, placement, now - run.waiter.since if self.settings.queue else None)
+                return
+        self._lost_or_queued(run.waiter)
+
+    def _lost_or_queued(self, waiter: _Waiter) -> None:
+        if self.settings.queue:
+            self.queue.append(waiter)
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def _arrive(self, entry: TraceEntry, now: float) -> None:
+        spec = entry.spec
+        if self.settings.strategy is not None:
+            spec = spec.model_copy(
+                update={"placement": spec.placement.model_copy(update={"strategy": self.settings.strategy})}
+            )
+        deployment = _Deployment(entry=entry, key=f"{NAMESPACE}/{entry.name}", spec=spec)
+        self.live[deployment.key] = deployment
+        self.requested[spec.model] = self.requested.get(spec.model, 0) + spec.replicas
+        self._push(entry.leaves_at, _DEPART, deployment.key)
+        for replica in range(spec.replicas):
+            if not self._try_place(deployment, replica, now, None):
+                self._lost_or_queued(_Waiter(deployment.key, replica, now))
+
+    def _depart(self, key: str, now: float) -> None:
+        deployment = self.live.pop(key, None)
+        if deployment is None:
+            return
+        for placement in deployment.placements.values():
+            release(self.pool, key, placement)
+        waiting = [w for w in self.queue if w.key == key]
+        self.never_placed += len(waiting)
+        self.queue = [w for w in self.queue if w.key != key]
+        self._retry_queue(now)
+
+    def _retry_queue(self, now: float) -> None:
+        """Try every waiting replica again, oldest first; those that still do not fit keep their turn."""
+        still: list[_Waiter] = []
+        for waiter in self.queue:
+            deployment = self.live.get(waiter.key)
+            if deployment is not None and not self._try_place(deployment, waiter.replica, now, waiter.since):
+                still.append(waiter)
+        self.queue = still
+
+    def run(self) -> SimulationReport:
+        """Play the whole trace and report."""
+        for index, entry in enumerate(self.trace):
+            self._push(entry.at, _ARRIVE, str(index))
+        first = self.trace[0].at if self.trace else 0.0
+        last = self.trace[-1].at if self.trace else 0.0
+        self.clock = first
+        while self.events:
+            at, kind, _, payload = heapq.heappop(self.events)
+            if first <= self.clock < last:
+                self.booked_area += self._booked() * (min(at, last) - self.clock)
+            self.clock = max(self.clock, at)
+            if kind == _ARRIVE:
+                self._arrive(self.trace[int(payload)], at)
+            elif kind == _DEPART:
+                self._depart(payload, at)
+            else:
+                for run in list(self.plans):
+                    self._advance(run, at)
+                if self.settings.queue:
+                    self._retry_queue(at)
+            if self.observer is not None:
+                self.observer(self, at)
+        self.never_placed += len(self.queue)
+        return self._report(first, last)
+
+    def _report(self, first: float, last: float) -> SimulationReport:
+        requested = sum(self.requested.values())
+        placed = sum(self.placed.values())
+        span = last - first
+        per_model = {
+            model: ModelCounts(requested=count, placed=self.placed.get(model, 0))
+            for model, count in sorted(self.requested.items())
+        }
+        examples = self.placer if isinstance(self.placer, DspoolPlacer) else None
+        return SimulationReport(
+            arrivals=len(self.trace),
+            replicas_requested=requested,
+            replicas_placed=placed,
+            acceptance=round(placed / requested, 4) if requested else 0.0,
+            per_model=per_model,
+            allocation=round(self.booked_area / (span * self.devices), 4) if span > 0 and self.devices else 0.0,
+            moves=self.moves,
+            moves_per_arrival=round(self.moves / len(self.trace), 4) if self.trace else 0.0,
+            rebalance_plans=self.plans_started,
+            rolled_back=self.rolled_back,
+            devices_disrupted=self.devices_disrupted,
+            decision_seconds=Percentiles(
+                p50=round(_percentile(self.decisions, 0.5), 6), p99=round(_percentile(self.decisions, 0.99), 6)
+            ),
+            waiting=Waiting(
+                replicas=len(self.waits),
+                never_placed=self.never_placed if self.settings.queue else 0,
+                mean_seconds=round(sum(self.waits) / len(self.waits), 1) if self.waits else 0.0,
+                p99_seconds=round(_percentile(self.waits, 0.99), 1),
+            ),
+            pool_nodes=len(self.pool.nodes),
+            pool_devices=self.devices,
+            refusal_examples=self.refusals,
+            plan_examples=examples.plans if examples else [],
+        )
+
+
+def simulate(
+    pool: Pool,
+    trace: Sequence[TraceEntry],
+    catalog: Catalog,
+    settings: SimulationSettings | None = None,
+    placer: Placer | None = None,
+) -> SimulationReport:
+    """Run ``trace`` on ``pool`` (changed in place: pass a fresh one) and return the report."""
+    return Simulation(pool, trace, catalog, settings, placer).run()
