@@ -213,6 +213,28 @@ SPEC_RULES: list[JsonValue] = [
 ]
 
 
+class ScalingSpec(ApiModel):
+    """Bounds on the replica count, whoever sets it (kubectl scale, an HPA): dspool runs replicas
+    clamped to [minReplicas, maxReplicas] and says so in the Scaling condition."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                    "message": "scaling.minReplicas must not exceed scaling.maxReplicas",
+                }
+            ]
+        },
+    )
+
+    min_replicas: int | None = Field(default=None, ge=0, le=256, description="never fewer replicas than this")
+    max_replicas: int | None = Field(default=None, ge=0, le=256, description="never more replicas than this")
+
+
 class DeepSeekDeploymentSpec(ApiModel):
     """What the user wants: a model, a replica count and constraints; dspool decides the rest."""
 
@@ -230,6 +252,17 @@ class DeepSeekDeploymentSpec(ApiModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     model_source: ModelSource | None = None
+    scaling: ScalingSpec | None = None
+
+    def bounded_replicas(self) -> tuple[int, str]:
+        """The replicas dspool runs (``replicas`` within ``scaling``) and, when bounded, why."""
+        low = self.scaling.min_replicas if self.scaling and self.scaling.min_replicas is not None else None
+        high = self.scaling.max_replicas if self.scaling and self.scaling.max_replicas is not None else None
+        if high is not None and self.replicas > high:
+            return high, f"spec.replicas {self.replicas} is above scaling.maxReplicas {high}: running {high}"
+        if low is not None and self.replicas < low:
+            return low, f"spec.replicas {self.replicas} is below scaling.minReplicas {low}: running {low}"
+        return self.replicas, ""
 
 
 class NodeDevices(ApiModel):

@@ -395,8 +395,7 @@ class Operator:
             self.written_placements[uid] = status.get("placements", [])
             results.append(result)
             decision_seconds += result.decision_seconds
-            desired = (body.get("spec") or {}).get("replicas", 1)
-            desired = desired if isinstance(desired, int) else 0
+            desired = result.desired if result.desired is not None else 0
             samples.append(DeploymentSample(namespace, name, desired, result.status, own_pods))
             try:
                 if not result.hold:

@@ -84,14 +84,16 @@ class ReconcileResult:
     events: list[Event] = field(default_factory=list)
     hold: bool = False
     decision_seconds: list[float] = field(default_factory=list)
+    desired: int | None = None  # the replicas run (spec.replicas within spec.scaling); None for a bad spec
 
 
 def spec_hash(spec: DeepSeekDeploymentSpec) -> str:
-    """A short hash of what shapes a replica's workloads: the spec without the replica count and the
-    packing strategy, normalised (defaults left out), so a CRD upgrade adding a defaulted field or a
-    strategy change does not roll every replica."""
-    relevant = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"replicas"})
+    """A short hash of what shapes a replica's workloads: the spec without the replica count, its bounds,
+    the packing strategy and the consent to moves, normalised (defaults left out), so a CRD upgrade adding
+    a defaulted field, a strategy change or a consent change does not roll every replica."""
+    relevant = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"replicas", "scaling"})
     relevant.get("placement", {}).pop("strategy", None)
+    relevant.get("placement", {}).pop("rebalance", None)  # consent to moves does not change a replica
     if relevant.get("placement") == {}:
         del relevant["placement"]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
@@ -266,7 +268,7 @@ def reconcile(
             )
             events.append(Event("Warning", "ReplicaLost", f"replica {index}: {why}; placing it again"))
 
-    desired = dsd.spec.replicas
+    desired, _ = dsd.spec.bounded_replicas()
     current = {i: p for i, p in placements.items() if p.spec_hash == current_hash}
     outdated = {i: p for i, p in placements.items() if p.spec_hash != current_hash}
 
@@ -362,7 +364,9 @@ def reconcile(
             kwargs["rank_table_pods"] = _of_placement(placement, pods_by_replica.get(placement.replica, []))
         objects.extend(build_replica_objects(dsd, placement, model, accelerator, **kwargs))
     objects.append(build_service(dsd))
-    return ReconcileResult(status=status, objects=objects, events=events, decision_seconds=decision_seconds)
+    return ReconcileResult(
+        status=status, objects=objects, events=events, decision_seconds=decision_seconds, desired=desired
+    )
 
 
 def _stamp(
@@ -388,7 +392,7 @@ def _summarize(
     now: datetime,
     rolling: bool = False,
 ) -> tuple[Phase, list[Condition], str]:
-    desired = dsd.spec.replicas
+    desired, bounded = dsd.spec.bounded_replicas()
     if refusal is not None and rolling:
         phase = Phase.PROGRESSING  # old replicas serve while the new spec rolls out one at a time
     elif refusal is not None and placed == 0 and ready == 0:
@@ -413,5 +417,14 @@ def _summarize(
         reason="ReplicasReady" if ready >= desired else "ReplicasNotReady",
         message=f"{ready} of {desired} replicas ready",
     )
-    stamped = _stamp([scheduled, ready_condition], old_conditions, dsd.metadata.get("generation"), now)
+    conditions = [scheduled, ready_condition]
+    if dsd.spec.scaling is not None:
+        conditions.append(
+            Condition(type="Scaling", status="True", reason="Limited", message=bounded)
+            if bounded
+            else Condition(
+                type="Scaling", status="False", reason="WithinBounds", message=f"{desired} replicas asked and run"
+            )
+        )
+    stamped = _stamp(conditions, old_conditions, dsd.metadata.get("generation"), now)
     return phase, stamped, message
