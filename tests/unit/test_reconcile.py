@@ -269,3 +269,23 @@ def test_strategy_changes_and_explicit_defaults_do_not_roll_replicas() -> None:
     )
     assert spec_hash(base) == spec_hash(same)
     assert spec_hash(base) != spec_hash(DeepSeekDeploymentSpec.model_validate({"model": "deepseek-r1-0528"}))
+
+
+def test_scaling_bounds_cap_what_an_autoscaler_asks_for_and_the_status_says_so() -> None:
+    nodes = ready_nodes(("rtx", 2, "RTX4090-24G"))
+    spec = {"model": "deepseek-r1-distill-qwen-1.5b", "replicas": 9, "scaling": {"minReplicas": 1, "maxReplicas": 3}}
+    result = reconcile(dsd("small", spec), CATALOG, pool_for(nodes), [], NOW)
+    assert len(result.status.placements) == 3 and result.desired == 3
+    scaling = next(c for c in result.status.conditions if c.type == "Scaling")
+    assert (scaling.status, scaling.reason) == ("True", "Limited")
+    assert "spec.replicas 9 is above scaling.maxReplicas 3: running 3" in scaling.message
+    low = reconcile(dsd("small", {**spec, "replicas": 0}), CATALOG, pool_for(nodes), [], NOW)
+    assert len(low.status.placements) == 1  # minReplicas keeps one serving
+
+
+def test_changing_bounds_or_consent_to_moves_rolls_no_replica() -> None:
+    base = DeepSeekDeploymentSpec.model_validate({"model": "deepseek-r1"})
+    bounded = DeepSeekDeploymentSpec.model_validate(
+        {"model": "deepseek-r1", "scaling": {"maxReplicas": 4}, "placement": {"rebalance": "Never"}}
+    )
+    assert spec_hash(base) == spec_hash(bounded)
