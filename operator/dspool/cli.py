@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from dspool.api import KIND, DeepSeekDeployment, Strategy
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
+from dspool.moves import RebalanceMode
 from dspool.placement import ReplicaRequest, place_replicas
 from dspool.rebalance import MAX_MOVES_LIMIT, RebalancePolicy
 from dspool.report import format_table
@@ -141,6 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease-name",
         default="dspool-operator",
         help="operators sharing a pool must share this Lease; disjoint pools may differ",
+    )
+    policy = RebalancePolicy()
+    p_run.add_argument(
+        "--rebalance",
+        choices=[m.value for m in RebalanceMode],
+        default=RebalanceMode.DRY_RUN.value,
+        help="move replicas of other DSDs (make-before-break) to place a waiting one: off, dry-run (say what "
+        "would move), on",
+    )
+    p_run.add_argument("--max-moves", type=_positive_int, default=policy.max_moves, help="replicas one plan may move")
+    p_run.add_argument(
+        "--max-moves-in-flight", type=_positive_int, default=policy.max_in_flight, help="moves in flight pool-wide"
+    )
+    p_run.add_argument(
+        "--rebalance-cooldown-seconds",
+        type=_non_negative_float,
+        default=policy.cooldown_seconds,
+        help="a DSD is not moved again this soon after one of its moves started",
+    )
+    p_run.add_argument(
+        "--move-ready-timeout-seconds",
+        type=_positive_float,
+        default=policy.ready_timeout_seconds,
+        help="a moved replica's new copy not Ready by then is rolled back (the old one keeps serving)",
     )
     p_run.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity (JSON lines on stderr)")
     p_run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
@@ -474,6 +499,17 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> RebalancePolicy:
+    if args.max_moves > MAX_MOVES_LIMIT:
+        raise UsageError(f"--max-moves must be at most {MAX_MOVES_LIMIT}")
+    return RebalancePolicy(
+        max_moves=args.max_moves,
+        max_in_flight=args.max_moves_in_flight,
+        cooldown_seconds=args.rebalance_cooldown_seconds,
+        ready_timeout_seconds=args.move_ready_timeout_seconds,
+    )
+
+
 def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.controller import OperatorConfig, run
 
@@ -490,6 +526,8 @@ def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         lease_name=args.lease_name,
         metrics_port=args.metrics_port or None,
         node_metrics=args.node_metrics,
+        rebalance=RebalanceMode(args.rebalance),
+        rebalance_policy=_policy(args),
     )
     run(cfg, liveness_port=args.liveness_port or None, log_level="debug" if args.verbose else args.log_level)
     return 0

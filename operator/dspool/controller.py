@@ -39,7 +39,10 @@ from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, pod_device_
 from dspool.lease import LeaderLease
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.mindie import ASCEND_DEVICE_ANNOTATION, MINDCLUSTER_CRD
-from dspool.reconcile import ReconcileResult, ReconcileSettings, reconcile
+from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
+from dspool.placement import DemandMix
+from dspool.rebalance import RebalancePolicy
+from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
 from dspool.report import demand_of
 from dspool.workloads import images_from_env
 
@@ -78,6 +81,8 @@ class OperatorConfig:
     lease_seconds: int = 15
     metrics_port: int | None = 8081  # Prometheus /metrics; None = off
     node_metrics: bool = True  # per-node device series (nodes x 3); off for very large pools
+    rebalance: RebalanceMode = RebalanceMode.DRY_RUN
+    rebalance_policy: RebalancePolicy = field(default_factory=RebalancePolicy)
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -176,6 +181,7 @@ class Snapshot:
     nodes: list[dict[str, Any]]
     pods: list[dict[str, Any]]
     deployments: list[dict[str, Any]]
+    pdbs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Operator:
@@ -187,7 +193,8 @@ class Operator:
         self.changed = asyncio.Condition()
         self.version = 0
         self.node_views: dict[str, dict[str, Any]] = {}  # last compacted node, to ignore heartbeats
-        self.written_placements: dict[str, list[dict[str, Any]]] = {}  # uid -> placements we wrote, until echoed
+        # uid -> the placements and moves we wrote, until the watch echoes them (the truth in between)
+        self.written_placements: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.applied: dict[tuple[str, str, str, str], str] = {}  # (apiVersion, kind, ns, name) -> content hash
         self.desired_objects: dict[str, set[tuple[str, str, str]]] = {}  # uid -> (apiVersion, kind, name)
         self.posted_events: dict[tuple[str, str, str], float] = {}  # (uid, reason, message) -> when
@@ -198,6 +205,7 @@ class Operator:
         self.leading = False
         self.settings = ReconcileSettings(stuck_after_seconds=cfg.stuck_after_seconds)
         self.indexes: tuple[kopf.Index[Any, Any], kopf.Index[Any, Any], kopf.Index[Any, Any]] | None = None
+        self.pdb_index: kopf.Index[Any, Any] | None = None
         self.indexes_ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.metrics = OperatorMetrics()
@@ -222,6 +230,7 @@ class Operator:
             images=images_from_env(os.environ),
             stuck_after_seconds=self.cfg.stuck_after_seconds,
             mindcluster=mindcluster,
+            rebalance_policy=self.cfg.rebalance_policy,
         )
         identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = LeaderLease(
@@ -279,10 +288,14 @@ class Operator:
         """Whether DSDs in this namespace are ours."""
         return not self.cfg.namespaces or namespace in self.cfg.namespaces
 
-    def capture(self, nodes: kopf.Index[Any, Any], pods: kopf.Index[Any, Any], dsds: kopf.Index[Any, Any]) -> None:
+    def capture(
+        self, nodes: kopf.Index[Any, Any], pods: kopf.Index[Any, Any], dsds: kopf.Index[Any, Any],
+        pdbs: kopf.Index[Any, Any],
+    ) -> None:  # fmt: skip
         """Keep kopf's live index views; kopf hands them out only once every index is fully listed."""
         if self.indexes is None:
             self.indexes = (nodes, pods, dsds)
+            self.pdb_index = pdbs
             self.indexes_ready.set()
 
     def snapshot(self) -> Snapshot:
@@ -293,7 +306,8 @@ class Operator:
         def values(index: kopf.Index[Any, Any]) -> list[dict[str, Any]]:
             return [value for key in list(index.keys()) for value in index.get(key, [])]
 
-        return Snapshot(nodes=values(nodes), pods=values(pods), deployments=values(dsds))
+        pdbs = values(self.pdb_index) if self.pdb_index is not None else []
+        return Snapshot(nodes=values(nodes), pods=values(pods), deployments=values(dsds), pdbs=pdbs)
 
     # ------------------------------------------------------------------ the loop
 
@@ -339,10 +353,10 @@ class Operator:
             meta = entry["metadata"]
             uid = meta["uid"]
             live.add(uid)
-            stored = (entry.get("status") or {}).get("placements") or []
+            stored = _booking(entry.get("status") or {})
             if uid in self.written_placements and self.written_placements[uid] == stored:
                 del self.written_placements[uid]  # the watch caught up: the cluster is the truth again
-            placements = self.written_placements.get(uid, stored)
+            placements = self.written_placements.get(uid, stored)["placements"]
             parsed = api.placements_from_status({"placements": placements})
             reservations.extend(reservations_from_status(meta["namespace"], meta["name"], parsed))
         self._forget_deleted(live)
@@ -367,8 +381,18 @@ class Operator:
             owner = pod["metadata"]["labels"].get(api.DEPLOYMENT_LABEL)
             if owner:
                 pods_by_deployment.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
-        bodies = sorted(
+        bodies = []
+        for body in sorted(
             snapshot.deployments, key=lambda b: (b["metadata"].get("creationTimestamp") or "", b["metadata"]["name"])
+        ):
+            uid = body["metadata"]["uid"]
+            if uid in self.written_placements:  # what we wrote last, until the watch echoes it
+                body = {**body, "status": {**(body.get("status") or {}), **self.written_placements[uid]}}
+            bodies.append(body)
+        demand = DemandMix.of(demand_of(bodies, self.catalog)) if bodies else None
+        settings = dataclasses.replace(self.settings, demand=demand)
+        notes, started_moves, plan_events = self._rebalance(
+            pool, bodies, pods_by_deployment, snapshot.pdbs, now, settings
         )
         results = []
         samples = []
@@ -378,12 +402,14 @@ class Operator:
             if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
                 continue
             uid, namespace, name = metadata["uid"], metadata["namespace"], metadata["name"]
+            key = f"{namespace}/{name}"
             current = dict(body)
-            if uid in self.written_placements:
-                current["status"] = {**(body.get("status") or {}), "placements": self.written_placements[uid]}
+            if key in started_moves:  # destinations booked for another DSD's waiting replica
+                current["status"] = status_with_moves(current.get("status") or {}, *started_moves[key])
             own_pods = pods_by_deployment.get((namespace, api.deployment_label_value(name)), [])
             try:
-                result = reconcile(current, self.catalog, pool, own_pods, now, self.settings, present)
+                result = reconcile(current, self.catalog, pool, own_pods, now, settings, present, notes.get(key))
+                result.events = [*plan_events.get(key, []), *result.events]
                 status = result.status.wire()
                 # Reservations are persisted before workloads exist: a restart then sees every booked device.
                 self._write_status(namespace, name, status, current.get("status") or {})
@@ -392,8 +418,9 @@ class Operator:
                 # The pool may hold half of that DSD's changes: rebuild it from what is stored.
                 pool = self.build_pool(snapshot)
                 continue
-            self.written_placements[uid] = status.get("placements", [])
+            self.written_placements[uid] = _booking(status)
             results.append(result)
+            self.metrics.record_moves(result.moves_finished, result.moves_rolled_back, result.devices_freed)
             decision_seconds += result.decision_seconds
             desired = result.desired if result.desired is not None else 0
             samples.append(DeploymentSample(namespace, name, desired, result.status, own_pods))
@@ -408,10 +435,68 @@ class Operator:
                 log.warning("posting events of %s/%s failed: %s", namespace, name, _describe(exc))
         sample = PassSample(
             pool, samples, time.monotonic() - started, leader=self.leading, catalog=self.catalog,
-            demand=demand_of(snapshot.deployments, self.catalog), node_metrics=self.cfg.node_metrics,
+            demand=demand.models if demand else (), node_metrics=self.cfg.node_metrics,
         )  # fmt: skip
         self.metrics.record_pass(sample, decision_seconds)
         return results
+
+    def _rebalance(
+        self,
+        pool: Pool,
+        bodies: list[dict[str, Any]],
+        pods_by_deployment: Mapping[tuple[str, str], list[dict[str, Any]]],
+        pdbs: list[dict[str, Any]],
+        now: datetime,
+        settings: ReconcileSettings,
+    ) -> tuple[dict[str, str], dict[str, tuple[list[Any], list[Any]]], dict[str, list[Event]]]:
+        """The pass's rebalancing, before any DSD is reconciled: notes for waiting DSDs (the Rebalancing
+        condition), new copies to add to moved DSDs (mode ``on``; booked in ``pool``), and events."""
+        notes: dict[str, str] = {}
+        events: dict[str, list[Event]] = {}
+        for replica, moves in waiting_on(bodies).items():
+            key = replica.rsplit("#", 1)[0]
+            listed = "; ".join(f"replica {m.replica} to {', '.join(n.name for n in m.to_nodes)} ({m.state.value})"
+                               for m in moves)  # fmt: skip
+            notes[key] = f"waiting for {len(moves)} move{'s' if len(moves) != 1 else ''} in flight: {listed}"
+        if self.cfg.rebalance == RebalanceMode.OFF:
+            return notes, {}, events
+        refused = []
+        for body in bodies:
+            metadata = body["metadata"]
+            if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
+                continue
+            item = refused_replica(body, self.catalog, settings.images.vllm if settings.images else None)
+            if item is not None:
+                refused.append(item)
+        if not refused:
+            return notes, {}, events
+        budgets = pdb_budgets(pdbs, pods_by_deployment)
+        plans = start_plans(
+            pool, refused, bodies, self.catalog, self.cfg.rebalance, now, disruptions_allowed=budgets,
+            policy=settings.rebalance_policy, demand=settings.demand,
+            engine_image=settings.images.vllm if settings.images else None,
+        )  # fmt: skip
+        writes: dict[str, tuple[list[Any], list[Any]]] = {}
+        for started in plans:
+            if started.plan is not None:
+                self.metrics.record_plan(len(started.plan.moves), started=started.started)
+            if started.started and started.plan is not None:
+                notes[started.deployment] = f"moving {len(started.plan.moves)} replica(s): {started.reason}"
+                events.setdefault(started.deployment, []).append(Event("Normal", "Rebalancing", started.reason))
+                for key, (placements, records) in started.writes.items():
+                    previous = writes.get(key, ([], []))
+                    writes[key] = (previous[0] + placements, previous[1] + records)
+                    for record in records:
+                        to = ", ".join(n.name for n in record.to_nodes)
+                        message = (f"replica {record.replica} moves make-before-break to {to} (new replica "
+                                   f"{record.new_replica}) to make room for {record.for_replica}")  # fmt: skip
+                        events.setdefault(key, []).append(Event("Normal", "Moving", message))
+            elif started.plan is not None:
+                notes.setdefault(started.deployment, f"dry run: would move {len(started.plan.moves)} replica(s): "
+                                                      f"{started.reason} (dspool run --rebalance on)")  # fmt: skip
+            else:
+                notes.setdefault(started.deployment, started.reason)
+        return notes, writes, events
 
     def _counted(self, verb: str, kind: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """Make one API write, counting failures by verb, kind and HTTP code."""
@@ -539,6 +624,11 @@ class Operator:
             log.info("%s/%s %s: %s", metadata["namespace"], metadata["name"], event.reason, event.message)
 
 
+def _booking(status: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The part of a status that books devices: placements, and the moves that say which are new copies."""
+    return {"placements": list(status.get("placements") or []), "moves": list(status.get("moves") or [])}
+
+
 def _same(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
     return json.dumps(new, sort_keys=True, default=str) == json.dumps(dict(old), sort_keys=True, default=str)
 
@@ -625,6 +715,20 @@ async def deployments_index(uid: str, body: kopf.Body, **_: Any) -> dict[str, An
     }
 
 
+@kopf.index("policy", "v1", "poddisruptionbudgets")
+async def pdbs_index(uid: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    """PodDisruptionBudgets: a replica whose pods one selects moves only when it allows a disruption."""
+    await _operator().poke()
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    return {
+        uid: {
+            "namespace": body.get("metadata", {}).get("namespace"),
+            "selector": dict(spec.get("selector") or {}),
+            "disruptionsAllowed": status.get("disruptionsAllowed", 0),
+        }
+    }
+
+
 def _deleted(type: str | None, **_: Any) -> bool:
     return type == "DELETED"
 
@@ -658,7 +762,7 @@ async def crd_event(name: str, type: str | None, body: kopf.Body, **_: Any) -> N
 async def deployment_event(**kwargs: Any) -> None:
     """Any DSD change: hand the indexes (kwargs named after the index functions) to the loop and wake it."""
     op = _operator()
-    op.capture(kwargs["nodes_index"], kwargs["pods_index"], kwargs["deployments_index"])
+    op.capture(kwargs["nodes_index"], kwargs["pods_index"], kwargs["deployments_index"], kwargs["pdbs_index"])
     await op.poke()
 
 

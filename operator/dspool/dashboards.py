@@ -472,6 +472,14 @@ OPERATOR = Dashboard(
             (Query("sum(rate(dspool_reconcile_passes_total[$__rate_interval]))", "passes/s"),),
         ),
         Panel(
+            "Rebalancing moves",
+            "Moves per hour by event: planned (dry runs too), started, finished, rolled back; and devices freed.",
+            (
+                Query("sum by (event) (increase(dspool_rebalance_moves_total[1h]))", "{{event}}"),
+                Query("sum(increase(dspool_rebalance_devices_freed_total[1h]))", "devices freed"),
+            ),
+        ),
+        Panel(
             "Events posted",
             "Events on DeepSeekDeployments in the last hour, by reason; 0 when none.",
             (Query("sum by (reason) (increase(dspool_events_posted_total[1h])) or vector(0)", "{{reason}}"),),

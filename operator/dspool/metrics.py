@@ -19,7 +19,9 @@ Two kinds of families, both served at ``/metrics`` of ``dspool run --metrics-por
   ``dspool_reconcile_passes_total``, ``dspool_reconcile_pass_seconds`` (last pass), ``dspool_leader``.
 - **Cumulative** (:class:`OperatorMetrics`): ``dspool_reconcile_pass_duration_seconds`` and
   ``dspool_placement_decision_seconds`` (histograms), ``dspool_api_write_errors_total{verb,kind,code}``
-  (409 = a conflict), ``dspool_events_posted_total{type,reason}``.
+  (409 = a conflict), ``dspool_events_posted_total{type,reason}``,
+  ``dspool_rebalance_moves_total{event}`` (planned, started, finished, rolled_back) and
+  ``dspool_rebalance_devices_freed_total``.
 
 Cardinality grows with models x types (~150), DSDs x 12, serving pods, and, with node metrics on,
 nodes x 3. :data:`METRIC_NAMES` lists every family, so dashboards and alerts can be checked against it.
@@ -69,6 +71,8 @@ METRIC_NAMES = frozenset(
         "dspool_placement_decision_seconds",
         "dspool_api_write_errors_total",
         "dspool_events_posted_total",
+        "dspool_rebalance_moves_total",
+        "dspool_rebalance_devices_freed_total",
     }
 )
 
@@ -270,6 +274,30 @@ class OperatorMetrics:
             "dspool_events_posted", "Kubernetes events posted on DeepSeekDeployments", ["type", "reason"],
             registry=self.registry,
         )  # fmt: skip
+
+        self.rebalance_moves = Counter(
+            "dspool_rebalance_moves", "Rebalancing moves by event: planned, started, finished, rolled_back",
+            ["event"], registry=self.registry,
+        )  # fmt: skip
+        self.devices_freed = Counter(
+            "dspool_rebalance_devices_freed", "Devices freed by finished moves", registry=self.registry
+        )
+        for event in ("planned", "started", "finished", "rolled_back"):
+            self.rebalance_moves.labels(event)  # every series exists from the start (0), for rate()
+
+    def record_plan(self, moves: int, *, started: bool) -> None:
+        """A rebalancing plan was found (and, unless it is a dry run, started)."""
+        self.rebalance_moves.labels("planned").inc(moves)
+        if started:
+            self.rebalance_moves.labels("started").inc(moves)
+
+    def record_moves(self, finished: int, rolled_back: int, devices_freed: int) -> None:
+        """Moves of one DSD that finished or rolled back in a pass."""
+        if finished:
+            self.rebalance_moves.labels("finished").inc(finished)
+            self.devices_freed.inc(devices_freed)
+        if rolled_back:
+            self.rebalance_moves.labels("rolled_back").inc(rolled_back)
 
     def record_pass(self, sample: PassSample, decision_seconds: Sequence[float] = ()) -> None:
         """A finished pass: its state, its duration and how long each placement decision took."""

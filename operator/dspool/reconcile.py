@@ -47,7 +47,17 @@ from dspool.api import (
 )
 from dspool.catalog import Catalog, UnknownIdError
 from dspool.inventory import Pool, pod_device_requests
-from dspool.placement import Decision, ReplicaRequest, place_replica, release, reserve, scale_down_victims
+from dspool.moves import advance_moves, moves_from_status
+from dspool.placement import (
+    Decision,
+    DemandMix,
+    ReplicaRequest,
+    place_replica,
+    release,
+    reserve,
+    scale_down_victims,
+)
+from dspool.rebalance import RebalancePolicy
 from dspool.workloads import ImageDefaults, build_replica_objects, build_service, endpoint_url, service_selector
 
 DEFAULT_STUCK_AFTER_SECONDS = 120.0
@@ -61,6 +71,8 @@ class ReconcileSettings:
     images: ImageDefaults | None = None
     stuck_after_seconds: float = DEFAULT_STUCK_AFTER_SECONDS
     mindcluster: bool = False  # MindCluster's ascend-operator writes MindIE rank tables; dspool does not
+    demand: DemandMix | None = None  # the models to keep room for (those of the DSDs in the cluster)
+    rebalance_policy: RebalancePolicy = field(default_factory=RebalancePolicy)
 
 
 @dataclass
@@ -85,6 +97,9 @@ class ReconcileResult:
     hold: bool = False
     decision_seconds: list[float] = field(default_factory=list)
     desired: int | None = None  # the replicas run (spec.replicas within spec.scaling); None for a bad spec
+    moves_finished: int = 0
+    moves_rolled_back: int = 0
+    devices_freed: int = 0  # by this DSD's finished moves
 
 
 def spec_hash(spec: DeepSeekDeploymentSpec) -> str:
@@ -215,12 +230,15 @@ def reconcile(
     now: datetime,
     settings: ReconcileSettings = ReconcileSettings(),
     present_nodes: Collection[str] | None = None,
+    rebalancing: str | None = None,
 ) -> ReconcileResult:
     """Decide the status and objects of one DSD. ``pool`` already holds this DSD's reservations and is
     updated in place (reserve/release) so the next DSD of the same pass sees what this one took.
 
     ``present_nodes``: nodes that still exist and are Ready (or NotReady only briefly), cordoned ones
     included: a replica on one of them keeps its place. Default: the nodes of the pool.
+    ``rebalancing``: what the pass's rebalancer says about this DSD's waiting replica (the ``Rebalancing``
+    condition); moves of this DSD's own replicas are in its ``status.moves`` and driven here.
     """
     spec_body = {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
     try:
@@ -268,9 +286,17 @@ def reconcile(
             )
             events.append(Event("Warning", "ReplicaLost", f"replica {index}: {why}; placing it again"))
 
+    # 2b. replicas moving to make room for another DSD: new copy first, the old one goes once it serves.
+    moving = advance_moves(
+        key, moves_from_status(body.get("status")), placements, pods_by_replica, pool, now,
+        lambda placement, replica_pods: _replica_ready(placement, replica_pods), settings.rebalance_policy,
+    )  # fmt: skip
+    events += [Event(e.type, e.reason, e.message) for e in moving.events]
+    copies = {i: placements[i] for i in moving.in_flight_copies if i in placements}  # not replicas yet
+
     desired, _ = dsd.spec.bounded_replicas()
-    current = {i: p for i, p in placements.items() if p.spec_hash == current_hash}
-    outdated = {i: p for i, p in placements.items() if p.spec_hash != current_hash}
+    current = {i: p for i, p in placements.items() if p.spec_hash == current_hash and i not in copies}
+    outdated = {i: p for i, p in placements.items() if p.spec_hash != current_hash and i not in copies}
 
     def ready(index: int, placement: ReplicaPlacement) -> bool:
         return _replica_ready(placement, pods_by_replica.get(index, []))
@@ -287,13 +313,13 @@ def reconcile(
     replaced_in_place: int | None = None
     counted_victim = False
     while len(current) < desired:
-        used = set(current) | set(outdated)
+        used = set(current) | set(outdated) | set(copies)
         index = next(i for i in range(len(used) + 1) if i not in used)
         request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, index, dsd.spec, catalog, site_vllm_image)
         if index in avoid:
             request = request.model_copy(update={"avoid_nodes": avoid[index]})
         started = time.perf_counter()
-        decision = place_replica(pool, request, catalog, list(current.values()))
+        decision = place_replica(pool, request, catalog, list(current.values()), demand=settings.demand)
         decision_seconds.append(time.perf_counter() - started)
         if (
             decision.placement is None
@@ -304,7 +330,7 @@ def reconcile(
             victim_index = max(outdated)
             victim = outdated[victim_index]
             release(pool, key, victim.model_copy(update={"nodes": [n for n in victim.nodes if n.name in pool.nodes]}))
-            retry = place_replica(pool, request, catalog, list(current.values()))
+            retry = place_replica(pool, request, catalog, list(current.values()), demand=settings.demand)
             if retry.placement is not None:
                 del outdated[victim_index]
                 replaced_in_place = victim_index
@@ -336,13 +362,14 @@ def reconcile(
             _release(pool, key, outdated.pop(index), pods_by_replica.get(index, []))
             events.append(Event("Normal", "Replaced", f"replica {index} (old spec) removed; new replicas are Ready"))
 
-    final = sorted({**outdated, **current}.values(), key=lambda p: p.replica)
+    final = sorted({**outdated, **current, **copies}.values(), key=lambda p: p.replica)
     ready_count = min(sum(1 for p in final if ready(p.replica, p)), desired)
     if refusal is not None:
         events.append(Event("Warning", "Unschedulable", refusal.reason))
     phase, conditions, message = _summarize(
-        dsd, len(current), ready_count, refusal, old.conditions, now, rolling=bool(outdated)
-    )
+        dsd, len(current), ready_count, refusal, old.conditions, now, rolling=bool(outdated),
+        rebalancing=rebalancing if refusal is not None else None,
+    )  # fmt: skip
     status = DeepSeekDeploymentStatus(
         phase=phase,
         replicas=len(final),
@@ -353,6 +380,7 @@ def reconcile(
         conditions=conditions,
         observed_generation=dsd.metadata.get("generation"),
         message=message,
+        moves=moving.moves,
     )
     objects: list[dict[str, Any]] = []
     for placement in final:
@@ -364,9 +392,12 @@ def reconcile(
             kwargs["rank_table_pods"] = _of_placement(placement, pods_by_replica.get(placement.replica, []))
         objects.extend(build_replica_objects(dsd, placement, model, accelerator, **kwargs))
     objects.append(build_service(dsd))
+    finished = [m for m in moving.events if m.reason == "Moved"]
     return ReconcileResult(
-        status=status, objects=objects, events=events, decision_seconds=decision_seconds, desired=desired
-    )
+        status=status, objects=objects, events=events, decision_seconds=decision_seconds, desired=desired,
+        moves_finished=len(finished), moves_rolled_back=sum(1 for m in moving.events if m.reason == "MoveRolledBack"),
+        devices_freed=sum(m.devices for m in finished),
+    )  # fmt: skip
 
 
 def _stamp(
@@ -391,6 +422,7 @@ def _summarize(
     old_conditions: Sequence[Condition],
     now: datetime,
     rolling: bool = False,
+    rebalancing: str | None = None,
 ) -> tuple[Phase, list[Condition], str]:
     desired, bounded = dsd.spec.bounded_replicas()
     if refusal is not None and rolling:
@@ -418,6 +450,14 @@ def _summarize(
         message=f"{ready} of {desired} replicas ready",
     )
     conditions = [scheduled, ready_condition]
+    if rebalancing:
+        moving_now = rebalancing.startswith(("moving", "waiting for"))
+        conditions.append(
+            Condition(type="Rebalancing", status="True" if moving_now else "False",
+                      reason="MovesInFlight" if moving_now else ("Possible" if "would move" in rebalancing
+                                                                   else "NoPlan"),
+                      message=rebalancing)
+        )  # fmt: skip
     if dsd.spec.scaling is not None:
         conditions.append(
             Condition(type="Scaling", status="True", reason="Limited", message=bounded)

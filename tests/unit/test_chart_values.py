@@ -25,6 +25,11 @@ FLAG_OF_VALUE = {
     "livenessPort": "liveness_port",
     "metricsPort": "metrics_port",
     "nodeMetrics": "node_metrics",
+    "rebalance": "rebalance",
+    "maxMoves": "max_moves",
+    "maxMovesInFlight": "max_moves_in_flight",
+    "rebalanceCooldownSeconds": "rebalance_cooldown_seconds",
+    "moveReadyTimeoutSeconds": "move_ready_timeout_seconds",
     "leaseName": "lease_name",
 }
 
