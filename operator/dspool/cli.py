@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _node_selector(args: argparse.Namespace) -> dict[str, str]:
-    from dspool.controller import parse_selector
+    from dspool.views import parse_selector
 
     try:
         return parse_selector(args.node_selector)

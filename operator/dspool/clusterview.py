@@ -12,8 +12,8 @@ from kubernetes import client, config
 
 from dspool import api
 from dspool.catalog import Catalog
-from dspool.controller import compact_node, compact_pod, selector_matches
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, Reservation, build_pool, reservations_from_status
+from dspool.views import compact_node, compact_pod, selector_matches
 
 
 @dataclass

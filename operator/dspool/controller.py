@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,15 +35,16 @@ from prometheus_client import start_http_server
 
 from dspool import api
 from dspool.catalog import Catalog, load_catalog
-from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, pod_device_requests, reservations_from_status
+from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, reservations_from_status
 from dspool.lease import LeaderLease
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
-from dspool.mindie import ASCEND_DEVICE_ANNOTATION, MINDCLUSTER_CRD
+from dspool.mindie import MINDCLUSTER_CRD
 from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
 from dspool.placement import DemandMix
 from dspool.rebalance import RebalancePolicy
 from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
 from dspool.report import demand_of
+from dspool.views import compact_node, compact_pod, present_nodes, selector_matches
 from dspool.workloads import images_from_env
 
 log = logging.getLogger("dspool")
@@ -83,95 +84,6 @@ class OperatorConfig:
     node_metrics: bool = True  # per-node device series (nodes x 3); off for very large pools
     rebalance: RebalanceMode = RebalanceMode.DRY_RUN
     rebalance_policy: RebalancePolicy = field(default_factory=RebalancePolicy)
-
-
-def parse_selector(text: str) -> dict[str, str]:
-    """``k=v,k2=v2`` (equality only; ``k`` alone means the label exists) as a dict ('' = exists)."""
-    selector: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, _, value = part.partition("=")
-        if not key:
-            raise ValueError(f"bad label selector part {part!r}")
-        selector[key.strip()] = value.strip()
-    return selector
-
-
-def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """Whether labels satisfy an equality selector from :func:`parse_selector`."""
-    return all(key in labels and (value == "" or labels[key] == value) for key, value in selector.items())
-
-
-def compact_node(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Node that inventory needs (keeps 5,000 nodes small; heartbeats do not change it)."""
-    metadata, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
-    return {
-        "metadata": {"name": metadata.get("name"), "labels": dict(metadata.get("labels") or {})},
-        "spec": {"unschedulable": spec.get("unschedulable", False), "taints": list(spec.get("taints") or [])},
-        "status": {
-            "allocatable": dict(status.get("allocatable") or {}),
-            "capacity": dict(status.get("capacity") or {}),
-            "conditions": [
-                {"type": c.get("type"), "status": c.get("status"), "lastTransitionTime": c.get("lastTransitionTime")}
-                for c in status.get("conditions") or []
-                if c.get("type") == "Ready"
-            ],
-        },
-    }
-
-
-def compact_pod(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The parts of a Pod that accounting and readiness need, or None for pods that hold no devices."""
-    metadata = body.get("metadata", {})
-    labels = dict(metadata.get("labels") or {})
-    if not pod_device_requests(body) and api.DEPLOYMENT_LABEL not in labels:
-        return None
-    spec, status = body.get("spec", {}), body.get("status", {})
-
-    def containers(key: str) -> list[dict[str, Any]]:
-        kept = ("name", "resources", "restartPolicy")  # restartPolicy marks sidecar init containers
-        return [{k: c[k] for k in kept if k in c} for c in spec.get(key) or []]
-
-    annotations = metadata.get("annotations") or {}
-    kept_annotations = {k: annotations[k] for k in (ASCEND_DEVICE_ANNOTATION,) if k in annotations}
-    return {
-        "metadata": {
-            "name": metadata.get("name"),
-            "namespace": metadata.get("namespace"),
-            "labels": labels,
-            "annotations": kept_annotations,  # the NPUs the device plugin gave the pod: MindIE rank tables
-            "deletionTimestamp": metadata.get("deletionTimestamp"),
-        },
-        "spec": {
-            "nodeName": spec.get("nodeName"),
-            "containers": containers("containers"),
-            "initContainers": containers("initContainers"),
-        },
-        "status": {
-            "phase": status.get("phase"),
-            "conditions": list(status.get("conditions") or []),
-            "podIP": status.get("podIP"),
-            "hostIP": status.get("hostIP"),
-        },
-    }
-
-
-def present_nodes(nodes: Sequence[Mapping[str, Any]], now: datetime, grace_seconds: float) -> set[str]:
-    """Nodes whose replicas keep their place: existing, and Ready or NotReady for less than the grace
-    period (a kubelet restart, a network blip). Cordoned nodes are included: cordoning stops new
-    placements, it does not evict."""
-    present = set()
-    for node in nodes:
-        ready = next((c for c in node["status"]["conditions"] if c.get("type") == "Ready"), None)
-        if ready is not None and ready.get("status") != "True":
-            since = ready.get("lastTransitionTime")
-            try:
-                started = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if (now - started).total_seconds() > grace_seconds:
-                continue
-        present.add(node["metadata"]["name"])
-    return present
 
 
 @dataclass

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dspool.controller import compact_node, compact_pod, parse_selector, present_nodes, selector_matches
+from dspool.views import compact_node, compact_pod, parse_selector, present_nodes, selector_matches
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
