@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_sim.set_defaults(handler=_cmd_simulate)
 
+    p_reb = sub.add_parser("rebalance", help="what rebalancing would move to place the waiting replicas (live pool)")
+    p_reb.add_argument("--dry-run", action="store_true", required=True, help="only say what would move (required)")
+    p_reb.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
+    p_reb.add_argument("--node-selector", default="", help="only nodes with these labels (k=v,...)")
+    p_reb.add_argument("--fabric-label", default="dspool.io/fabric")
+    p_reb.add_argument("--max-moves", type=_positive_int, default=RebalancePolicy().max_moves)
+    p_reb.set_defaults(handler=_cmd_rebalance)
+
     p_pool = sub.add_parser("pool", help="print the pool: nodes by accelerator, devices used/free, replicas")
     p_pool.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
     p_pool.add_argument("--node-selector", default="", help="only nodes with these labels (k=v,...)")
@@ -508,6 +516,45 @@ def _policy(args: argparse.Namespace) -> RebalancePolicy:
         cooldown_seconds=args.rebalance_cooldown_seconds,
         ready_timeout_seconds=args.move_ready_timeout_seconds,
     )
+
+
+def _cmd_rebalance(args: argparse.Namespace, catalog: Catalog) -> int:
+    """Plan rebalancing on the live pool, as the operator's next pass would (nothing is written)."""
+    from datetime import UTC, datetime
+
+    from dspool.clusterview import api_client_from, read_cluster, read_pdbs
+    from dspool.moves import pdb_budgets, refused_replica, start_plans
+    from dspool.placement import DemandMix
+    from dspool.report import demand_of
+
+    if args.max_moves > MAX_MOVES_LIMIT:
+        raise UsageError(f"--max-moves must be at most {MAX_MOVES_LIMIT}")
+    api_client = api_client_from(args.kubeconfig)
+    view = read_cluster(api_client, catalog, args.fabric_label, _node_selector(args))
+    refused = [r for r in (refused_replica(b, catalog, None) for b in view.deployments) if r is not None]
+    if not refused:
+        print("no DeepSeekDeployment is waiting for room: nothing to rebalance")
+        return 0
+    by_deployment: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for pod in view.pods:
+        owner = (pod["metadata"].get("labels") or {}).get("dspool.io/deployment")
+        if owner:
+            by_deployment.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
+    plans = start_plans(
+        view.pool, refused, view.deployments, catalog, RebalanceMode.DRY_RUN, datetime.now(UTC),
+        disruptions_allowed=pdb_budgets(read_pdbs(api_client), by_deployment),
+        policy=RebalancePolicy(max_moves=args.max_moves), demand=DemandMix.of(demand_of(view.deployments, catalog)),
+    )  # fmt: skip
+    rows = []
+    for found in plans:
+        moves = (
+            "; ".join(f"{m.deployment}#{m.replica} {','.join(n.name for n in m.from_nodes)} -> "
+                      f"{','.join(n.name for n in m.to_nodes)}" for m in found.plan.moves)
+            if found.plan else "-"
+        )  # fmt: skip
+        rows.append([f"{found.deployment}#{found.replica}", moves, found.reason])
+    print(format_table(["WAITING", "WOULD MOVE", "WHY"], rows))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:

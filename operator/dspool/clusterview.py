@@ -23,6 +23,7 @@ class ClusterView:
     pool: Pool
     deployments: list[dict[str, Any]]
     reservations: list[Reservation]
+    pods: list[dict[str, Any]]
 
 
 def api_client_from(kubeconfig: str | None) -> client.ApiClient:
@@ -61,4 +62,18 @@ def read_cluster(
         placements = api.placements_from_status(dsd.get("status"))
         reservations.extend(reservations_from_status(meta["namespace"], meta["name"], placements))
     pool = build_pool(nodes, pods, reservations, catalog, fabric_label)
-    return ClusterView(pool=pool, deployments=deployments, reservations=reservations)
+    return ClusterView(pool=pool, deployments=deployments, reservations=reservations, pods=pods)
+
+
+def read_pdbs(api_client: client.ApiClient) -> list[dict[str, Any]]:
+    """Every PodDisruptionBudget, compacted as the operator's index keeps them."""
+    pdbs = []
+    for item in client.PolicyV1Api(api_client).list_pod_disruption_budget_for_all_namespaces().items:
+        pdbs.append(
+            {
+                "namespace": item.metadata.namespace,
+                "selector": api_client.sanitize_for_serialization(item.spec.selector) or {},
+                "disruptionsAllowed": (item.status.disruptions_allowed if item.status else 0) or 0,
+            }
+        )
+    return pdbs

@@ -8,6 +8,8 @@ the new ones are Ready, and R1 is placed. The small DSD's Ready replicas are sam
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -138,7 +140,7 @@ def test_an_r1_refused_without_rebalancing_is_placed_after_small_replicas_move_m
 
 def test_a_dry_run_says_what_would_move_and_a_dsd_that_forbids_moves_stays_put(
     fragmented: Callable[..., tuple[PoolHandle, OperatorProcess]],
-    custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str,
+    custom: client.CustomObjectsApi, core_v1: client.CoreV1Api, namespace: str, kubeconfig: str,
 ) -> None:  # fmt: skip
     _pool, operator = fragmented("dry-run")
     create_dsd(custom, namespace, "r1", R1)
@@ -149,6 +151,12 @@ def test_a_dry_run_says_what_would_move_and_a_dsd_that_forbids_moves_stays_put(
 
     condition = wait_for(rebalancing_condition, 60, "a Rebalancing condition on the waiting R1")
     assert condition["reason"] == "Possible" and "would move 2 replica(s)" in condition["message"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "dspool", "rebalance", "--dry-run", "--kubeconfig", kubeconfig,
+         "--node-selector", f"dspool.io/pool={_pool.name}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert f"{namespace}/r1#0" in shown.stdout and f"{namespace}/small#0" in shown.stdout, shown.stdout
     before = placed_nodes(get_dsd(custom, namespace, "small"))
     time.sleep(6)  # passes go by; nothing moves in a dry run
     assert placed_nodes(get_dsd(custom, namespace, "small")) == before
