@@ -23,7 +23,8 @@ from pathlib import Path
 from kubernetes import client, config
 
 from dspool import api
-from dspool.sim.fleet import apply_pool, delete_pool, load_pool
+from dspool.sim.apply import apply_pool, delete_pool
+from dspool.sim.fleet import load_pool
 
 REPO = Path(__file__).resolve().parent.parent
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"

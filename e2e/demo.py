@@ -25,7 +25,8 @@ from kubernetes.client.exceptions import ApiException
 from dspool import api
 from dspool.crdgen import build_crd
 from dspool.report import format_table
-from dspool.sim.fleet import apply_pool, load_pool
+from dspool.sim.apply import apply_pool
+from dspool.sim.fleet import load_pool
 
 REPO = Path(__file__).resolve().parent.parent
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"

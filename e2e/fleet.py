@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from dspool.sim.fleet import apply_pool, delete_pool, load_pool, node_manifests
+from dspool.sim.apply import apply_pool, delete_pool
+from dspool.sim.fleet import load_pool, node_manifests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KUBECONFIG = REPO_ROOT / ".cluster" / "kubeconfig"

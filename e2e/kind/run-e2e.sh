@@ -32,7 +32,8 @@ import sys
 
 from kubernetes import client, config
 
-from dspool.sim.fleet import adopt_nodes, load_pool
+from dspool.sim.fleet import load_pool
+from dspool.sim.apply import adopt_nodes
 
 kubeconfig, pool_file = sys.argv[1], sys.argv[2]
 core_v1 = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))

@@ -34,7 +34,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from dspool.crdgen import build_crd
-from dspool.sim.fleet import POOL_LABEL, Pool, PoolHandle, apply_pool, delete_pool, load_pool, node_manifests
+from dspool.sim.apply import apply_pool, delete_pool
+from dspool.sim.fleet import POOL_LABEL, Pool, PoolHandle, load_pool, node_manifests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "e2e" / "cluster.py"

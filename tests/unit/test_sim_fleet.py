@@ -13,13 +13,11 @@ import pytest
 import yaml
 
 from dspool.catalog import UnknownIdError, load_catalog
+from dspool.sim.apply import adopt_nodes, apply_pool, delete_pool
 from dspool.sim.fleet import (
     KWOK_ANNOTATION,
     POOL_LABEL,
     Pool,
-    adopt_nodes,
-    apply_pool,
-    delete_pool,
     load_pool,
     node_manifests,
 )
