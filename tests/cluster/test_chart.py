@@ -471,8 +471,10 @@ def test_uninstall_keeps_the_crd_and_dsds_and_a_reinstall_moves_nothing(
     pool = fake_pool(write_pool(tmp_path, "reinstall", """
         - {name: l20, count: 2, accelerator: L20-48G}
     """))  # fmt: skip
-    first = install()
-    operator = InClusterOperator(wheel_venv, mint_token(core_v1, first), first, operator_args(pool), tmp_path / "1.log")
+    watched = f"watchNamespaces={{{namespace}}}"  # other namespaces' DSDs (a demo, say) are not this test's
+    first = install("--set", watched)
+    args = operator_args(pool, namespace)
+    operator = InClusterOperator(wheel_venv, mint_token(core_v1, first), first, args, tmp_path / "1.log")
     operator.start()
     try:
         create_dsd(custom, namespace, "d32", {"model": "deepseek-r1-distill-qwen-32b", "replicas": 3})
@@ -483,8 +485,8 @@ def test_uninstall_keeps_the_crd_and_dsds_and_a_reinstall_moves_nothing(
     assert client.ApiextensionsV1Api(api_client).read_custom_resource_definition(CRD_NAME)
     assert placed_nodes(get_dsd(custom, namespace, "d32")) == before  # the DSD and its reservations stay
     # Install again (same release name and namespace, as an upgrade-by-reinstall does) and run the operator.
-    again = install(release=first.release, namespace=first.namespace)
-    operator = InClusterOperator(wheel_venv, mint_token(core_v1, again), again, operator_args(pool), tmp_path / "2.log")
+    again = install("--set", watched, release=first.release, namespace=first.namespace)
+    operator = InClusterOperator(wheel_venv, mint_token(core_v1, again), again, args, tmp_path / "2.log")
     operator.start()
     try:
         wait_for(lambda: "connected" in operator.log(), 60, "the reinstalled operator to connect")
