@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from prometheus_client import start_http_server
 from dspool import api
 from dspool.catalog import Catalog, load_catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, build_pool, reservations_from_status
-from dspool.lease import LeaderLease
+from dspool.lease import LeaderLease, LeaseKeeper, NotLeadingError
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.mindie import MINDCLUSTER_CRD
 from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
@@ -114,7 +115,9 @@ class Operator:
         self.dynamic: DynamicClient | None = None
         self.resources: dict[tuple[str, str], Any] = {}  # (apiVersion, kind) -> dynamic resource
         self.lease: LeaderLease | None = None
+        self.keeper: LeaseKeeper | None = None
         self.leading = False
+        self.new_term = threading.Event()  # set by the lease keeper when this process becomes leader
         self.settings = ReconcileSettings(stuck_after_seconds=cfg.stuck_after_seconds)
         self.indexes: tuple[kopf.Index[Any, Any], kopf.Index[Any, Any], kopf.Index[Any, Any]] | None = None
         self.pdb_index: kopf.Index[Any, Any] | None = None
@@ -148,6 +151,7 @@ class Operator:
         self.lease = LeaderLease(
             self.api_client, self.cfg.lease_namespace, self.cfg.lease_name, identity, self.cfg.lease_seconds
         )
+        self.keeper = LeaseKeeper(self.lease, max(1.0, self.cfg.lease_seconds / 5), self._leadership_changed)
         if self.cfg.metrics_port:
             start_http_server(self.cfg.metrics_port, registry=self.metrics.registry)
         log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
@@ -224,38 +228,44 @@ class Operator:
     # ------------------------------------------------------------------ the loop
 
     async def main_loop(self) -> None:
-        """Reconcile every managed DSD whenever nodes, pods or DSDs change, and every resync period."""
+        """Reconcile every managed DSD whenever nodes, pods or DSDs change, and every resync period, while
+        this process leads (the lease keeper renews on its own thread; every write checks the fence)."""
         await self.indexes_ready.wait()
-        renew_every = max(1.0, self.cfg.lease_seconds / 3)
         last_reapply = time.monotonic()
         while True:
             seen = self.version
             try:
-                if await asyncio.to_thread(self._hold_lease):
+                if self.lease is not None and self.lease.leading():
+                    if self.new_term.is_set():
+                        self.new_term.clear()
+                        self._forget_writes()
                     snapshot = self.snapshot()
                     await asyncio.to_thread(self.reconcile_all, snapshot)
+            except NotLeadingError:
+                log.warning("lost the lease during a pass; stopped writing")
             except Exception:  # never let one bad pass stop the operator; the next starts from the cluster
                 log.exception("reconcile pass failed (will retry)")
-            await self.wait_for_change(seen, min(self.cfg.resync_seconds, renew_every))
+            await self.wait_for_change(seen, min(self.cfg.resync_seconds, max(1.0, self.cfg.lease_seconds / 5)))
             if time.monotonic() - last_reapply > REAPPLY_SECONDS:
                 last_reapply = time.monotonic()
                 self.applied.clear()  # apply everything once more, restoring objects deleted or edited by hand
 
-    def _hold_lease(self) -> bool:
-        """Acquire or renew the Lease. On gaining it, forget what an earlier term wrote: another holder may
-        have written since, and only the cluster's state counts."""
-        assert self.lease is not None
-        leading = self.lease.acquire_or_renew()
-        if leading and not self.leading:
-            self.written_placements.clear()
-            self.applied.clear()
-            self.desired_objects.clear()
-        self.metrics.state.set_leader(leading)
-        if self.leading and not leading:
+    def _leadership_changed(self, leading: bool) -> None:
+        """From the lease keeper's thread: a new term starts, or this process lost the Lease."""
+        if leading:
+            self.new_term.set()  # the loop forgets what an earlier term wrote before its next pass
+        elif self.leading:
             log.warning("lost the lease %s/%s; another operator decides now", self.cfg.lease_namespace,
                         self.cfg.lease_name)  # fmt: skip
         self.leading = leading
-        return leading
+        self.metrics.state.set_leader(leading)
+
+    def _forget_writes(self) -> None:
+        """On gaining the Lease, forget what an earlier term wrote: another holder may have written since,
+        and only the cluster's state counts."""
+        self.written_placements.clear()
+        self.applied.clear()
+        self.desired_objects.clear()
 
     def build_pool(self, snapshot: Snapshot) -> Pool:
         """The pool as the snapshot (plus our own status writes not yet echoed by the watch) describes it."""
@@ -325,6 +335,8 @@ class Operator:
                 status = result.status.wire()
                 # Reservations are persisted before workloads exist: a restart then sees every booked device.
                 self._write_status(namespace, name, status, current.get("status") or {})
+            except NotLeadingError:
+                raise
             except Exception as exc:  # one broken DSD must not stall the others
                 log.warning("reconciling %s/%s failed (will retry): %s", namespace, name, _describe(exc))
                 # The pool may hold half of that DSD's changes: rebuild it from what is stored.
@@ -339,10 +351,14 @@ class Operator:
             try:
                 if not result.hold:
                     self._apply_objects(uid, namespace, name, result)
+            except NotLeadingError:
+                raise
             except Exception as exc:
                 log.warning("writing objects of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
             try:  # events tell the story even when objects could not be written
                 self._post_events(metadata, result)
+            except NotLeadingError:
+                raise
             except Exception as exc:
                 log.warning("posting events of %s/%s failed: %s", namespace, name, _describe(exc))
         sample = PassSample(
@@ -411,7 +427,10 @@ class Operator:
         return notes, writes, events
 
     def _counted(self, verb: str, kind: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """Make one API write, counting failures by verb, kind and HTTP code."""
+        """Make one API write, counting failures by verb, kind and HTTP code. The fence: no write at all
+        unless this process holds the Lease, renewed within the renew deadline, right now."""
+        if self.lease is None or not self.lease.leading():
+            raise NotLeadingError(f"not leading: refusing to {verb} {kind}")
         try:
             return call(*args, **kwargs)
         except ApiException as exc:
@@ -574,6 +593,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     op = _operator()
     await asyncio.to_thread(op.connect)
+    if op.keeper is not None:
+        op.keeper.start()
     op.task = asyncio.create_task(op.main_loop())
 
 
@@ -684,6 +705,8 @@ async def cleanup(**_: Any) -> None:
     op = _operator()
     if op.task is not None:
         op.task.cancel()
+    if op.keeper is not None:
+        await asyncio.to_thread(op.keeper.stop)
     if op.lease is not None and op.leading:
         await asyncio.to_thread(op.lease.release)
 
