@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -14,14 +13,21 @@ from pydantic import ValidationError
 
 from dspool.api import KIND, DeepSeekDeployment, Strategy
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
+from dspool.inventory import DEFAULT_FABRIC_LABEL
 from dspool.moves import RebalanceMode
 from dspool.placement import ReplicaRequest, place_replicas
 from dspool.rebalance import MAX_MOVES_LIMIT, RebalancePolicy
 from dspool.report import format_table
+from dspool.settings import (
+    add_run_arguments,
+    from_args,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from dspool.sizing import Backend, Plan, SizingRequest, plan
 
 EXIT_USAGE = 2
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class UsageError(Exception):
@@ -35,16 +41,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -52,23 +48,6 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text} must be in (0, 1], e.g. 0.90")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"{text} must be a number >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
     return value
 
 
@@ -88,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_plan.add_argument("--all", action="store_true", help="every model x every accelerator")
     p_plan.add_argument("--precision", choices=["auto", *[p.value for p in Precision]], default="auto")
     p_plan.add_argument("--backend", choices=["auto", *[b.value for b in Backend]], default="auto")
-    p_plan.add_argument("--kv-cache-tokens", type=_positive_int, default=SizingRequest().kv_cache_tokens)
-    p_plan.add_argument("--max-model-len", type=_positive_int, help="longest request; the KV budget covers it")
+    p_plan.add_argument("--kv-cache-tokens", type=positive_int, default=SizingRequest().kv_cache_tokens)
+    p_plan.add_argument("--max-model-len", type=positive_int, help="longest request; the KV budget covers it")
     p_plan.add_argument("--gpu-memory-utilization", type=_fraction, default=SizingRequest().gpu_memory_utilization)
-    p_plan.add_argument("--devices-per-node", type=_positive_int, help="server size (default: catalog)")
-    p_plan.add_argument("--device-memory-gib", type=_positive_float, help="device memory (default: catalog)")
-    p_plan.add_argument("--overhead-gib", type=_non_negative_float, help="runtime overhead per device")
-    p_plan.add_argument("--max-nodes", type=_positive_int, default=SizingRequest().max_nodes)
+    p_plan.add_argument("--devices-per-node", type=positive_int, help="server size (default: catalog)")
+    p_plan.add_argument("--device-memory-gib", type=positive_float, help="device memory (default: catalog)")
+    p_plan.add_argument("--overhead-gib", type=non_negative_float, help="runtime overhead per device")
+    p_plan.add_argument("--max-nodes", type=positive_int, default=SizingRequest().max_nodes)
     p_plan.add_argument("--single-node", action="store_true", help="never span nodes")
     p_plan.add_argument("--image", help="the engine image the replica runs (as spec.serving.image; default: dspool's)")
     p_plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
@@ -108,66 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_acc.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_acc.set_defaults(handler=_cmd_accelerators)
 
-    p_run = sub.add_parser("run", help="run the operator against the current kubeconfig")
-    p_run.add_argument("--namespace", "-n", action="append", default=[], help="manage DSDs only here (repeatable)")
-    p_run.add_argument("--node-selector", default="", help="only nodes with these labels form the pool (k=v,...)")
-    p_run.add_argument("--fabric-label", default="dspool.io/fabric", help="node label that bounds multi-node replicas")
-    p_run.add_argument("--liveness-port", type=int, default=8080, help="serve /healthz here (0 = off)")
-    p_run.add_argument("--metrics-port", type=int, default=8081, help="serve Prometheus /metrics here (0 = off)")
-    p_run.add_argument(
-        "--node-metrics",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="export devices per node (3 series a node; --no-node-metrics for very large pools)",
-    )
-    p_run.add_argument("--resync-seconds", type=_positive_float, default=30.0)
-    p_run.add_argument(
-        "--stuck-after-seconds",
-        type=_positive_float,
-        default=120.0,
-        help="re-place a replica whose pods stay unschedulable this long",
-    )
-    p_run.add_argument(
-        "--node-grace-seconds",
-        type=_positive_float,
-        default=60.0,
-        help="a node NotReady for less than this keeps its replicas",
-    )
-    p_run.add_argument(
-        "--lease-namespace",
-        default=os.environ.get("POD_NAMESPACE", "default"),
-        help="namespace of the leader-election Lease (default: $POD_NAMESPACE or default)",
-    )
-    p_run.add_argument(
-        "--lease-name",
-        default="dspool-operator",
-        help="operators sharing a pool must share this Lease; disjoint pools may differ",
-    )
-    policy = RebalancePolicy()
-    p_run.add_argument(
-        "--rebalance",
-        choices=[m.value for m in RebalanceMode],
-        default=RebalanceMode.DRY_RUN.value,
-        help="move replicas of other DSDs (make-before-break) to place a waiting one: off, dry-run (say what "
-        "would move), on",
-    )
-    p_run.add_argument("--max-moves", type=_positive_int, default=policy.max_moves, help="replicas one plan may move")
-    p_run.add_argument(
-        "--max-moves-in-flight", type=_positive_int, default=policy.max_in_flight, help="moves in flight pool-wide"
-    )
-    p_run.add_argument(
-        "--rebalance-cooldown-seconds",
-        type=_non_negative_float,
-        default=policy.cooldown_seconds,
-        help="a DSD is not moved again this soon after one of its moves started",
-    )
-    p_run.add_argument(
-        "--move-ready-timeout-seconds",
-        type=_positive_float,
-        default=policy.ready_timeout_seconds,
-        help="a moved replica's new copy not Ready by then is rolled back (the old one keeps serving)",
-    )
-    p_run.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity (JSON lines on stderr)")
+    p_run = sub.add_parser("run", help="run the operator against the current kubeconfig (or in-cluster)")
+    add_run_arguments(p_run)
     p_run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
     p_run.set_defaults(handler=_cmd_run)
 
@@ -179,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim.add_argument("--strategy", choices=[s.value for s in Strategy], help="override every spec's strategy")
     p_sim.add_argument("--rebalance", choices=["off", "on"], default="off", help="move replicas to make room")
     p_sim.add_argument(
-        "--max-moves", type=_positive_int, default=RebalancePolicy().max_moves, help="replicas one plan may move"
+        "--max-moves", type=positive_int, default=RebalancePolicy().max_moves, help="replicas one plan may move"
     )
     p_sim.add_argument("--queue", action="store_true", help="refused replicas wait for room instead of being lost")
     p_sim.add_argument(
-        "--move-seconds", type=_non_negative_float, default=0.0, help="until a moved replica's new copy is Ready"
+        "--move-seconds", type=non_negative_float, default=0.0, help="until a moved replica's new copy is Ready"
     )
     p_sim.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_sim.set_defaults(handler=_cmd_simulate)
@@ -192,14 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_reb.add_argument("--dry-run", action="store_true", required=True, help="only say what would move (required)")
     p_reb.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
     p_reb.add_argument("--node-selector", default="", help="only nodes with these labels (k=v,...)")
-    p_reb.add_argument("--fabric-label", default="dspool.io/fabric")
-    p_reb.add_argument("--max-moves", type=_positive_int, default=RebalancePolicy().max_moves)
+    p_reb.add_argument("--fabric-label", default=DEFAULT_FABRIC_LABEL)
+    p_reb.add_argument("--max-moves", type=positive_int, default=RebalancePolicy().max_moves)
     p_reb.set_defaults(handler=_cmd_rebalance)
 
     p_pool = sub.add_parser("pool", help="print the pool: nodes by accelerator, devices used/free, replicas")
     p_pool.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
     p_pool.add_argument("--node-selector", default="", help="only nodes with these labels (k=v,...)")
-    p_pool.add_argument("--fabric-label", default="dspool.io/fabric")
+    p_pool.add_argument("--fabric-label", default=DEFAULT_FABRIC_LABEL)
     p_pool.add_argument("--nodes", action="store_true", help="list every node, not only the totals")
     p_pool.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_pool.set_defaults(handler=_cmd_pool)
@@ -431,7 +352,7 @@ def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
         plans = [plan(model, catalog.accelerator(i), request.sizing) for i in ids]
         print(format_plan_table(plans))
         return 0
-    from dspool.clusterview import api_client_from, read_cluster
+    from dspool.kube.clusterview import api_client_from, read_cluster
 
     selector = _node_selector(args)
     view = read_cluster(api_client_from(args.kubeconfig), catalog, node_selector=selector)
@@ -453,8 +374,7 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.sim.inputs import InputError, load_pool_file, load_trace
     from dspool.sim.simulate import SimulationSettings, pool_from_file, simulate
 
-    if args.max_moves > MAX_MOVES_LIMIT:
-        raise UsageError(f"--max-moves must be at most {MAX_MOVES_LIMIT}")
+    _check_max_moves(args)
     try:
         pool_file = load_pool_file(args.pool, catalog)
         trace = load_trace(args.trace, catalog)
@@ -507,28 +427,21 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
-def _policy(args: argparse.Namespace) -> RebalancePolicy:
+def _check_max_moves(args: argparse.Namespace) -> None:
     if args.max_moves > MAX_MOVES_LIMIT:
         raise UsageError(f"--max-moves must be at most {MAX_MOVES_LIMIT}")
-    return RebalancePolicy(
-        max_moves=args.max_moves,
-        max_in_flight=args.max_moves_in_flight,
-        cooldown_seconds=args.rebalance_cooldown_seconds,
-        ready_timeout_seconds=args.move_ready_timeout_seconds,
-    )
 
 
 def _cmd_rebalance(args: argparse.Namespace, catalog: Catalog) -> int:
     """Plan rebalancing on the live pool, as the operator's next pass would (nothing is written)."""
     from datetime import UTC, datetime
 
-    from dspool.clusterview import api_client_from, read_cluster, read_pdbs
+    from dspool.kube.clusterview import api_client_from, read_cluster, read_pdbs
     from dspool.moves import pdb_budgets, refused_replica, start_plans
     from dspool.placement import DemandMix
     from dspool.report import demand_of
 
-    if args.max_moves > MAX_MOVES_LIMIT:
-        raise UsageError(f"--max-moves must be at most {MAX_MOVES_LIMIT}")
+    _check_max_moves(args)
     api_client = api_client_from(args.kubeconfig)
     view = read_cluster(api_client, catalog, args.fabric_label, _node_selector(args))
     refused = [r for r in (refused_replica(b, catalog, None) for b in view.deployments) if r is not None]
@@ -558,30 +471,18 @@ def _cmd_rebalance(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
-    from dspool.controller import OperatorConfig, run
+    from dspool.handlers import run
 
-    selector = _node_selector(args)
-    cfg = OperatorConfig(
-        namespaces=args.namespace,
-        node_selector=selector,
-        fabric_label=args.fabric_label,
-        catalog_path=args.catalog,
-        resync_seconds=args.resync_seconds,
-        stuck_after_seconds=args.stuck_after_seconds,
-        node_grace_seconds=args.node_grace_seconds,
-        lease_namespace=args.lease_namespace,
-        lease_name=args.lease_name,
-        metrics_port=args.metrics_port or None,
-        node_metrics=args.node_metrics,
-        rebalance=RebalanceMode(args.rebalance),
-        rebalance_policy=_policy(args),
-    )
-    run(cfg, liveness_port=args.liveness_port or None, log_level="debug" if args.verbose else args.log_level)
+    _check_max_moves(args)
+    settings = from_args(args)
+    if args.verbose:
+        settings.log_level = "debug"
+    run(settings)
     return 0
 
 
 def _cmd_pool(args: argparse.Namespace, catalog: Catalog) -> int:
-    from dspool.clusterview import api_client_from, read_cluster
+    from dspool.kube.clusterview import api_client_from, read_cluster
     from dspool.report import format_pool, pool_summary
 
     selector = _node_selector(args)

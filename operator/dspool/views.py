@@ -1,8 +1,8 @@
 """Compact views of Nodes and Pods, label selectors and node presence: pure functions of API dicts.
 
 What the watches keep of each object is what accounting needs (5,000 nodes stay small, and heartbeats do
-not change a node's view); the operator's indexes and the CLI's one-shot reader (``dspool.clusterview``)
-both use them, so ``dspool pool`` does not load the kopf layer.
+not change a node's view); the operator's watches (``dspool.kube.informer``) and the CLI's one-shot reader
+(``dspool.kube.clusterview``) both use them, so ``dspool pool`` does not load the kopf layer.
 """
 
 from __future__ import annotations
@@ -103,3 +103,29 @@ def present_nodes(nodes: Sequence[Mapping[str, Any]], now: datetime, grace_secon
                 continue
         present.add(node["metadata"]["name"])
     return present
+
+
+def compact_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a DSD a pass reads: identity, spec and status (its reservations count whoever manages it)."""
+    metadata = body.get("metadata", {})
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {
+            key: metadata.get(key)
+            for key in ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
+        },
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def compact_pdb(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A PodDisruptionBudget as rebalancing reads it: a replica whose pods one selects moves only when it
+    allows a disruption."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    return {
+        "namespace": body.get("metadata", {}).get("namespace"),
+        "selector": dict(spec.get("selector") or {}),
+        "disruptionsAllowed": status.get("disruptionsAllowed", 0),
+    }

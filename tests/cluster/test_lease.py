@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kubernetes import client
 
-from dspool.lease import LeaderLease
+from dspool.kube.lease import LeaderLease
 
 
 class Clock:

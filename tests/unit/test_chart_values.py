@@ -10,28 +10,12 @@ from pathlib import Path
 import yaml
 
 from dspool.cli import build_parser
+from dspool.settings import chart_values
 from dspool.workloads import ImageDefaults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VALUES = yaml.safe_load((REPO_ROOT / "charts" / "dspool" / "values.yaml").read_text())
-# chart value -> `dspool run` option it becomes (templates/deployment.yaml)
-FLAG_OF_VALUE = {
-    "poolNodeSelector": "node_selector",
-    "fabricLabel": "fabric_label",
-    "stuckAfterSeconds": "stuck_after_seconds",
-    "nodeGraceSeconds": "node_grace_seconds",
-    "resyncSeconds": "resync_seconds",
-    "logLevel": "log_level",
-    "livenessPort": "liveness_port",
-    "metricsPort": "metrics_port",
-    "nodeMetrics": "node_metrics",
-    "rebalance": "rebalance",
-    "maxMoves": "max_moves",
-    "maxMovesInFlight": "max_moves_in_flight",
-    "rebalanceCooldownSeconds": "rebalance_cooldown_seconds",
-    "moveReadyTimeoutSeconds": "move_ready_timeout_seconds",
-    "leaseName": "lease_name",
-}
+FLAG_OF_VALUE = chart_values()  # chart value -> the `dspool run` setting it becomes (templates/deployment.yaml)
 
 
 def run_defaults() -> dict[str, object]:
@@ -51,7 +35,7 @@ def test_every_operator_value_is_a_dspool_run_flag_with_the_same_default() -> No
 def test_every_dspool_run_flag_is_reachable_from_the_chart() -> None:
     # --namespace is watchNamespaces, --lease-namespace the release namespace ($POD_NAMESPACE),
     # --verbose the same as --log-level debug, --help is not a setting.
-    covered = set(FLAG_OF_VALUE.values()) | {"namespace", "lease_namespace", "verbose", "help"}
+    covered = set(FLAG_OF_VALUE.values()) | {"namespaces", "lease_namespace", "verbose", "help"}
     assert set(run_defaults()) <= covered
 
 

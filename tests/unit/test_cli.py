@@ -94,7 +94,8 @@ def test_the_cli_module_runs_as_a_script() -> None:
 
 def test_the_cli_commands_that_read_the_cluster_do_not_load_the_kopf_layer() -> None:
     code = (
-        "import sys, dspool.cli, dspool.clusterview; print('kopf' in sys.modules, 'dspool.controller' in sys.modules)"
+        "import sys, dspool.cli, dspool.kube.clusterview; "
+        "print('kopf' in sys.modules, 'dspool.handlers' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]

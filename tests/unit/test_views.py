@@ -1,4 +1,4 @@
-"""Pure helpers of the kopf layer: selectors, compaction, which nodes keep their replicas."""
+"""Pure helpers of the watches: selectors, compaction, which nodes keep their replicas."""
 
 from __future__ import annotations
 
@@ -60,16 +60,3 @@ def test_pods_without_devices_or_dspool_labels_are_not_kept() -> None:
     }  # fmt: skip
     kept = compact_pod(sidecar)
     assert kept is not None and kept["spec"]["initContainers"][0]["restartPolicy"] == "Always"
-
-
-def test_the_writer_refuses_every_write_without_the_lease() -> None:
-    import pytest
-
-    from dspool.controller import Operator, OperatorConfig
-    from dspool.lease import NotLeadingError
-
-    operator = Operator(OperatorConfig(metrics_port=None))
-    calls: list[str] = []
-    with pytest.raises(NotLeadingError, match="refusing to patch DeepSeekDeployment"):
-        operator._counted("patch", "DeepSeekDeployment", lambda: calls.append("written"))
-    assert calls == []  # nothing reached the API server

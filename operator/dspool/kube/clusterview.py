@@ -1,6 +1,7 @@
 """Read the live pool from a cluster for the CLI (``dspool pool``, ``dspool plan --cluster``).
 
-The operator keeps the same view in memory from watches; this one-shot reader lists once.
+The operator keeps the same view in memory from watches (``dspool.kube.informer``); this one-shot reader
+lists once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from kubernetes import client, config
 from dspool import api
 from dspool.catalog import Catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, Reservation, build_pool, reservations_from_status
-from dspool.views import compact_node, compact_pod, selector_matches
+from dspool.views import compact_node, compact_pdb, compact_pod, selector_matches
 
 
 @dataclass
@@ -67,13 +68,5 @@ def read_cluster(
 
 def read_pdbs(api_client: client.ApiClient) -> list[dict[str, Any]]:
     """Every PodDisruptionBudget, compacted as the operator's index keeps them."""
-    pdbs = []
-    for item in client.PolicyV1Api(api_client).list_pod_disruption_budget_for_all_namespaces().items:
-        pdbs.append(
-            {
-                "namespace": item.metadata.namespace,
-                "selector": api_client.sanitize_for_serialization(item.spec.selector) or {},
-                "disruptionsAllowed": (item.status.disruptions_allowed if item.status else 0) or 0,
-            }
-        )
-    return pdbs
+    items = client.PolicyV1Api(api_client).list_pod_disruption_budget_for_all_namespaces().items
+    return [compact_pdb(api_client.sanitize_for_serialization(item)) for item in items]

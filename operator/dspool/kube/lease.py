@@ -12,7 +12,7 @@ As client-go's leader election does:
 - **The holder steps down before anyone may take over.** It counts as leading only while its last
   successful renewal is younger than ``renew_deadline`` (shorter than ``duration``); a holder that cannot
   renew (API server unreachable, a stalled process) stops writing at once, while candidates still wait the
-  full ``duration``. :meth:`LeaderLease.leading` is the fence every write checks.
+  full ``duration``. :meth:`LeaderLease.leading` is the fence every write checks (``dspool.kube.writer``).
 - **Renewal runs on its own timer** (:class:`LeaseKeeper`, a thread), so a long reconcile pass cannot let
   the Lease lapse while the operator still writes.
 """
@@ -28,13 +28,12 @@ from datetime import UTC, datetime
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from dspool.ledger import NotLeadingError
+
 log = logging.getLogger("dspool")
 
 REQUEST_TIMEOUT_SECONDS = 10
-
-
-class NotLeadingError(RuntimeError):
-    """A write was attempted without holding the Lease (the fence)."""
+__all__ = ["LeaderLease", "LeaseKeeper", "NotLeadingError"]
 
 
 class LeaderLease:

@@ -1,0 +1,1 @@
+"""The shell: everything that talks to the API server (reads, watches, writes, the Lease)."""

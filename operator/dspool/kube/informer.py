@@ -1,0 +1,156 @@
+"""A light informer: list, then watch, one kind on its own thread, keeping only a compact view per object.
+
+kopf's indexes cost minutes of start-up at 5,000 nodes (its per-object index machinery), and the
+kubernetes client's model classes cost most of a list's time and memory. This informer reads the API's
+JSON directly (``_preload_content=False``), pages through the first list, keeps what the pass needs
+(:mod:`dspool.views`), and calls ``on_change`` only when a kept view really changed (node heartbeats do
+not). It re-lists when the watch's resource version is too old (410 Gone) and retries on errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+log = logging.getLogger("dspool")
+
+ListCall = Callable[..., Any]  # a generated list_* method of the kubernetes client
+Compact = Callable[[dict[str, Any]], tuple[str, dict[str, Any] | None]]  # object -> (key, view or None: not kept)
+
+PAGE_SIZE = 500
+WATCH_SECONDS = 300  # the API server ends a watch after this long; the informer resumes it
+RETRY_SECONDS = 2.0
+
+
+class Gone(Exception):
+    """The watch's resource version is too old: list again."""
+
+
+class Informer:
+    """Keeps ``{key: view}`` of one kind in step with the API server (thread-safe reads)."""
+
+    def __init__(self, name: str, list_call: ListCall, compact: Compact, on_change: Callable[[], None]) -> None:
+        self.name = name
+        self.list_call = list_call
+        self.compact = compact
+        self.on_change = on_change
+        self.synced = threading.Event()  # set once the first full list is in
+        self._items: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._resource_version = ""
+        self._thread = threading.Thread(target=self._run, name=f"dspool-watch-{name}", daemon=True)
+        self._response: Any = None
+
+    def start(self) -> None:
+        """Start listing and watching."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (the current watch request is closed)."""
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # closing a finished response may fail; nothing to do
+                response.close()
+
+    def values(self) -> list[dict[str, Any]]:
+        """A copy of the current views."""
+        with self._lock:
+            return list(self._items.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._resource_version:
+                    self._list()
+                self._watch()
+            except Gone:
+                self._resource_version = ""
+            except Exception as exc:  # the API server restarting, a network error: try again shortly
+                if self._stop.is_set():
+                    return
+                log.warning("watching %s failed (retrying): %s", self.name, _describe(exc))
+                self._resource_version = ""  # list again: events may have been missed
+                self._stop.wait(RETRY_SECONDS)
+
+    def _list(self) -> None:
+        fresh: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False, "_request_timeout": 60}
+            if token:
+                kwargs["_continue"] = token
+            page = json.loads(self.list_call(**kwargs).data)
+            for item in page.get("items") or []:
+                key, view = self.compact(item)
+                if view is not None:
+                    fresh[key] = view
+            metadata = page.get("metadata") or {}
+            token = metadata.get("continue")
+            if not token:
+                self._resource_version = metadata.get("resourceVersion", "")
+                break
+        with self._lock:
+            changed = fresh != self._items
+            self._items = fresh
+        self.synced.set()
+        if changed:
+            self.on_change()
+
+    def _watch(self) -> None:
+        response = self.list_call(
+            watch=True, resource_version=self._resource_version, allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS, _preload_content=False, _request_timeout=WATCH_SECONDS + 30,
+        )  # fmt: skip
+        self._response = response
+        try:
+            for line in iter_resp_lines(response):
+                if self._stop.is_set():
+                    return
+                event = json.loads(line)
+                self._handle(event.get("type", ""), event.get("object") or {})
+        finally:
+            self._response = None
+            response.release_conn()
+
+    def _handle(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone()
+            raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._resource_version = version
+        if kind == "BOOKMARK":
+            return
+        key, view = self.compact(obj)
+        with self._lock:
+            before = self._items.get(key)
+            if kind == "DELETED" or view is None:
+                self._items.pop(key, None)
+                changed = before is not None
+            else:
+                self._items[key] = view
+                changed = before != view
+        if changed:
+            self.on_change()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,319 @@
+"""One reconcile pass: snapshot -> pool -> rebalancing -> reconcile per DSD -> writes, with the clock injected.
+
+The pass decides every DSD one after another against one pool in memory (so two DSDs never book the
+same device) and hands each DSD's writes (status first, then its objects and events) to a bounded pool of
+threads, so API round trips overlap instead of queueing behind each other. Decisions stay safe:
+
+- a DSD's status (its reservations) is written before its objects, in the same job;
+- when a decision frees devices (scale down, a lost node, a finished move), the pass waits for every
+  write so far before deciding the next DSD: another DSD may book those devices only once the release is
+  stored, so two stored statuses never claim the same device, even when a write fails;
+- when a write fails or a decision raises, the pool is rebuilt from what is stored (after the writes in
+  flight have finished) and the pass goes on with the next DSD;
+- the pass ends when all its writes have.
+
+Nothing here talks to the API server: the writer is injected (``dspool.kube.writer`` in the operator, a
+fake in the tests), and so are the clocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from dspool import api
+from dspool.catalog import Catalog
+from dspool.inventory import Pool, build_pool, reservations_from_status
+from dspool.ledger import NotLeadingError, WriteLedger
+from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
+from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
+from dspool.placement import DemandMix
+from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
+from dspool.report import demand_of
+from dspool.settings import OperatorSettings
+from dspool.views import present_nodes
+
+log = logging.getLogger("dspool")
+
+PodsByDeployment = dict[tuple[str, str], list[dict[str, Any]]]
+
+
+@dataclass
+class Snapshot:
+    """What the watches held at the start of a pass (plain lists; safe to read from a worker thread)."""
+
+    nodes: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+    deployments: list[dict[str, Any]]
+    pdbs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Writer(Protocol):
+    """The API writes a pass makes (blocking; called from several threads at once)."""
+
+    ledger: WriteLedger
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any], old: Mapping[str, Any]) -> None:
+        """Patch a DSD's status (nothing when unchanged); raises on failure."""
+
+    def apply_objects(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
+        """Server-side apply the objects a DSD wants and delete those it no longer wants."""
+
+    def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
+        """Post events on a DSD (each at most once per repeat period)."""
+
+
+@dataclass
+class PassOutcome:
+    """What a pass decided (for tests and logs): results per DSD key, and the DSDs whose writes failed."""
+
+    results: dict[str, ReconcileResult] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    barriers: int = 0  # times the pass waited for its writes before deciding on
+
+
+def utc_now() -> datetime:
+    """The wall clock, as the pass reads it (injected so tests can move time)."""
+    return datetime.now(UTC)
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    if status is not None:
+        return f"{status} {getattr(exc, 'reason', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _releases(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a new status gives back devices the old one booked (a replica or a node dropped)."""
+    kept = {
+        (p.get("replica"), n.get("name"), n.get("devices"))
+        for p in new.get("placements") or []
+        for n in p.get("nodes") or []
+    }
+    return any(
+        (p.get("replica"), n.get("name"), n.get("devices")) not in kept
+        for p in old.get("placements") or []
+        for n in p.get("nodes") or []
+    )
+
+
+class PassRunner:
+    """Runs reconcile passes for one operator: the pool, the decisions and the order of the writes."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        catalog: Catalog,
+        writer: Writer,
+        metrics: OperatorMetrics,
+        now: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.writer = writer
+        self.metrics = metrics
+        self.now = now
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-write")
+
+    def manages(self, namespace: str | None) -> bool:
+        """Whether DSDs in this namespace are ours."""
+        return not self.settings.namespaces or namespace in self.settings.namespaces
+
+    def build_pool(self, snapshot: Snapshot) -> Pool:
+        """The pool as the snapshot (plus our own status writes not yet echoed by the watch) describes it."""
+        reservations = []
+        for entry in snapshot.deployments:
+            meta = entry["metadata"]
+            stored = self.writer.ledger.booking_of(meta["uid"], entry.get("status") or {})
+            parsed = api.placements_from_status({"placements": stored["placements"]})
+            reservations.extend(reservations_from_status(meta["namespace"], meta["name"], parsed))
+        return build_pool(snapshot.nodes, snapshot.pods, reservations, self.catalog, self.settings.fabric_label)
+
+    def run_pass(self, snapshot: Snapshot, reconcile_settings: ReconcileSettings, leader: bool = True) -> PassOutcome:
+        """One pass over every DSD, oldest first, reserving as it goes; returns when its writes are done.
+        Raises :class:`NotLeadingError` when the Lease was lost mid-pass (the rest is not written)."""
+        started = self.monotonic()
+        now = self.now()
+        ledger = self.writer.ledger
+        ledger.forget_deleted(entry["metadata"]["uid"] for entry in snapshot.deployments)
+        pool = self.build_pool(snapshot)
+        present = present_nodes(snapshot.nodes, now, self.settings.node_grace_seconds)
+        pods_by_deployment: PodsByDeployment = {}
+        for pod in snapshot.pods:
+            owner = pod["metadata"]["labels"].get(api.DEPLOYMENT_LABEL)
+            if owner:
+                pods_by_deployment.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
+        bodies = []
+        for body in sorted(
+            snapshot.deployments, key=lambda b: (b["metadata"].get("creationTimestamp") or "", b["metadata"]["name"])
+        ):
+            written = ledger.unechoed(body["metadata"]["uid"])
+            if written is not None:  # what we wrote last, until the watch echoes it
+                body = {**body, "status": {**(body.get("status") or {}), **written}}
+            bodies.append(body)
+        demand = DemandMix.of(demand_of(bodies, self.catalog)) if bodies else None
+        settings = dataclasses.replace(reconcile_settings, demand=demand)
+        notes, started_moves, plan_events = self._rebalance(
+            pool, bodies, pods_by_deployment, snapshot.pdbs, now, settings
+        )
+
+        outcome = PassOutcome()
+        pending: list[tuple[str, Future[bool]]] = []
+        samples: list[DeploymentSample] = []
+        decision_seconds: list[float] = []
+        delayed = False
+
+        def settle() -> bool:
+            """Wait for every write in flight; True when all of them were stored."""
+            ok = True
+            for key, future in pending:
+                if not future.result():  # re-raises NotLeadingError from a worker
+                    outcome.failed.append(key)
+                    ok = False
+            pending.clear()
+            return ok
+
+        try:
+            for body in bodies:
+                metadata = body["metadata"]
+                if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
+                    continue
+                namespace, name = metadata["namespace"], metadata["name"]
+                key = f"{namespace}/{name}"
+                current = dict(body)
+                if key in started_moves:  # destinations booked for another DSD's waiting replica
+                    current["status"] = status_with_moves(current.get("status") or {}, *started_moves[key])
+                own_pods = pods_by_deployment.get((namespace, api.deployment_label_value(name)), [])
+                try:
+                    result = reconcile(current, self.catalog, pool, own_pods, now, settings, present, notes.get(key))
+                except Exception as exc:  # one broken DSD must not stall the others
+                    log.warning("reconciling %s failed (will retry): %s", key, _describe(exc))
+                    settle()  # the pool may hold half of that DSD's changes: rebuild it from what is stored
+                    pool = self.build_pool(snapshot)
+                    outcome.barriers += 1
+                    continue
+                result.events = [*plan_events.get(key, []), *result.events]
+                outcome.results[key] = result
+                self.metrics.record_moves(result.moves_finished, result.moves_rolled_back, result.devices_freed)
+                decision_seconds += result.decision_seconds
+                desired = result.desired if result.desired is not None else 0
+                samples.append(DeploymentSample(namespace, name, desired, result.status, own_pods))
+                if self.settings.pass_delay_seconds and not delayed:
+                    delayed = True
+                    self.sleep(self.settings.pass_delay_seconds)  # tests: a slow pass, between deciding and writing
+                status = result.status.wire()
+                old_status = current.get("status") or {}
+                pending.append((key, self.executor.submit(self._write_one, dict(metadata), status, old_status, result)))
+                if _releases(old_status, status):
+                    # Freed devices may go to the next DSD only once this release is stored.
+                    outcome.barriers += 1
+                    if not settle():
+                        pool = self.build_pool(snapshot)
+            settle()
+        finally:
+            for _, future in pending:
+                future.cancel()
+        sample = PassSample(
+            pool, samples, self.monotonic() - started, leader=leader, catalog=self.catalog,
+            demand=demand.models if demand else (), node_metrics=self.settings.node_metrics, at=now,
+        )  # fmt: skip
+        self.metrics.record_pass(sample, decision_seconds)
+        return outcome
+
+    def _write_one(
+        self, metadata: Mapping[str, Any], status: dict[str, Any], old: Mapping[str, Any], result: ReconcileResult
+    ) -> bool:
+        """A DSD's writes, in order: the status (its reservations) first, then its objects and events.
+        False when the status could not be written (nothing else is then written)."""
+        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+        try:
+            self.writer.write_status(namespace, name, status, old)
+        except NotLeadingError:
+            raise
+        except Exception as exc:
+            log.warning("writing the status of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
+            return False
+        self.writer.ledger.record_booking(uid, status)
+        if not result.hold:
+            try:
+                self.writer.apply_objects(uid, namespace, name, result.objects)
+            except NotLeadingError:
+                raise
+            except Exception as exc:
+                log.warning("writing objects of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
+        try:  # events tell the story even when objects could not be written
+            self.writer.post_events(metadata, result.events)
+        except NotLeadingError:
+            raise
+        except Exception as exc:
+            log.warning("posting events of %s/%s failed: %s", namespace, name, _describe(exc))
+        return True
+
+    def _rebalance(
+        self,
+        pool: Pool,
+        bodies: list[dict[str, Any]],
+        pods_by_deployment: PodsByDeployment,
+        pdbs: list[dict[str, Any]],
+        now: datetime,
+        settings: ReconcileSettings,
+    ) -> tuple[dict[str, str], dict[str, tuple[list[Any], list[Any]]], dict[str, list[Event]]]:
+        """The pass's rebalancing, before any DSD is reconciled: notes for waiting DSDs (the Rebalancing
+        condition), new copies to add to moved DSDs (mode ``on``; booked in ``pool``), and events."""
+        notes: dict[str, str] = {}
+        events: dict[str, list[Event]] = {}
+        for replica, moves in waiting_on(bodies).items():
+            key = replica.rsplit("#", 1)[0]
+            listed = "; ".join(f"replica {m.replica} to {', '.join(n.name for n in m.to_nodes)} ({m.state.value})"
+                               for m in moves)  # fmt: skip
+            notes[key] = f"waiting for {len(moves)} move{'s' if len(moves) != 1 else ''} in flight: {listed}"
+        mode = self.settings.rebalance_mode
+        if mode == RebalanceMode.OFF:
+            return notes, {}, events
+        engine_image = settings.images.vllm if settings.images else None
+        refused = []
+        for body in bodies:
+            metadata = body["metadata"]
+            if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
+                continue
+            item = refused_replica(body, self.catalog, engine_image)
+            if item is not None:
+                refused.append(item)
+        if not refused:
+            return notes, {}, events
+        plans = start_plans(
+            pool, refused, bodies, self.catalog, mode, now, disruptions_allowed=pdb_budgets(pdbs, pods_by_deployment),
+            policy=settings.rebalance_policy, demand=settings.demand, engine_image=engine_image,
+        )  # fmt: skip
+        writes: dict[str, tuple[list[Any], list[Any]]] = {}
+        for found in plans:
+            if found.plan is not None:
+                self.metrics.record_plan(len(found.plan.moves), started=found.started)
+            if found.started and found.plan is not None:
+                notes[found.deployment] = f"moving {len(found.plan.moves)} replica(s): {found.reason}"
+                events.setdefault(found.deployment, []).append(Event("Normal", "Rebalancing", found.reason))
+                for key, (placements, records) in found.writes.items():
+                    previous = writes.get(key, ([], []))
+                    writes[key] = (previous[0] + placements, previous[1] + records)
+                    for record in records:
+                        to = ", ".join(n.name for n in record.to_nodes)
+                        message = (f"replica {record.replica} moves make-before-break to {to} (new replica "
+                                   f"{record.new_replica}) to make room for {record.for_replica}")  # fmt: skip
+                        events.setdefault(key, []).append(Event("Normal", "Moving", message))
+            elif found.plan is not None:
+                notes.setdefault(found.deployment, f"dry run: would move {len(found.plan.moves)} replica(s): "
+                                                    f"{found.reason} (dspool run --rebalance on)")  # fmt: skip
+            else:
+                notes.setdefault(found.deployment, found.reason)
+        return notes, writes, events

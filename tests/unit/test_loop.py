@@ -1,0 +1,198 @@
+"""The pass (dspool.loop) with a fake writer: write order, overlapping writes, safety when writes fail,
+the fence, and passes in a row against a simulated cluster that echoes what was written."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from dspool.api import ReplicaPlacement
+from dspool.catalog import builtin_catalog
+from dspool.kube.writer import ApiWriter
+from dspool.ledger import NotLeadingError, WriteLedger
+from dspool.loop import PassRunner, Snapshot
+from dspool.metrics import OperatorMetrics
+from dspool.reconcile import Event, ReconcileSettings
+from dspool.settings import OperatorSettings
+from dspool.sim.fleet import NodeGroup, node_manifests
+from dspool.sim.fleet import Pool as FleetPool
+
+CATALOG = builtin_catalog()
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+SMALL = "deepseek-r1-distill-qwen-1.5b"
+
+
+def nodes(count: int, accelerator: str = "L20-48G") -> list[dict[str, Any]]:
+    fleet = FleetPool(name="t", groups=[NodeGroup(name="n", count=count, accelerator=accelerator)])
+    manifests = node_manifests(fleet, CATALOG)
+    for node in manifests:
+        node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
+    return manifests
+
+
+def dsd(name: str, replicas: int = 1, model: str = SMALL, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "dspool.io/v1alpha1",
+        "kind": "DeepSeekDeployment",
+        "metadata": {"name": name, "namespace": "ai", "uid": f"uid-{name}", "generation": 1,
+                     "creationTimestamp": f"2026-12-02T10:00:{len(name):02d}Z"},
+        "spec": {"model": model, "replicas": replicas},
+        "status": status or {},
+    }  # fmt: skip
+
+
+class FakeWriter:
+    """Records writes; ``fail_status`` names DSDs whose status write fails; counts writes in flight."""
+
+    def __init__(self, fail_status: Sequence[str] = (), call_seconds: float = 0.0, lose_lease_after: int = -1):
+        self.ledger = WriteLedger()
+        self.fail_status = set(fail_status)
+        self.call_seconds = call_seconds
+        self.lose_lease_after = lose_lease_after
+        self.log: list[tuple[str, str]] = []
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.max_in_flight = 0
+        self._gate = threading.Event()
+
+    def _call(self, what: str, name: str) -> None:
+        with self._lock:
+            if 0 <= self.lose_lease_after <= len(self.log):
+                raise NotLeadingError(f"not leading: refusing to {what} {name}")
+            self.log.append((what, name))
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        self._gate.wait(self.call_seconds)  # a slow API server: lets other writes start meanwhile
+        with self._lock:
+            self._in_flight -= 1
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any], old: Mapping[str, Any]) -> None:
+        if name in self.fail_status:
+            raise RuntimeError("500 Internal Server Error")
+        self._call("status", name)
+        self.statuses[name] = status
+
+    def apply_objects(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
+        self._call("objects", name)
+
+    def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
+        self._call("events", metadata["name"])
+
+
+def runner(writer: FakeWriter, **settings: Any) -> PassRunner:
+    return PassRunner(
+        OperatorSettings(metrics_port=0, **settings), CATALOG, writer, OperatorMetrics(), now=lambda: NOW,
+        sleep=lambda seconds: None,
+    )  # fmt: skip
+
+
+def booked_devices(statuses: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Devices every stored status books, per node."""
+    per_node: dict[str, int] = {}
+    for status in statuses.values():
+        for placement in status.get("placements") or []:
+            for node in ReplicaPlacement.model_validate(placement).nodes:
+                per_node[node.name] = per_node.get(node.name, 0) + node.devices
+    return per_node
+
+
+def test_each_dsd_gets_its_status_before_its_objects_and_events() -> None:
+    writer = FakeWriter()
+    runner(writer).run_pass(Snapshot(nodes(2), [], [dsd("a"), dsd("b")]), ReconcileSettings())
+    for name in ("a", "b"):
+        order = [what for what, who in writer.log if who == name]
+        assert order == ["status", "objects", "events"]
+
+
+def test_writes_of_different_dsds_overlap_up_to_the_concurrency_limit() -> None:
+    writer = FakeWriter(call_seconds=0.05)
+    runner(writer, write_concurrency=4).run_pass(
+        Snapshot(nodes(4), [], [dsd(f"d{i}") for i in range(12)]), ReconcileSettings()
+    )
+    assert 1 < writer.max_in_flight <= 4
+    assert sum(1 for what, _ in writer.log if what == "status") == 12
+    assert all(count <= 8 for count in booked_devices(writer.statuses).values())  # L20 nodes hold 8 devices
+
+
+def test_a_failed_status_write_writes_nothing_else_for_that_dsd_and_is_retried_next_pass() -> None:
+    writer = FakeWriter(fail_status=["a"])
+    pass_runner = runner(writer)
+    outcome = pass_runner.run_pass(Snapshot(nodes(1), [], [dsd("a"), dsd("b")]), ReconcileSettings())
+    assert outcome.failed == ["ai/a"]
+    assert [who for _, who in writer.log if who == "a"] == []
+    writer.fail_status.clear()
+    stored_b = dsd("b", status=writer.statuses["b"])
+    pass_runner.run_pass(Snapshot(nodes(1), [], [dsd("a"), stored_b]), ReconcileSettings())
+    assert "a" in writer.statuses and writer.statuses["a"]["placements"]
+
+
+def test_devices_a_dsd_gives_back_go_to_another_only_once_the_release_is_stored() -> None:
+    # "big" holds all 8 devices of the only node and is scaled to 0; "next" waits for a device.
+    first = FakeWriter()
+    runner(first).run_pass(Snapshot(nodes(1), [], [dsd("big", replicas=8)]), ReconcileSettings())
+    stored = first.statuses["big"]
+    assert booked_devices(first.statuses) == {"n-000": 8}
+
+    failing = FakeWriter(fail_status=["big"])
+    outcome = runner(failing).run_pass(
+        Snapshot(nodes(1), [], [dsd("big", replicas=0, status=stored), dsd("next")]), ReconcileSettings()
+    )
+    assert outcome.failed == ["ai/big"] and outcome.barriers >= 1
+    assert not failing.statuses.get("next", {}).get("placements")  # the release was not stored: no booking
+    assert booked_devices({"big": stored, **failing.statuses})["n-000"] <= 8
+
+    storing = FakeWriter()
+    runner(storing).run_pass(
+        Snapshot(nodes(1), [], [dsd("big", replicas=0, status=stored), dsd("next")]), ReconcileSettings()
+    )
+    assert storing.statuses["big"]["placements"] == []
+    assert len(storing.statuses["next"]["placements"]) == 1  # stored release: the device is free for it
+
+
+def test_losing_the_lease_mid_pass_stops_every_write_after_it() -> None:
+    writer = FakeWriter(lose_lease_after=3)
+    with pytest.raises(NotLeadingError):
+        runner(writer, write_concurrency=1).run_pass(
+            Snapshot(nodes(2), [], [dsd(f"d{i}") for i in range(6)]), ReconcileSettings()
+        )
+    assert len(writer.log) == 3
+
+
+def test_passes_in_a_row_never_book_a_device_twice_while_the_watch_lags() -> None:
+    # The watch never echoes the statuses: every pass sees the stored status of the pass before the last.
+    writer = FakeWriter()
+    pass_runner = runner(writer)
+    stored: dict[str, dict[str, Any]] = {}
+    wanted = {"a": 3, "b": 5, "c": 2}
+    for round_ in range(6):
+        bodies = [dsd(name, replicas=count, status=stored.get(name)) for name, count in wanted.items()]
+        pass_runner.run_pass(Snapshot(nodes(1), [], bodies), ReconcileSettings())
+        assert sum(booked_devices(writer.statuses).values()) <= 8
+        if round_ % 2:
+            stored = {name: dict(status) for name, status in writer.statuses.items()}  # the watch catches up
+        wanted = {"a": 1, "b": 7, "c": 0} if round_ == 2 else wanted
+
+
+def test_the_test_hook_delays_the_pass_between_deciding_and_writing() -> None:
+    slept: list[float] = []
+    writer = FakeWriter()
+    pass_runner = PassRunner(
+        OperatorSettings(metrics_port=0, pass_delay_seconds=2.5), CATALOG, writer, OperatorMetrics(),
+        now=lambda: NOW, sleep=lambda seconds: slept.append(seconds) or None,
+    )  # fmt: skip
+    pass_runner.run_pass(Snapshot(nodes(1), [], [dsd("a"), dsd("b")]), ReconcileSettings())
+    assert slept == [2.5]
+
+
+def test_the_api_writer_refuses_every_write_without_the_lease() -> None:
+    writer = ApiWriter(client.ApiClient(), leading=lambda: False, metrics=OperatorMetrics())
+    calls: list[str] = []
+    with pytest.raises(NotLeadingError, match="refusing to patch DeepSeekDeployment"):
+        writer._counted("patch", "DeepSeekDeployment", lambda: calls.append("written"))
+    assert calls == []  # nothing reached the API server
