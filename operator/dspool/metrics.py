@@ -19,7 +19,8 @@ Two kinds of families, both served at ``/metrics`` of ``dspool run --metrics-por
   ``dspool_reconcile_passes_total``, ``dspool_reconcile_pass_seconds`` (last pass), ``dspool_leader``.
 - **Cumulative** (:class:`OperatorMetrics`): ``dspool_reconcile_pass_duration_seconds`` and
   ``dspool_placement_decision_seconds`` (histograms), ``dspool_api_write_errors_total{verb,kind,code}``
-  (409 = a conflict), ``dspool_events_posted_total{type,reason}``,
+  (409 = a conflict), ``dspool_api_requests_total{verb,kind}`` (every write and list the operator makes;
+  watches and the Lease excluded), ``dspool_events_posted_total{type,reason}``,
   ``dspool_rebalance_moves_total{event}`` (planned, started, finished, rolled_back) and
   ``dspool_rebalance_devices_freed_total``.
 
@@ -70,6 +71,7 @@ METRIC_NAMES = frozenset(
         "dspool_reconcile_pass_duration_seconds",
         "dspool_placement_decision_seconds",
         "dspool_api_write_errors_total",
+        "dspool_api_requests_total",
         "dspool_events_posted_total",
         "dspool_rebalance_moves_total",
         "dspool_rebalance_devices_freed_total",
@@ -269,6 +271,10 @@ class OperatorMetrics:
         self.write_errors = Counter(
             "dspool_api_write_errors", "API writes that failed, by verb, kind and HTTP code (409 = conflict)",
             ["verb", "kind", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.api_requests = Counter(
+            "dspool_api_requests", "API requests the operator made, by verb and kind (watches and the Lease excluded)",
+            ["verb", "kind"], registry=self.registry,
         )  # fmt: skip
         self.events_posted = Counter(
             "dspool_events_posted", "Kubernetes events posted on DeepSeekDeployments", ["type", "reason"],

@@ -121,6 +121,8 @@ class Informer:
             for line in iter_resp_lines(response):
                 if self._stop.is_set():
                     return
+                if not line.strip():
+                    continue
                 event = json.loads(line)
                 self._handle(event.get("type", ""), event.get("object") or {})
         finally:

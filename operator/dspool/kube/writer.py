@@ -111,6 +111,7 @@ class ApiWriter:
         """Make one API write, counting failures by verb, kind and HTTP code; refused without the Lease."""
         if not self.leading():
             raise NotLeadingError(f"not leading: refusing to {verb} {kind}")
+        self.metrics.api_requests.labels(verb, kind).inc()
         try:
             return call(*args, **kwargs)
         except ApiException as exc:
@@ -144,6 +145,7 @@ class ApiWriter:
                 continue
             scopes: list[str | None] = list(namespaces) or [None]
             for namespace in scopes:
+                self.metrics.api_requests.labels("list", kind).inc()
                 try:
                     items = resource.get(
                         namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT

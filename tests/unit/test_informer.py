@@ -1,0 +1,102 @@
+"""The light informer with a scripted API: paged lists, watch events, heartbeats, a too-old resource version."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from dspool.kube.informer import Informer
+from dspool.views import compact_node
+
+
+class Response:
+    """What the kubernetes client returns with ``_preload_content=False``."""
+
+    def __init__(self, data: Any = None, lines: list[dict[str, Any]] | None = None) -> None:
+        self.data = json.dumps(data).encode() if data is not None else b""
+        self._lines = lines or []
+
+    def stream(self, amt: Any = None, decode_content: bool = False) -> Any:
+        for line in self._lines:
+            yield (json.dumps(line) + "\n").encode()
+
+    def release_conn(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def node(name: str, gpus: str = "8", heartbeat: str = "t0", version: str = "1") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {}, "resourceVersion": version},
+        "spec": {},
+        "status": {"allocatable": {"nvidia.com/gpu": gpus}, "capacity": {"nvidia.com/gpu": gpus},
+                   "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]},
+    }  # fmt: skip
+
+
+class ScriptedApi:
+    """Serves list pages and watch streams from a script; the informer stops after the last watch."""
+
+    def __init__(self, lists: list[list[dict[str, Any]]], watches: list[list[dict[str, Any]]]) -> None:
+        self.lists = lists
+        self.watches = watches
+        self.calls: list[dict[str, Any]] = []
+        self.done = threading.Event()
+        self.informer: Informer | None = None
+
+    def __call__(self, **kwargs: Any) -> Response:
+        self.calls.append(kwargs)
+        if kwargs.get("watch"):
+            if not self.watches:
+                assert self.informer is not None
+                self.informer.stop()
+                self.done.set()
+                return Response(lines=[])
+            return Response(lines=self.watches.pop(0))
+        pages = self.lists[0]
+        index = 1 if kwargs.get("_continue") else 0
+        if index == len(pages) - 1 or len(pages) == 1:
+            self.lists.pop(0)
+        return Response(data=pages[index])
+
+
+def run(api: ScriptedApi) -> tuple[Informer, list[int]]:
+    changes: list[int] = []
+    informer = Informer("nodes", api, lambda body: (body["metadata"]["name"], compact_node(body)),
+                        lambda: changes.append(1))  # fmt: skip
+    api.informer = informer
+    informer.start()
+    assert api.done.wait(10)
+    return informer, changes
+
+
+def test_a_paged_list_then_watch_events_keep_compact_views_and_heartbeats_wake_nothing() -> None:
+    pages = [{"items": [node("a")], "metadata": {"continue": "tok"}},
+             {"items": [node("b")], "metadata": {"resourceVersion": "10"}}]  # fmt: skip
+    events = [
+        {"type": "MODIFIED", "object": node("a", heartbeat="t1", version="11")},  # a heartbeat: no change
+        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}},
+        {"type": "MODIFIED", "object": node("b", gpus="4", version="13")},
+        {"type": "DELETED", "object": node("a", version="14")},
+    ]
+    informer, changes = run(ScriptedApi([pages], [events]))
+    assert informer.synced.is_set()
+    views = {v["metadata"]["name"]: v for v in informer.values()}
+    assert set(views) == {"b"} and views["b"]["status"]["allocatable"]["nvidia.com/gpu"] == "4"
+    assert len(changes) == 3  # the list, b's new size, a's deletion; not the heartbeat nor the bookmark
+
+
+def test_a_too_old_resource_version_lists_again_from_scratch() -> None:
+    api = ScriptedApi(
+        [[{"items": [node("a")], "metadata": {"resourceVersion": "5"}}],
+         [{"items": [node("c")], "metadata": {"resourceVersion": "50"}}]],
+        [[{"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}], []],
+    )  # fmt: skip
+    informer, _ = run(api)
+    assert [v["metadata"]["name"] for v in informer.values()] == ["c"]
+    watch_versions = [c["resource_version"] for c in api.calls if c.get("watch")]
+    assert watch_versions == ["5", "50", "50"]  # 410: list again; a watch that just ends resumes, no list
+    assert sum(1 for c in api.calls if not c.get("watch")) == 2
