@@ -46,15 +46,13 @@ from dspool.api import (
     placements_from_status,
 )
 from dspool.catalog import Catalog, UnknownIdError
-from dspool.inventory import Pool, pod_device_requests
+from dspool.inventory import Pool
 from dspool.moves import advance_moves, moves_from_status
 from dspool.placement import (
     Decision,
     DemandMix,
     ReplicaRequest,
     place_replica,
-    release,
-    reserve,
     scale_down_victims,
 )
 from dspool.rebalance import RebalancePolicy
@@ -204,16 +202,11 @@ def _replica_ready(placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]
     return all(node.name in ready_nodes for node in placement.nodes)
 
 
-def _release(pool: Pool, deployment: str, placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]]) -> None:
+def _remove_replica(pool: Pool, deployment: str, index: int, pods: Sequence[Mapping[str, Any]]) -> None:
     """Give a replica's reservation back. Its pods that still run keep their devices (as ``used``) until
     they are gone, exactly as the next pool built from the cluster would count them."""
-    present = [node for node in placement.nodes if node.name in pool.nodes]
-    if present:
-        release(pool, deployment, placement.model_copy(update={"nodes": present}))
-    for pod in pods:
-        node = pool.nodes.get(pod.get("spec", {}).get("nodeName") or "")
-        if node is not None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-            node.used += pod_device_requests(pod).get(node.resource_name, 0)
+    pool.release(deployment, index)
+    pool.hold_pods(pods)
 
 
 def _lost_nodes(placement: ReplicaPlacement, pool: Pool, present_nodes: Collection[str] | None) -> list[str]:
@@ -275,7 +268,7 @@ def reconcile(
             and (now - since).total_seconds() > settings.stuck_after_seconds
         ]
         if lost or stuck:
-            _release(pool, key, placement, replica_pods)
+            _remove_replica(pool, key, index, replica_pods)
             del placements[index]
             if stuck:
                 avoid[index] = [node.name for node in placement.nodes]
@@ -304,7 +297,8 @@ def reconcile(
     # 3. scale down the up-to-date replicas first, choosing victims that leave the pool least fragmented.
     if len(current) > desired:
         for index in scale_down_victims(pool, list(current.values()), len(current) - desired):
-            _release(pool, key, current.pop(index), pods_by_replica.get(index, []))
+            del current[index]
+            _remove_replica(pool, key, index, pods_by_replica.get(index, []))
             events.append(Event("Normal", "ScaledDown", f"removed replica {index}"))
 
     # 4. place the missing replicas; 5b. without room, give up at most one old replica per pass, only
@@ -328,30 +322,26 @@ def reconcile(
             and all(ready(i, p) for i, p in current.items())
         ):
             victim_index = max(outdated)
-            victim = outdated[victim_index]
-            release(pool, key, victim.model_copy(update={"nodes": [n for n in victim.nodes if n.name in pool.nodes]}))
-            retry = place_replica(pool, request, catalog, list(current.values()), demand=settings.demand)
+            with pool.trial():  # freeing it may not help: then it keeps serving, still booked
+                pool.release(key, victim_index)
+                retry = place_replica(pool, request, catalog, list(current.values()), demand=settings.demand)
             if retry.placement is not None:
+                pool.release(key, victim_index)
                 del outdated[victim_index]
                 replaced_in_place = victim_index
                 events.append(
                     Event("Normal", "Replacing", f"replica {victim_index} removed to make room for the new spec")
                 )
                 decision = retry
-            else:
-                reserve(pool, key, victim)  # freeing it would not help: keep it serving
         if decision.placement is None:
             refusal = decision
             break
         placement = decision.placement.model_copy(update={"replica": index, "spec_hash": current_hash})
-        reserve(pool, key, placement)
+        pool.reserve(key, placement)
         if replaced_in_place is not None and not counted_victim:
             # The old replica's pods hold their devices until they are gone: count them as used, so no other
             # DSD books those devices meanwhile (the new replica's pods wait for them, as the scheduler will).
-            for pod in pods_by_replica.get(replaced_in_place, []):
-                node = pool.nodes.get(pod.get("spec", {}).get("nodeName") or "")
-                if node is not None:
-                    node.used += pod_device_requests(pod).get(node.resource_name, 0)
+            pool.hold_pods(pods_by_replica.get(replaced_in_place, []))
             counted_victim = True
         current[index] = placement
         events.append(Event("Normal", "Placed", f"replica {index}: {decision.reason}"))
@@ -359,7 +349,8 @@ def reconcile(
     # 5a. make-before-break: old replicas go once every up-to-date replica serves.
     if outdated and len(current) >= desired and all(ready(i, p) for i, p in current.items()):
         for index in sorted(outdated):
-            _release(pool, key, outdated.pop(index), pods_by_replica.get(index, []))
+            del outdated[index]
+            _remove_replica(pool, key, index, pods_by_replica.get(index, []))
             events.append(Event("Normal", "Replaced", f"replica {index} (old spec) removed; new replicas are Ready"))
 
     final = sorted({**outdated, **current, **copies}.values(), key=lambda p: p.replica)
