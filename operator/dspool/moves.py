@@ -34,7 +34,7 @@ from dspool.api import (
     placements_from_status,
 )
 from dspool.catalog import Catalog
-from dspool.inventory import Pool
+from dspool.inventory import TERMINAL_PHASES, Pool
 from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest
 from dspool.rebalance import (
     TERMINAL_STATES,
@@ -93,7 +93,7 @@ def _seconds_since(started_at: str | None, now: datetime) -> float:
 
 
 def _live_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    return [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 from dspool.api import (
     API_VERSION,
+    DEFAULT_MODEL_MOUNT_PATH,
     DEPLOYMENT_LABEL,
     KIND,
     MANAGED_BY_LABEL,
@@ -47,7 +48,7 @@ MAX_OBJECT_NAME = 47
 """Longest replica object name: leaves room for ``-w`` (worker StatefulSet), a pod ordinal and the
 StatefulSet's ``controller-revision-hash`` label value (name + ``-`` + 10 characters <= 63)."""
 
-MODEL_MOUNT_PATH = "/models"
+MODEL_MOUNT_PATH = DEFAULT_MODEL_MOUNT_PATH  # where downloaded weights go when the spec names no source
 HF_CACHE_PATH = "/root/.cache/huggingface"
 ASCEND_HOST_PATHS = ("/usr/local/Ascend/driver", "/usr/local/dcmi")
 ASCEND_310P_ARCHITECTURE = "ascend-310p"

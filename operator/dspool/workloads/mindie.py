@@ -25,6 +25,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dspool.api import ROLE_LABEL
 from dspool.workloads.common import (
     LEADER,
     METRICS_PORT_NAME,
@@ -71,6 +72,7 @@ ASCEND_DEVICE_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuratio
 # MindCluster's ascend-operator writes rank tables itself (ConfigMap rings-config-<job>, key hccl.json);
 # its CRD tells that it is installed.
 MINDCLUSTER_CRD = "ascendjobs.mindxdl.gitee.com"
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"  # orders a LeaderWorkerSet's workers
 
 # MindCluster recognises multi-node Ascend jobs by this pod label.
 RING_CONTROLLER_LABEL = "ring-controller.atlas"
@@ -259,9 +261,9 @@ def _pod_order(pod: Mapping[str, Any]) -> tuple[int, int, str]:
     metadata = pod.get("metadata", {})
     labels = metadata.get("labels") or {}
     name = str(metadata.get("name", ""))
-    if labels.get("dspool.io/role") == "leader":
+    if labels.get(ROLE_LABEL) == LEADER:
         return (0, 0, name)
-    index = labels.get("leaderworkerset.sigs.k8s.io/worker-index")
+    index = labels.get(LWS_WORKER_INDEX_LABEL)
     if index is None:
         ordinal = re.search(r"-(\d+)$", name)
         index = ordinal.group(1) if ordinal else "0"
