@@ -25,6 +25,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_reconcile import CATALOG, ready_nodes
 
 from dspool.api import (
     DEPLOYMENT_LABEL,
@@ -34,13 +35,9 @@ from dspool.api import (
     ReplicaPlacement,
     deployment_label_value,
 )
-from dspool.catalog import builtin_catalog
 from dspool.inventory import Pool, build_pool, pod_device_requests, reservations_from_status
 from dspool.reconcile import DEFAULT_STUCK_AFTER_SECONDS, ReconcileResult, reconcile, spec_hash
-from dspool.sim.fleet import NodeGroup, node_manifests
-from dspool.sim.fleet import Pool as FleetPool
 
-CATALOG = builtin_catalog()
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 PASS_SECONDS = 30  # one pass and one world step
 LONGEST_WAIT_STEPS = 2  # a pod may wait for a terminating pod to go; longer means its devices were taken
@@ -50,14 +47,6 @@ REPLACING = re.compile(r"replica (\d+) removed to make room")
 PLACED = re.compile(r"replica (\d+): ")
 SMALL = "deepseek-r1-distill-qwen-7b"  # one RTX 4090 per replica
 MEDIUM = "deepseek-r1-distill-qwen-14b"  # two RTX 4090s per replica
-
-
-def cluster_nodes(*groups: tuple[str, int, str]) -> list[dict[str, Any]]:
-    fleet = FleetPool(name="seq", groups=[NodeGroup(name=n, count=c, accelerator=a) for n, c, a in groups])
-    nodes = node_manifests(fleet, CATALOG)
-    for node in nodes:
-        node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
-    return nodes
 
 
 def device_count(node: dict[str, Any]) -> int:
@@ -278,7 +267,7 @@ class Observer:
 
 
 def test_scale_up_then_down_books_each_device_once_and_ends_ready() -> None:
-    observer = Observer(World(cluster_nodes(("rtx", 2, "RTX4090-24G"))))
+    observer = Observer(World(ready_nodes(("rtx", 2, "RTX4090-24G"))))
     observer.world.apply("a", spec_of(MEDIUM, 2))
     observer.run(3)
     observer.world.apply("a", spec_of(MEDIUM, 8))  # 16 devices asked of 16
@@ -291,7 +280,7 @@ def test_scale_up_then_down_books_each_device_once_and_ends_ready() -> None:
 
 
 def test_a_roll_with_room_never_lowers_the_ready_count() -> None:
-    observer = Observer(World(cluster_nodes(("rtx", 2, "RTX4090-24G"))))
+    observer = Observer(World(ready_nodes(("rtx", 2, "RTX4090-24G"))))
     observer.world.apply("a", spec_of(MEDIUM, 3))  # 6 of 16 devices: room for a second set
     observer.run(3, room=True)
     observer.world.apply("a", spec_of(MEDIUM, 3, utilization=0.85))
@@ -302,7 +291,7 @@ def test_a_roll_with_room_never_lowers_the_ready_count() -> None:
 
 
 def test_a_roll_without_room_replaces_one_replica_at_a_time_until_done() -> None:
-    observer = Observer(World(cluster_nodes(("rtx", 1, "RTX4090-24G"))))
+    observer = Observer(World(ready_nodes(("rtx", 1, "RTX4090-24G"))))
     observer.world.apply("a", spec_of(MEDIUM, 4))  # 8 of 8 devices
     observer.run(3)
     body = observer.world.deployments["a"]
@@ -319,7 +308,7 @@ def test_a_roll_without_room_replaces_one_replica_at_a_time_until_done() -> None
 
 
 def test_devices_a_replica_replaced_in_place_still_holds_go_to_nobody_else() -> None:
-    observer = Observer(World(cluster_nodes(("rtx", 1, "RTX4090-24G"))))
+    observer = Observer(World(ready_nodes(("rtx", 1, "RTX4090-24G"))))
     observer.world.apply("a", spec_of(MEDIUM, 4))  # 8 of 8 devices
     observer.run(3)
     observer.world.apply("b", spec_of(SMALL, 1))  # waits for room
@@ -329,7 +318,7 @@ def test_devices_a_replica_replaced_in_place_still_holds_go_to_nobody_else() -> 
 
 
 def test_a_lost_node_moves_its_replicas_to_the_nodes_left() -> None:
-    observer = Observer(World(cluster_nodes(("rtx", 3, "RTX4090-24G"))))
+    observer = Observer(World(ready_nodes(("rtx", 3, "RTX4090-24G"))))
     observer.world.apply("a", spec_of(SMALL, 4, utilization=0.9))
     observer.world.apply("b", spec_of(MEDIUM, 2))
     observer.run(3)
@@ -342,7 +331,7 @@ def test_a_lost_node_moves_its_replicas_to_the_nodes_left() -> None:
 
 
 def test_a_multi_node_replica_rolls_and_scales_without_double_booking() -> None:
-    observer = Observer(World(cluster_nodes(("h100", 4, "H100-80G"))))  # R1 FP8 needs two H100 servers
+    observer = Observer(World(ready_nodes(("h100", 4, "H100-80G"))))  # R1 FP8 needs two H100 servers
     observer.world.apply("r1", {"model": "deepseek-r1", "replicas": 1})
     results = observer.run(3, room=True)
     assert results["r1"].status.phase == "Ready" and len(results["r1"].status.placements[0].nodes) == 2
@@ -366,7 +355,7 @@ wait = st.tuples(st.just("wait"), st.integers(1, 3))
 @settings(max_examples=60, deadline=None)
 @given(steps=st.lists(st.one_of(scale, edit, resize, lose, wait), min_size=1, max_size=8))
 def test_random_sequences_keep_every_invariant(steps: list[tuple[Any, ...]]) -> None:
-    world = World(cluster_nodes(("rtx", 4, "RTX4090-24G")))
+    world = World(ready_nodes(("rtx", 4, "RTX4090-24G")))
     observer = Observer(world)
     specs = {"a": spec_of(SMALL, 2), "b": spec_of(MEDIUM, 2)}
     for name, spec in specs.items():
