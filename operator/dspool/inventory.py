@@ -400,7 +400,8 @@ class Pool(BaseModel):
         signature = len(self.nodes)
         cached = self._memo.get(key)
         if cached is not None and cached[0] == signature:
-            return cached[1]
+            hit: _T = cached[1]
+            return hit
         value = compute()
         self._memo[key] = (signature, value)
         return value
@@ -453,7 +454,8 @@ def _count(value: Any) -> int:
 def _is_ready(node: Mapping[str, Any]) -> bool:
     for condition in node.get("status", {}).get("conditions") or []:
         if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
+            status: object = condition.get("status")
+            return status == "True"
     return False
 
 
