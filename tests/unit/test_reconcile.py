@@ -131,7 +131,7 @@ def test_pods_stuck_unschedulable_get_a_new_placement() -> None:
     body["status"] = reconcile(body, CATALOG, pool_for(nodes), [], NOW).status.wire()
     stuck_since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
     fingerprint = placement_fingerprint(ReplicaPlacement.model_validate(body["status"]["placements"][0]))
-    pod = {
+    pod: dict[str, Any] = {
         "metadata": {"name": "d-0-x", "namespace": "ai",
                      "labels": {DEPLOYMENT_LABEL: "d", REPLICA_LABEL: "0", PLACEMENT_LABEL: fingerprint}},
         "spec": {"containers": []},

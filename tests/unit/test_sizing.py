@@ -205,6 +205,7 @@ def test_feasible_plans_fit_and_are_minimal(model_id: str, accelerator_id: str, 
     # every layout earlier in preference order (fewer nodes, or fewer devices on as many nodes) does not fit
     layouts = candidate_layouts(model, accelerator.devices_per_node, request.max_nodes)
     chosen = layouts.index((result.tensor_parallel, result.pipeline_parallel))
+    assert result.precision is not None
     for tp, pp in layouts[:chosen]:
         smaller = memory_account(
             model,
@@ -212,7 +213,7 @@ def test_feasible_plans_fit_and_are_minimal(model_id: str, accelerator_id: str, 
             tp,
             pp,
             result.kv_cache_tokens,
-            accelerator.memory_gib,  # type: ignore[arg-type]
+            accelerator.memory_gib,
             request.gpu_memory_utilization,
             mem.overhead_per_device,
         )

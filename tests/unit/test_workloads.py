@@ -99,7 +99,8 @@ def pod_templates(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def engine(template: dict[str, Any]) -> dict[str, Any]:
-    (container,) = template["spec"]["containers"]
+    containers: list[dict[str, Any]] = template["spec"]["containers"]
+    (container,) = containers
     return container
 
 
