@@ -28,6 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check operator tests e2e bench
 	$(BIN)/ruff format --check operator tests e2e bench
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/shellcheck --shell=bash operator/dspool/workloads/scripts/*.sh
 	PYTHONPATH=operator $(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)

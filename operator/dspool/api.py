@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic.alias_generators import to_camel
 
 from dspool.catalog import Precision
-from dspool.sizing import Backend
+from dspool.sizing import DEFAULT_GPU_MEMORY_UTILIZATION, Backend
 
 GROUP = "dspool.io"
 VERSION = "v1alpha1"
@@ -32,6 +32,7 @@ ROLE_LABEL = "dspool.io/role"
 PLACEMENT_LABEL = "dspool.io/placement"  # on pods: which placement (spec + nodes) the pod was built for
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGER = "dspool"
+DEFAULT_MODEL_MOUNT_PATH = "/models"  # where the engine sees the weights unless spec.modelSource.mountPath says
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-]*$"
 
@@ -111,7 +112,7 @@ class ServingSpec(ApiModel):
 
     kv_cache_tokens: int | None = Field(default=None, ge=1, le=10_000_000, description="KV-cache budget in tokens")
     max_model_len: int | None = Field(default=None, ge=1, le=10_000_000, description="longest request, tokens")
-    gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
+    gpu_memory_utilization: float = Field(default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
     extra_args: list[str] = Field(default_factory=list, max_length=64, description="appended to the engine command")
     image: str | None = Field(default=None, min_length=1, description="overrides the backend's default image")
     resources: Resources | None = None
@@ -182,7 +183,9 @@ class ModelSource(ApiModel):
     pvc: PvcSource | None = None
     host_path: HostPathSource | None = None
     uri: str | None = Field(default=None, pattern=r"^(hf|s3|https?|modelscope)://.+", description="download on start")
-    mount_path: str = Field(default="/models", pattern=r"^/", description="where the engine sees the weights")
+    mount_path: str = Field(
+        default=DEFAULT_MODEL_MOUNT_PATH, pattern=r"^/", description="where the engine sees the weights"
+    )
 
 
 _NVIDIA_ONLY = "self.placement.acceleratorTypes.all(t, !t.lowerAscii().startsWith('ascend'))"

@@ -11,6 +11,13 @@ Accounting rule: every device of a managed node is in exactly one of three bucke
   replicas that no longer have a reservation, e.g. an old replica still terminating);
 - ``free``: the rest, ``max(0, allocatable - used - reserved)``.
 
+:class:`Pool` owns every change of these counts (:meth:`Pool.reserve`, :meth:`Pool.release`,
+:meth:`Pool.hold`, :meth:`Pool.hold_pods`) and :meth:`Pool.check_invariant` says whether they still add
+up. One state books a device twice on purpose: a reservation made on devices that pods on their way out
+still hold (a replica replaced in place; the next pass's pool while the old pods terminate). Those
+devices are ``used`` and ``reserved`` at once, counted in ``overbooked``; ``free`` is then 0, so nobody
+else books them, and the new replica's pods wait for them as the scheduler makes them wait.
+
 A dspool pod (labels ``dspool.io/deployment`` and ``dspool.io/replica``) on node N is covered when its
 namespace/name, replica index and N match a reservation, so a replica is counted once before and after its
 pod is bound.
@@ -20,7 +27,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, PrivateAttr
@@ -67,6 +76,11 @@ class NodeState(BaseModel):
     def free(self) -> int:
         """Devices neither used nor reserved (never negative)."""
         return max(0, self.allocatable - self.used - self.reserved)
+
+    @property
+    def overbooked(self) -> int:
+        """Devices both used and reserved: booked for a replica while pods on their way out still hold them."""
+        return max(0, self.used + self.reserved - self.allocatable)
 
     @property
     def fabric_domain(self) -> str:
@@ -146,6 +160,10 @@ class FreeIndex:
                 return self._nodes[bucket[0]]
         return None
 
+    def free_of(self, name: str) -> int | None:
+        """The free devices the index has on record for a node (None for a node it does not hold)."""
+        return self._free.get(name)
+
     def free_total(self, accelerator: str) -> int:
         """Free devices over all nodes of the type."""
         return self._totals.get(accelerator, 0)
@@ -155,6 +173,22 @@ class FreeIndex:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> None:
         return None
+
+
+class InsufficientDevicesError(ValueError):
+    """A reservation asked for more devices than a node has free, or names a node not in the pool."""
+
+
+class PoolInvariantError(AssertionError):
+    """The pool's counts no longer add up (a bug: only :class:`Pool`'s methods change them)."""
+
+
+def devices_by_node(placement: ReplicaPlacement) -> dict[str, int]:
+    """The devices a placement takes on each of its nodes."""
+    wanted: dict[str, int] = {}
+    for node in placement.nodes:
+        wanted[node.name] = wanted.get(node.name, 0) + node.devices
+    return wanted
 
 
 class Reservation(BaseModel):
@@ -181,8 +215,8 @@ class Pool(BaseModel):
 
     The node set and each node's labels, taints and accelerator are treated as fixed once the pool is
     built (a new watch event builds a new pool); only ``used``/``reserved`` change, through
-    ``dspool.placement.reserve``/``release``. Derived per-node data may therefore be memoised with
-    :meth:`memo`.
+    :meth:`reserve`, :meth:`release`, :meth:`hold` and :meth:`hold_pods` (undone at the end of a
+    :meth:`trial`). Derived per-node data may therefore be memoised with :meth:`memo`.
     """
 
     nodes: dict[str, NodeState] = Field(default_factory=dict)
@@ -192,6 +226,7 @@ class Pool(BaseModel):
     _memo: dict[Any, Any] = PrivateAttr(default_factory=dict)
     _free_index: FreeIndex | None = PrivateAttr(default=None)
     _free_index_signature: int = PrivateAttr(default=-1)
+    _trials: list[_Trial] = PrivateAttr(default_factory=list)  # innermost last
 
     def free_index(self) -> FreeIndex:
         """The pool's :class:`FreeIndex`, built on first use (and again if another index took its nodes)."""
@@ -231,15 +266,173 @@ class Pool(BaseModel):
         """The reservations of one deployment (namespace/name), possibly empty."""
         return self.reservations.get(deployment, [])
 
+    # ----------------------------------------------------------------------------------------- booking
+
+    def reserve(self, deployment: str, placement: ReplicaPlacement) -> None:
+        """Book a placement's devices, all nodes or none.
+
+        Raises :class:`InsufficientDevicesError` when a node is not in the pool or has fewer free devices
+        than asked, and ``ValueError`` when the replica already holds a reservation (release it first).
+        """
+        if any(r.replica == placement.replica for r in self.reservations_of(deployment)):
+            raise ValueError(f"{deployment} replica {placement.replica} already holds a reservation; release it first")
+        wanted = devices_by_node(placement)
+        for name, devices in wanted.items():
+            node = self.nodes.get(name)
+            if node is None:
+                raise InsufficientDevicesError(f"cannot reserve on {name}: not in the pool")
+            if node.free < devices:
+                raise InsufficientDevicesError(
+                    f"cannot reserve {devices} devices on {name} for {deployment} replica {placement.replica}: "
+                    f"{node.free} free"
+                )
+        trial = self._open_trial()
+        if trial is not None:
+            trial.remember(self, deployment, wanted)
+        booked = self.reservations.setdefault(deployment, [])
+        for name, devices in wanted.items():
+            self.nodes[name].reserved += devices
+            booked.append(Reservation(deployment=deployment, replica=placement.replica, node=name, devices=devices))
+
+    def release(self, deployment: str, replica: int) -> None:
+        """Give back the devices one replica holds: those the pool recorded for it (never more), on the
+        nodes still in the pool. Releasing twice is harmless."""
+        booked = self.reservations.get(deployment, [])
+        if not any(r.replica == replica for r in booked):
+            return
+        trial = self._open_trial()
+        if trial is not None:
+            trial.remember(self, deployment, [r.node for r in booked if r.replica == replica])
+        keep: list[Reservation] = []
+        for reservation in booked:
+            if reservation.replica != replica:
+                keep.append(reservation)
+                continue
+            node = self.nodes.get(reservation.node)
+            if node is not None:
+                node.reserved = max(0, node.reserved - reservation.devices)
+        if keep:
+            self.reservations[deployment] = keep
+        else:
+            self.reservations.pop(deployment, None)
+
+    def hold(self, devices: Mapping[str, int]) -> None:
+        """Count devices as used for the rest of the pass (node name -> devices; nodes not in the pool are
+        skipped): pods on their way out still hold them, whatever is booked there meanwhile."""
+        trial = self._open_trial()
+        for name, count in devices.items():
+            node = self.nodes.get(name)
+            if node is not None and count > 0:
+                if trial is not None:
+                    trial.remember(self, None, [name])
+                node.used += count
+
+    def hold_pods(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """The devices of the pods that still run (bound, not Succeeded/Failed) stay used for the rest of the
+        pass, as the next pool built from the cluster will count them until the pods are gone."""
+        held: dict[str, int] = defaultdict(int)
+        for pod in pods:
+            if not is_pod_active(pod):
+                continue
+            node = self.nodes.get((pod.get("spec") or {}).get("nodeName") or "")
+            if node is not None:
+                held[node.name] += pod_device_requests(pod).get(node.resource_name, 0)
+        self.hold(held)
+
+    @contextmanager
+    def trial(self) -> Iterator[Pool]:
+        """Within the block, changes through :meth:`reserve`/:meth:`release`/:meth:`hold` are undone when it
+        ends, however it ends: a planner tries a change and leaves no trace. Trials nest."""
+        trial = _Trial()
+        self._trials.append(trial)
+        try:
+            yield self
+        finally:
+            self._trials.pop()
+            trial.undo(self)
+
+    def _open_trial(self) -> _Trial | None:
+        """The innermost trial under way, or None (read directly: pydantic's private-attribute lookup is slow)."""
+        trials: list[_Trial] | None = (self.__pydantic_private__ or {}).get("_trials")
+        return trials[-1] if trials else None
+
+    def check_invariant(self) -> None:
+        """Raise :class:`PoolInvariantError` unless the counts add up; cheap (one walk over nodes and
+        reservations), for tests after every step.
+
+        Every node: counts not negative; ``used + reserved + free == allocatable + overbooked`` (every
+        device in exactly one bucket but those booked while pods on their way out hold them);
+        ``reserved`` equal to the devices its reservations book; no replica booked twice on it; the free
+        index agrees with ``free``. Every reservation on a pool node, at least one device.
+        """
+        problems: list[str] = []
+        booked: dict[str, int] = defaultdict(int)
+        seen: set[tuple[str, int, str]] = set()
+        for deployment, reservations in self.reservations.items():
+            for reservation in reservations:
+                key = (deployment, reservation.replica, reservation.node)
+                if key in seen:
+                    problems.append(f"{deployment} replica {reservation.replica} booked twice on {reservation.node}")
+                seen.add(key)
+                if reservation.deployment != deployment or reservation.devices < 1:
+                    problems.append(f"malformed reservation {reservation} under {deployment}")
+                if reservation.node not in self.nodes:
+                    problems.append(f"{deployment} replica {reservation.replica} booked on {reservation.node}, "
+                                    "not in the pool")  # fmt: skip
+                booked[reservation.node] += reservation.devices
+        index = (self.__pydantic_private__ or {}).get("_free_index")
+        for name, node in self.nodes.items():
+            if min(node.allocatable, node.used, node.reserved) < 0:
+                problems.append(f"{name}: negative count ({node.allocatable=}, {node.used=}, {node.reserved=})")
+            if node.used + node.reserved + node.free != node.allocatable + node.overbooked:
+                problems.append(f"{name}: {node.used} used + {node.reserved} reserved + {node.free} free != "
+                                f"{node.allocatable} allocatable + {node.overbooked} overbooked")  # fmt: skip
+            if node.reserved != booked.get(name, 0):
+                problems.append(f"{name}: {node.reserved} reserved but its reservations book {booked.get(name, 0)}")
+            indexed = index.free_of(name) if index is not None and index.valid else None
+            if indexed is not None and indexed != node.free:
+                problems.append(f"{name}: the free index says {indexed} free, the node {node.free}")
+        if problems:
+            raise PoolInvariantError("; ".join(problems))
+
     def memo(self, key: Any, compute: Callable[[], _T]) -> _T:
         """Derived data that depends only on the fixed node set (labels, taints, accelerators), cached."""
         signature = len(self.nodes)
         cached = self._memo.get(key)
         if cached is not None and cached[0] == signature:
-            return cached[1]
+            hit: _T = cached[1]
+            return hit
         value = compute()
         self._memo[key] = (signature, value)
         return value
+
+
+@dataclass
+class _Trial:
+    """What a :meth:`Pool.trial` changed, as it was before: node counts and deployments' reservations."""
+
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (used, reserved)
+    reservations: dict[str, list[Reservation] | None] = field(default_factory=dict)  # None: had none
+
+    def remember(self, pool: Pool, deployment: str | None, nodes: Iterable[str]) -> None:
+        """Keep, the first time each is changed in this trial, the deployment's reservations and the nodes' counts."""
+        if deployment is not None and deployment not in self.reservations:
+            booked = pool.reservations.get(deployment)
+            self.reservations[deployment] = list(booked) if booked is not None else None
+        for name in nodes:
+            node = pool.nodes.get(name)
+            if node is not None and name not in self.counts:
+                self.counts[name] = (node.used, node.reserved)
+
+    def undo(self, pool: Pool) -> None:
+        for name, (used, reserved) in self.counts.items():
+            node = pool.nodes[name]
+            node.used, node.reserved = used, reserved
+        for deployment, booked in self.reservations.items():
+            if booked is None:
+                pool.reservations.pop(deployment, None)
+            else:
+                pool.reservations[deployment] = booked
 
 
 def _count(value: Any) -> int:
@@ -261,7 +454,8 @@ def _count(value: Any) -> int:
 def _is_ready(node: Mapping[str, Any]) -> bool:
     for condition in node.get("status", {}).get("conditions") or []:
         if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
+            status: object = condition.get("status")
+            return status == "True"
     return False
 
 

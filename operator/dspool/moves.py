@@ -34,8 +34,8 @@ from dspool.api import (
     placements_from_status,
 )
 from dspool.catalog import Catalog
-from dspool.inventory import Pool
-from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest, release
+from dspool.inventory import TERMINAL_PHASES, Pool
+from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest
 from dspool.rebalance import (
     TERMINAL_STATES,
     MoveAction,
@@ -92,15 +92,8 @@ def _seconds_since(started_at: str | None, now: datetime) -> float:
     return max(0.0, (now - started).total_seconds())
 
 
-def _release_present(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
-    """Give back a placement's devices on the nodes still in the pool."""
-    present = [n for n in placement.nodes if n.name in pool.nodes]
-    if present:
-        release(pool, deployment, placement.model_copy(update={"nodes": present}))
-
-
 def _live_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    return [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
 
 
 @dataclass
@@ -152,7 +145,7 @@ def advance_moves(
         )
         step = next_move_step(state, facts, policy)
         if step.action == MoveAction.REMOVE_OLD_REPLICA and old is not None:
-            _release_present(pool, deployment, old)
+            pool.release(deployment, move.replica)
             del placements[move.replica]
             step = next_move_step(step.state, facts.model_copy(update={"old_replica_removed": True}), policy)
             source, to = (", ".join(n.name for n in nodes) for nodes in (move.from_nodes, move.to_nodes))
@@ -160,7 +153,7 @@ def advance_moves(
                        f"room for {move.for_replica}; the new copy is Ready")  # fmt: skip
             outcome.events.append(MoveEvent("Normal", "Moved", message, sum(n.devices for n in move.from_nodes)))
         elif step.action == MoveAction.ROLL_BACK and new_copy is not None:
-            _release_present(pool, deployment, new_copy)
+            pool.release(deployment, move.new_replica)
             del placements[move.new_replica]
             outcome.events.append(
                 MoveEvent("Warning", "MoveRolledBack", f"replica {move.replica} stays: {step.reason}")

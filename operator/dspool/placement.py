@@ -1,7 +1,8 @@
 """The placement engine: which accelerator type and which nodes each replica gets, and why.
 
-Pure and deterministic (ties broken by node, fabric and accelerator name); the only mutation is
-:func:`reserve`/:func:`release` booking devices in a :class:`~dspool.inventory.Pool`. The rules are in
+Pure and deterministic (ties broken by node, fabric and accelerator name). Deciding changes no pool;
+booking is the :class:`~dspool.inventory.Pool`'s own (``Pool.reserve``/``release``; :func:`reserve` and
+:func:`release` here are the same, kept for callers that hold a pool and a placement). The rules are in
 ``docs/placement.md``; in short:
 
 1. Candidate types: the allowed accelerator types (``acceleratorTypes``, or any) that have at least one
@@ -27,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from dspool.api import DeepSeekDeploymentSpec, NodeDevices, ReplicaPlacement, Strategy, Toleration
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError
-from dspool.inventory import FreeIndex, NodeState, Pool, Reservation
+from dspool.inventory import FreeIndex, InsufficientDevicesError, NodeState, Pool, devices_by_node
 from dspool.plancache import model_fingerprint, sized_plan
 from dspool.scarcity import DemandMix, Loss, catalog_mix, mix_shapes, placement_loss
 from dspool.sizing import DEFAULT_KV_CACHE_TOKENS, Plan, SizingRequest
@@ -56,10 +57,6 @@ ACCELERATOR_TAINT_KEYS = frozenset({"nvidia.com/gpu", "huawei.com/Ascend910", "h
 BLOCKING_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 MAX_ALTERNATIVES_IN_REASON = 3
 COST_EPSILON_GIB = 1e-6
-
-
-class InsufficientDevicesError(ValueError):
-    """A reservation asked for more devices than a node has free, or names a node not in the pool."""
 
 
 class ReplicaRequest(BaseModel):
@@ -756,56 +753,22 @@ def place_replica(
 # ------------------------------------------------------------------------------------------- bookkeeping
 
 
-def _devices_by_node(placement: ReplicaPlacement) -> dict[str, int]:
-    wanted: dict[str, int] = {}
-    for node in placement.nodes:
-        wanted[node.name] = wanted.get(node.name, 0) + node.devices
-    return wanted
-
-
 def reserve(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
-    """Book a placement's devices in the pool, all nodes or none.
+    """Book a placement's devices in the pool, all nodes or none (:meth:`Pool.reserve <dspool.inventory.Pool.reserve>`).
 
     Raises :class:`InsufficientDevicesError` when a node is not in the pool or has fewer free devices
     than asked, and ``ValueError`` when the replica already holds a reservation (release it first).
     """
-    if any(r.replica == placement.replica for r in pool.reservations_of(deployment)):
-        raise ValueError(f"{deployment} replica {placement.replica} already holds a reservation; release it first")
-    wanted = _devices_by_node(placement)
-    for name, devices in wanted.items():
-        node = pool.nodes.get(name)
-        if node is None:
-            raise InsufficientDevicesError(f"cannot reserve on {name}: not in the pool")
-        if node.free < devices:
-            raise InsufficientDevicesError(
-                f"cannot reserve {devices} devices on {name} for {deployment} replica {placement.replica}: "
-                f"{node.free} free"
-            )
-    booked = pool.reservations.setdefault(deployment, [])
-    for name, devices in wanted.items():
-        pool.nodes[name].reserved += devices
-        booked.append(Reservation(deployment=deployment, replica=placement.replica, node=name, devices=devices))
+    pool.reserve(deployment, placement)
 
 
 def release(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
-    """Give back the devices a replica holds in the pool.
+    """Give back the devices a replica holds in the pool (:meth:`Pool.release <dspool.inventory.Pool.release>`).
 
     Nodes that left the pool are skipped; the devices released are those the pool recorded for the
     replica (never more), so releasing twice is harmless.
     """
-    booked = pool.reservations.get(deployment, [])
-    keep: list[Reservation] = []
-    for reservation in booked:
-        if reservation.replica != placement.replica:
-            keep.append(reservation)
-            continue
-        node = pool.nodes.get(reservation.node)
-        if node is not None:
-            node.reserved = max(0, node.reserved - reservation.devices)
-    if keep:
-        pool.reservations[deployment] = keep
-    else:
-        pool.reservations.pop(deployment, None)
+    pool.release(deployment, placement.replica)
 
 
 def place_replicas(
@@ -841,7 +804,7 @@ def scale_down_victims(pool: Pool, placements: Sequence[ReplicaPlacement], count
             emptied = 0
             largest = 0
             freed = 0
-            for name, devices in _devices_by_node(placement).items():
+            for name, devices in devices_by_node(placement).items():
                 node = pool.nodes.get(name)
                 if node is None:
                     continue
@@ -852,7 +815,7 @@ def scale_down_victims(pool: Pool, placements: Sequence[ReplicaPlacement], count
             return (emptied, largest, freed, placement.replica)
 
         victim = max(remaining, key=score)
-        for name, devices in _devices_by_node(victim).items():
+        for name, devices in devices_by_node(victim).items():
             if name in free:
                 free[name] += devices
         remaining.remove(victim)

@@ -34,7 +34,7 @@ How the operator drives a plan (one reconcile pass at a time; ``dspool simulate`
    ``move.record(...)`` in ``status.moves`` - before creating any workload, as for every placement.
 3. Every pass, for each ``status.moves`` entry: observe the facts (:class:`MoveFacts`), call
    :func:`next_move_step`, store the new state and do ``step.action``: create the new copy's workloads;
-   wait; remove the old replica (delete its workloads, release it with ``placement.release``) only when the
+   wait; remove the old replica (delete its workloads, release it with ``Pool.release``) only when the
    new copy is Ready; or roll back (:func:`release_destination`, delete the new copy's workloads).
 4. When :func:`plan_progress` says ``Complete``, place W as usual: the freed nodes are now its best fit
    (``plan.waiting`` is where it was planned). ``Abandoned`` (a move rolled back): W stays refused; the
@@ -59,7 +59,7 @@ from dspool.api import (
     ReplicaPlacement,
 )
 from dspool.catalog import Catalog, UnknownIdError
-from dspool.inventory import NO_FABRIC, NodeState, Pool, Reservation
+from dspool.inventory import NO_FABRIC, NodeState, Pool
 from dspool.placement import (
     DemandMix,
     InsufficientDevicesError,
@@ -67,8 +67,6 @@ from dspool.placement import (
     TypeCandidate,
     feasible_types,
     place_replica,
-    release,
-    reserve,
 )
 
 # Beyond this many movable replicas on one node, subsets are not enumerated: the largest ones are taken.
@@ -349,36 +347,6 @@ def _candidates(
     return sorted(found.values(), key=lambda c: (c.order, [v.key for v in c.victims]))
 
 
-class _Trial:
-    """Changes to the pool that are undone on exit: planning never leaves a trace."""
-
-    def __init__(self, pool: Pool, deployments: Iterable[str]) -> None:
-        self.pool = pool
-        self.counts: dict[str, tuple[int, int]] = {}
-        self.reservations: dict[str, list[Reservation] | None] = {
-            d: (list(pool.reservations[d]) if d in pool.reservations else None) for d in deployments
-        }
-
-    def touch(self, names: Iterable[str]) -> None:
-        for name in names:
-            node = self.pool.nodes.get(name)
-            if node is not None and name not in self.counts:
-                self.counts[name] = (node.used, node.reserved)
-
-    def __enter__(self) -> _Trial:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        for name, (used, reserved) in self.counts.items():
-            node = self.pool.nodes[name]
-            node.used, node.reserved = used, reserved
-        for deployment, booked in self.reservations.items():
-            if booked is None:
-                self.pool.reservations.pop(deployment, None)
-            else:
-                self.pool.reservations[deployment] = booked
-
-
 def _fresh_index(taken: set[int]) -> int:
     return next(i for i in range(len(taken) + 1) if i not in taken)
 
@@ -394,22 +362,17 @@ def _try_candidate(
     engine_image: str | None,
 ) -> tuple[RebalancePlan | None, str]:
     """Build the plan for one victim set, or say which part has no home. The pool is left as it was."""
-    deployments = {waiting.deployment, *(v.deployment for v in candidate.victims)}
-    with _Trial(pool, deployments) as trial:
+    with pool.trial():
         for victim in candidate.victims:
-            trial.touch(victim.on_node)
-            release(pool, victim.deployment, victim.placement)
+            pool.release(victim.deployment, victim.placement.replica)
         decision = place_replica(pool, waiting, catalog, peers, demand)
         if decision.placement is None:
             return None, "the waiting replica still does not fit"
         waiting_placement = decision.placement
-        trial.touch(n.name for n in waiting_placement.nodes)
-        reserve(pool, waiting.deployment, waiting_placement)
+        pool.reserve(waiting.deployment, waiting_placement)
         # The old copies keep their devices until their new copies are Ready: no destination may use them.
         for victim in candidate.victims:
-            for name, devices in victim.on_node.items():
-                if name in pool.nodes:
-                    pool.nodes[name].used += devices
+            pool.hold(victim.on_node)
         moves: list[PlannedMove] = []
         new_indexes: dict[int, set[int]] = {}
         for victim in sorted(candidate.victims, key=lambda v: (-v.devices, v.key)):
@@ -427,8 +390,7 @@ def _try_candidate(
             if moved.placement is None:
                 return None, f"{_short(victim.deployment)}#{victim.placement.replica} has no home: {moved.reason}"
             destination = moved.placement.model_copy(update={"spec_hash": victim.placement.spec_hash})
-            trial.touch(n.name for n in destination.nodes)
-            reserve(pool, victim.deployment, destination)
+            pool.reserve(victim.deployment, destination)
             taken.add(index)
             moves.append(
                 PlannedMove(
@@ -529,7 +491,7 @@ def book_destinations(pool: Pool, plan: RebalancePlan) -> None:
     booked: list[PlannedMove] = []
     try:
         for move in plan.moves:
-            reserve(pool, move.deployment, move.destination)
+            pool.reserve(move.deployment, move.destination)
             booked.append(move)
     except (InsufficientDevicesError, ValueError):
         for move in booked:
@@ -539,12 +501,12 @@ def book_destinations(pool: Pool, plan: RebalancePlan) -> None:
 
 def release_destination(pool: Pool, move: PlannedMove) -> None:
     """Give back a destination (roll back, or the plan could not start)."""
-    release(pool, move.deployment, move.destination)
+    pool.release(move.deployment, move.destination.replica)
 
 
 def release_source(pool: Pool, move: PlannedMove) -> None:
     """Give back the devices the old replica held (once it is removed)."""
-    release(pool, move.deployment, move.source)
+    pool.release(move.deployment, move.source.replica)
 
 
 # ------------------------------------------------------------------------------------ the state machine

@@ -3,16 +3,21 @@
 The kopf layer (``dspool.controller``) feeds it what the watches hold and writes back what it returns;
 nothing here talks to the API server, so every rule below is unit-tested without a cluster.
 
-Rules, in order:
-1. an invalid spec or an unknown model is phase Failed with the reason;
-2. a replica whose node is gone, NotReady or cordoned, or whose pods stay unschedulable longer than
-   ``stuck_after_seconds``, loses its reservation and is placed again;
-3. more replicas than asked: remove those whose removal leaves the pool least fragmented;
-4. fewer: place the missing ones (lowest free replica indexes), reserving as it goes;
-5. replicas built from an older spec (spec hash) are replaced make-before-break when there is room:
-   they keep serving until every up-to-date replica is Ready; when there is no room, one old replica per
-   pass is removed to make room for its successor, only if that makes room and only once every
-   up-to-date replica serves (rolling in place).
+:func:`reconcile` runs these steps in order, each a function of its own:
+1. an invalid spec or an unknown model is phase Failed with the reason (:func:`_failed`);
+2. drop lost replicas (:func:`_drop_lost_replicas`): a replica whose node is gone or NotReady, or whose
+   pods stay unschedulable longer than ``stuck_after_seconds``, loses its reservation and is placed again
+   (a replica on a cordoned node that still exists keeps its place);
+3. advance moves (:func:`_advance_moves`): this DSD's replicas moving to make room for another DSD;
+4. scale down (:func:`_scale_down`): more replicas than asked, remove those whose removal leaves the
+   pool least fragmented;
+5. place missing (:func:`_place_missing`): the lowest free replica indexes, reserving as it goes; when
+   rolling to a new spec without room, one old replica per pass is removed to make room for its successor,
+   only if that makes room and only once every up-to-date replica serves
+   (:func:`_replace_one_old_replica`, rolling in place);
+6. retire outdated (:func:`_retire_outdated`): with room, replicas built from an older spec (spec hash)
+   are replaced make-before-break: they keep serving until every up-to-date replica is Ready;
+7. build the status and the objects (:func:`_build_status`, :func:`_build_objects`).
 
 Phases: Failed (bad spec or model), Unschedulable (no replica could be placed), Degraded (some replicas
 placed, others not), Progressing (all placed, not all Ready), Ready (as many Ready as asked).
@@ -45,16 +50,14 @@ from dspool.api import (
     placement_fingerprint,
     placements_from_status,
 )
-from dspool.catalog import Catalog, UnknownIdError
-from dspool.inventory import Pool, pod_device_requests
-from dspool.moves import advance_moves, moves_from_status
+from dspool.catalog import Catalog, ModelSpec, UnknownIdError
+from dspool.inventory import Pool
+from dspool.moves import MovesOutcome, advance_moves, moves_from_status
 from dspool.placement import (
     Decision,
     DemandMix,
     ReplicaRequest,
     place_replica,
-    release,
-    reserve,
     scale_down_victims,
 )
 from dspool.rebalance import RebalancePolicy
@@ -204,22 +207,237 @@ def _replica_ready(placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]
     return all(node.name in ready_nodes for node in placement.nodes)
 
 
-def _release(pool: Pool, deployment: str, placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]]) -> None:
-    """Give a replica's reservation back. Its pods that still run keep their devices (as ``used``) until
-    they are gone, exactly as the next pool built from the cluster would count them."""
-    present = [node for node in placement.nodes if node.name in pool.nodes]
-    if present:
-        release(pool, deployment, placement.model_copy(update={"nodes": present}))
-    for pod in pods:
-        node = pool.nodes.get(pod.get("spec", {}).get("nodeName") or "")
-        if node is not None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-            node.used += pod_device_requests(pod).get(node.resource_name, 0)
-
-
 def _lost_nodes(placement: ReplicaPlacement, pool: Pool, present_nodes: Collection[str] | None) -> list[str]:
     """Nodes of a placement that are gone (or NotReady past the grace period the controller applies)."""
     known = present_nodes if present_nodes is not None else pool.nodes
     return [node.name for node in placement.nodes if node.name not in known]
+
+
+@dataclass
+class _Pass:
+    """One DSD's decision in progress: what the steps of :func:`reconcile` read, and the replicas they change.
+
+    ``current`` holds the replicas of the current spec, ``outdated`` those of an older one, ``copies`` the new
+    copies of replicas moving away (not replicas yet: no step counts, removes or places them).
+    """
+
+    dsd: DeepSeekDeployment
+    catalog: Catalog
+    pool: Pool
+    pods_by_replica: dict[int, list[Mapping[str, Any]]]
+    now: datetime
+    settings: ReconcileSettings
+    key: str = ""
+    spec_hash: str = ""
+    desired: int = 0
+    placements: dict[int, ReplicaPlacement] = field(default_factory=dict)
+    current: dict[int, ReplicaPlacement] = field(default_factory=dict)
+    outdated: dict[int, ReplicaPlacement] = field(default_factory=dict)
+    copies: dict[int, ReplicaPlacement] = field(default_factory=dict)
+    avoid: dict[int, list[str]] = field(default_factory=dict)  # replica -> nodes its pods could not get onto
+    events: list[Event] = field(default_factory=list)
+    decision_seconds: list[float] = field(default_factory=list)  # a metric, not a decision input
+    refusal: Decision | None = None
+    replaced_in_place: int | None = None
+
+    def __post_init__(self) -> None:
+        self.key = deployment_key(self.dsd.namespace, self.dsd.name)
+        self.spec_hash = spec_hash(self.dsd.spec)
+        self.desired, _ = self.dsd.spec.bounded_replicas()
+
+    def pods(self, index: int) -> list[Mapping[str, Any]]:
+        """The pods of replica ``index`` (of any placement it had)."""
+        return self.pods_by_replica.get(index, [])
+
+    def ready(self, index: int, placement: ReplicaPlacement) -> bool:
+        """Whether every node of the placement runs a Ready pod built for it."""
+        return _replica_ready(placement, self.pods(index))
+
+    def all_current_ready(self) -> bool:
+        """Whether every replica of the current spec serves."""
+        return all(self.ready(i, p) for i, p in self.current.items())
+
+    def remove(self, index: int) -> None:
+        """Give a replica's reservation back. Its pods that still run keep their devices (as ``used``) until
+        they are gone, exactly as the next pool built from the cluster would count them."""
+        self.pool.release(self.key, index)
+        self.pool.hold_pods(self.pods(index))
+
+    def final(self) -> list[ReplicaPlacement]:
+        """Every placement the DSD keeps after the pass, by replica index."""
+        return sorted({**self.outdated, **self.current, **self.copies}.values(), key=lambda p: p.replica)
+
+
+def _drop_lost_replicas(state: _Pass, present_nodes: Collection[str] | None) -> None:
+    """Replicas whose node is gone or NotReady, whose accelerator the catalog no longer knows, or whose pods
+    stayed unschedulable on their nodes past ``stuck_after_seconds`` give their reservation back, to be
+    placed again (a stuck one away from the nodes it could not get onto)."""
+    settings = state.settings
+    known_accelerators = {a.lower() for a in state.catalog.accelerator_ids}
+    for index, placement in sorted(state.placements.items()):
+        lost = _lost_nodes(placement, state.pool, present_nodes)
+        if not lost and placement.accelerator.lower() not in known_accelerators:
+            lost = [node.name for node in placement.nodes]
+        stuck = [
+            pod.get("spec", {}).get("nodeName") or pod.get("metadata", {}).get("name", "?")
+            for pod in _of_placement(placement, state.pods(index))
+            if (since := _unschedulable_since(pod)) is not None
+            and (state.now - since).total_seconds() > settings.stuck_after_seconds
+        ]
+        if not (lost or stuck):
+            continue
+        state.remove(index)
+        del state.placements[index]
+        if stuck:
+            state.avoid[index] = [node.name for node in placement.nodes]
+        why = (
+            f"node(s) {', '.join(lost)} gone or NotReady"
+            if lost
+            else f"pods unschedulable on {', '.join(state.avoid[index])} for over {settings.stuck_after_seconds:.0f}s"
+        )
+        state.events.append(Event("Warning", "ReplicaLost", f"replica {index}: {why}; placing it again"))
+
+
+def _advance_moves(state: _Pass, stored_status: Mapping[str, Any] | None) -> MovesOutcome:
+    """Drive the moves of this DSD's replicas one step (new copy first; the old replica goes once the copy
+    serves), then sort the placements into current, outdated and new copies in flight."""
+    moving = advance_moves(
+        state.key, moves_from_status(stored_status), state.placements, state.pods_by_replica, state.pool,
+        state.now, _replica_ready, state.settings.rebalance_policy,
+    )  # fmt: skip
+    state.events += [Event(e.type, e.reason, e.message) for e in moving.events]
+    state.copies = {i: state.placements[i] for i in moving.in_flight_copies if i in state.placements}
+    for index, placement in state.placements.items():
+        if index not in state.copies:
+            (state.current if placement.spec_hash == state.spec_hash else state.outdated)[index] = placement
+    return moving
+
+
+def _scale_down(state: _Pass) -> None:
+    """More replicas of the current spec than desired: remove those whose removal leaves the pool least
+    fragmented (old-spec replicas are left to :func:`_retire_outdated`)."""
+    if len(state.current) <= state.desired:
+        return
+    for index in scale_down_victims(state.pool, list(state.current.values()), len(state.current) - state.desired):
+        del state.current[index]
+        state.remove(index)
+        state.events.append(Event("Normal", "ScaledDown", f"removed replica {index}"))
+
+
+def _place_missing(state: _Pass) -> None:
+    """Place the missing replicas of the current spec (lowest free indexes first), reserving as it goes;
+    stop at the first one that finds no room (``state.refusal``), unless replacing an old replica in place
+    makes room for it (:func:`_replace_one_old_replica`)."""
+    site_vllm_image = state.settings.images.vllm if state.settings.images is not None else None
+    while len(state.current) < state.desired:
+        taken = set(state.current) | set(state.outdated) | set(state.copies)
+        index = next(i for i in range(len(taken) + 1) if i not in taken)
+        dsd = state.dsd
+        request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, index, dsd.spec, state.catalog, site_vllm_image)
+        if index in state.avoid:
+            request = request.model_copy(update={"avoid_nodes": state.avoid[index]})
+        started = time.perf_counter()
+        decision = _decide(state, request)
+        state.decision_seconds.append(time.perf_counter() - started)
+        if decision.placement is not None:
+            _book(state, index, decision)
+        elif not _replace_one_old_replica(state, index, request):
+            state.refusal = decision
+            state.events.append(Event("Warning", "Unschedulable", decision.reason))
+            return
+
+
+def _decide(state: _Pass, request: ReplicaRequest) -> Decision:
+    """Where the replica would go now, next to the DSD's other current replicas."""
+    return place_replica(state.pool, request, state.catalog, list(state.current.values()), demand=state.settings.demand)
+
+
+def _book(state: _Pass, index: int, decision: Decision) -> None:
+    """Reserve a decided placement as replica ``index`` of the current spec."""
+    assert decision.placement is not None
+    placement = decision.placement.model_copy(update={"replica": index, "spec_hash": state.spec_hash})
+    state.pool.reserve(state.key, placement)
+    state.current[index] = placement
+    state.events.append(Event("Normal", "Placed", f"replica {index}: {decision.reason}"))
+
+
+def _replace_one_old_replica(state: _Pass, index: int, request: ReplicaRequest) -> bool:
+    """Rolling without room: remove the highest old-spec replica and place ``index`` in its stead, at most
+    once per pass, only once every current replica serves, and only if its devices make the room (else it
+    keeps serving, still booked). Returns whether it did."""
+    if not state.outdated or state.replaced_in_place is not None or not state.all_current_ready():
+        return False
+    victim = max(state.outdated)
+    with state.pool.trial():
+        state.pool.release(state.key, victim)
+        decision = _decide(state, request)
+    if decision.placement is None:
+        return False
+    state.pool.release(state.key, victim)
+    del state.outdated[victim]
+    state.replaced_in_place = victim
+    state.events.append(Event("Normal", "Replacing", f"replica {victim} removed to make room for the new spec"))
+    _book(state, index, decision)
+    # The old replica's pods hold their devices until they are gone: count them as used, so no other DSD
+    # books those devices meanwhile (the new replica's pods wait for them, as the scheduler will).
+    state.pool.hold_pods(state.pods(victim))
+    return True
+
+
+def _retire_outdated(state: _Pass) -> None:
+    """Make-before-break: once the current spec has every desired replica placed and serving, the old-spec
+    replicas go."""
+    if not state.outdated or len(state.current) < state.desired or not state.all_current_ready():
+        return
+    for index in sorted(state.outdated):
+        del state.outdated[index]
+        state.remove(index)
+        state.events.append(Event("Normal", "Replaced", f"replica {index} (old spec) removed; new replicas are Ready"))
+
+
+def _build_status(
+    state: _Pass,
+    final: Sequence[ReplicaPlacement],
+    old: DeepSeekDeploymentStatus,
+    moving: MovesOutcome,
+    rebalancing: str | None,
+) -> DeepSeekDeploymentStatus:
+    """The status to write: phase and conditions, the placements kept, Ready replicas (at most desired)."""
+    dsd = state.dsd
+    ready_count = min(sum(1 for p in final if state.ready(p.replica, p)), state.desired)
+    phase, conditions, message = _summarize(
+        dsd, len(state.current), ready_count, state.refusal, old.conditions, state.now, rolling=bool(state.outdated),
+        rebalancing=rebalancing if state.refusal is not None else None,
+    )  # fmt: skip
+    return DeepSeekDeploymentStatus(
+        phase=phase,
+        replicas=len(final),
+        ready_replicas=ready_count,
+        selector=",".join(f"{k}={v}" for k, v in service_selector(dsd).items()),
+        placements=list(final),
+        endpoint=endpoint_url(dsd),
+        conditions=conditions,
+        observed_generation=dsd.metadata.get("generation"),
+        message=message,
+        moves=moving.moves,
+    )
+
+
+def _build_objects(state: _Pass, model: ModelSpec, final: Sequence[ReplicaPlacement]) -> list[dict[str, Any]]:
+    """Every replica's workloads, then the DSD's Service. Without MindCluster each replica gets its pods, from
+    which a multi-node MindIE replica's rank table is written."""
+    settings = state.settings
+    objects: list[dict[str, Any]] = []
+    for placement in final:
+        accelerator = state.catalog.accelerator(placement.accelerator)
+        kwargs: dict[str, Any] = {"lws_available": settings.lws_available}
+        if settings.images is not None:
+            kwargs["images"] = settings.images
+        if not settings.mindcluster:
+            kwargs["rank_table_pods"] = _of_placement(placement, state.pods(placement.replica))
+        objects.extend(build_replica_objects(state.dsd, placement, model, accelerator, **kwargs))
+    objects.append(build_service(state.dsd))
+    return objects
 
 
 def reconcile(
@@ -252,150 +470,21 @@ def reconcile(
     except UnknownIdError as exc:
         return _failed(body, "UnknownModel", str(exc), now)
 
-    key = deployment_key(dsd.namespace, dsd.name)
-    current_hash = spec_hash(dsd.spec)
     old = _lenient_status(body)
-    placements: dict[int, ReplicaPlacement] = {p.replica: p for p in old.placements}
-    pods_by_replica = _pods_by_replica(pods)
-    events: list[Event] = []
-    avoid: dict[int, list[str]] = {}
-    site_vllm_image = settings.images.vllm if settings.images is not None else None
-    decision_seconds: list[float] = []  # how long each placement decision took (a metric, not a decision input)
-
-    # 2. replicas that lost their node, or whose pods cannot be scheduled there, give their reservation back.
-    for index, placement in sorted(placements.items()):
-        replica_pods = pods_by_replica.get(index, [])
-        lost = _lost_nodes(placement, pool, present_nodes)
-        if not lost and placement.accelerator.lower() not in {a.lower() for a in catalog.accelerator_ids}:
-            lost = [node.name for node in placement.nodes]  # an accelerator the catalog no longer knows
-        stuck = [
-            pod.get("spec", {}).get("nodeName") or pod.get("metadata", {}).get("name", "?")
-            for pod in _of_placement(placement, replica_pods)
-            if (since := _unschedulable_since(pod)) is not None
-            and (now - since).total_seconds() > settings.stuck_after_seconds
-        ]
-        if lost or stuck:
-            _release(pool, key, placement, replica_pods)
-            del placements[index]
-            if stuck:
-                avoid[index] = [node.name for node in placement.nodes]
-            why = (
-                f"node(s) {', '.join(lost)} gone or NotReady"
-                if lost
-                else f"pods unschedulable on {', '.join(avoid[index])} for over {settings.stuck_after_seconds:.0f}s"
-            )
-            events.append(Event("Warning", "ReplicaLost", f"replica {index}: {why}; placing it again"))
-
-    # 2b. replicas moving to make room for another DSD: new copy first, the old one goes once it serves.
-    moving = advance_moves(
-        key, moves_from_status(body.get("status")), placements, pods_by_replica, pool, now,
-        lambda placement, replica_pods: _replica_ready(placement, replica_pods), settings.rebalance_policy,
-    )  # fmt: skip
-    events += [Event(e.type, e.reason, e.message) for e in moving.events]
-    copies = {i: placements[i] for i in moving.in_flight_copies if i in placements}  # not replicas yet
-
-    desired, _ = dsd.spec.bounded_replicas()
-    current = {i: p for i, p in placements.items() if p.spec_hash == current_hash and i not in copies}
-    outdated = {i: p for i, p in placements.items() if p.spec_hash != current_hash and i not in copies}
-
-    def ready(index: int, placement: ReplicaPlacement) -> bool:
-        return _replica_ready(placement, pods_by_replica.get(index, []))
-
-    # 3. scale down the up-to-date replicas first, choosing victims that leave the pool least fragmented.
-    if len(current) > desired:
-        for index in scale_down_victims(pool, list(current.values()), len(current) - desired):
-            _release(pool, key, current.pop(index), pods_by_replica.get(index, []))
-            events.append(Event("Normal", "ScaledDown", f"removed replica {index}"))
-
-    # 4. place the missing replicas; 5b. without room, give up at most one old replica per pass, only
-    # when that makes room, and only once every up-to-date replica already serves.
-    refusal: Decision | None = None
-    replaced_in_place: int | None = None
-    counted_victim = False
-    while len(current) < desired:
-        used = set(current) | set(outdated) | set(copies)
-        index = next(i for i in range(len(used) + 1) if i not in used)
-        request = ReplicaRequest.from_spec(dsd.namespace, dsd.name, index, dsd.spec, catalog, site_vllm_image)
-        if index in avoid:
-            request = request.model_copy(update={"avoid_nodes": avoid[index]})
-        started = time.perf_counter()
-        decision = place_replica(pool, request, catalog, list(current.values()), demand=settings.demand)
-        decision_seconds.append(time.perf_counter() - started)
-        if (
-            decision.placement is None
-            and outdated
-            and not replaced_in_place
-            and all(ready(i, p) for i, p in current.items())
-        ):
-            victim_index = max(outdated)
-            victim = outdated[victim_index]
-            release(pool, key, victim.model_copy(update={"nodes": [n for n in victim.nodes if n.name in pool.nodes]}))
-            retry = place_replica(pool, request, catalog, list(current.values()), demand=settings.demand)
-            if retry.placement is not None:
-                del outdated[victim_index]
-                replaced_in_place = victim_index
-                events.append(
-                    Event("Normal", "Replacing", f"replica {victim_index} removed to make room for the new spec")
-                )
-                decision = retry
-            else:
-                reserve(pool, key, victim)  # freeing it would not help: keep it serving
-        if decision.placement is None:
-            refusal = decision
-            break
-        placement = decision.placement.model_copy(update={"replica": index, "spec_hash": current_hash})
-        reserve(pool, key, placement)
-        if replaced_in_place is not None and not counted_victim:
-            # The old replica's pods hold their devices until they are gone: count them as used, so no other
-            # DSD books those devices meanwhile (the new replica's pods wait for them, as the scheduler will).
-            for pod in pods_by_replica.get(replaced_in_place, []):
-                node = pool.nodes.get(pod.get("spec", {}).get("nodeName") or "")
-                if node is not None:
-                    node.used += pod_device_requests(pod).get(node.resource_name, 0)
-            counted_victim = True
-        current[index] = placement
-        events.append(Event("Normal", "Placed", f"replica {index}: {decision.reason}"))
-
-    # 5a. make-before-break: old replicas go once every up-to-date replica serves.
-    if outdated and len(current) >= desired and all(ready(i, p) for i, p in current.items()):
-        for index in sorted(outdated):
-            _release(pool, key, outdated.pop(index), pods_by_replica.get(index, []))
-            events.append(Event("Normal", "Replaced", f"replica {index} (old spec) removed; new replicas are Ready"))
-
-    final = sorted({**outdated, **current, **copies}.values(), key=lambda p: p.replica)
-    ready_count = min(sum(1 for p in final if ready(p.replica, p)), desired)
-    if refusal is not None:
-        events.append(Event("Warning", "Unschedulable", refusal.reason))
-    phase, conditions, message = _summarize(
-        dsd, len(current), ready_count, refusal, old.conditions, now, rolling=bool(outdated),
-        rebalancing=rebalancing if refusal is not None else None,
-    )  # fmt: skip
-    status = DeepSeekDeploymentStatus(
-        phase=phase,
-        replicas=len(final),
-        ready_replicas=ready_count,
-        selector=",".join(f"{k}={v}" for k, v in service_selector(dsd).items()),
-        placements=final,
-        endpoint=endpoint_url(dsd),
-        conditions=conditions,
-        observed_generation=dsd.metadata.get("generation"),
-        message=message,
-        moves=moving.moves,
-    )
-    objects: list[dict[str, Any]] = []
-    for placement in final:
-        accelerator = catalog.accelerator(placement.accelerator)
-        kwargs: dict[str, Any] = {"lws_available": settings.lws_available}
-        if settings.images is not None:
-            kwargs["images"] = settings.images
-        if not settings.mindcluster:
-            kwargs["rank_table_pods"] = _of_placement(placement, pods_by_replica.get(placement.replica, []))
-        objects.extend(build_replica_objects(dsd, placement, model, accelerator, **kwargs))
-    objects.append(build_service(dsd))
+    state = _Pass(dsd, catalog, pool, _pods_by_replica(pods), now, settings)
+    state.placements = {p.replica: p for p in old.placements}
+    _drop_lost_replicas(state, present_nodes)
+    moving = _advance_moves(state, body.get("status"))
+    _scale_down(state)
+    _place_missing(state)
+    _retire_outdated(state)
+    final = state.final()
+    status = _build_status(state, final, old, moving, rebalancing)
     finished = [m for m in moving.events if m.reason == "Moved"]
     return ReconcileResult(
-        status=status, objects=objects, events=events, decision_seconds=decision_seconds, desired=desired,
-        moves_finished=len(finished), moves_rolled_back=sum(1 for m in moving.events if m.reason == "MoveRolledBack"),
+        status=status, objects=_build_objects(state, model, final), events=state.events,
+        decision_seconds=state.decision_seconds, desired=state.desired, moves_finished=len(finished),
+        moves_rolled_back=sum(1 for m in moving.events if m.reason == "MoveRolledBack"),
         devices_freed=sum(m.devices for m in finished),
     )  # fmt: skip
 

@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
     """Poll predicate() until it returns something truthy and return that, or fail saying what."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last_error: ApiException | None = None
     while True:
         try:
             result = predicate()

@@ -5,6 +5,7 @@ CRD (the local control plane installs LWS from its pinned module; see e2e/cluste
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -38,9 +39,9 @@ def test_r1_on_two_h100_nodes_is_a_leader_worker_set_the_api_server_accepts(
     lws["metadata"].pop("ownerReferences")  # the owner does not exist in this test
     custom = client.CustomObjectsApi(api_client)
 
-    def dry_run_create(body: dict) -> dict:
+    def dry_run_create(body: dict[str, Any]) -> dict[str, Any]:
         # Strict field validation: an unknown or misplaced field is an error, not a silent prune.
-        created: dict = custom.create_namespaced_custom_object(
+        created: dict[str, Any] = custom.create_namespaced_custom_object(
             "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", body,
             dry_run="All", field_validation="Strict",
         )  # fmt: skip

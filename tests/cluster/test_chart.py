@@ -100,7 +100,9 @@ def value_args(value_set: str, watched: str = "watched-a,watched-b") -> list[str
     return [arg.replace("{WATCHED}", "{" + watched + "}") for arg in VALUE_SETS[value_set]]
 
 
-def rendered(helm: Callable[..., Any], value_set: str, namespace: str, watched: str = "watched-a,watched-b") -> list:
+def rendered(
+    helm: Callable[..., Any], value_set: str, namespace: str, watched: str = "watched-a,watched-b"
+) -> list[Any]:
     """The objects `helm template` renders for a value set."""
     done = helm("template", "t", str(CHART), "-n", namespace, *value_args(value_set, watched))
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -202,7 +204,7 @@ def _no_dsds_anywhere(custom: client.CustomObjectsApi) -> bool:
     try:
         return not custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
     except ApiException as exc:
-        return exc.status == 404
+        return bool(exc.status == 404)
 
 
 def test_helm_install_creates_the_crd_and_an_admitted_operator_pod_under_restricted_security(
@@ -233,7 +235,10 @@ def test_helm_install_creates_the_crd_and_an_admitted_operator_pod_under_restric
 
         # The ReplicaSet's pod passes the namespace's restricted Pod Security admission.
         def pod_created() -> list[client.V1Pod]:
-            return core_v1.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/instance={release}").items
+            pods: list[client.V1Pod] = core_v1.list_namespaced_pod(
+                ns, label_selector=f"app.kubernetes.io/instance={release}"
+            ).items
+            return pods
 
         wait_for(pod_created, 60, "the operator pod to be admitted in the restricted namespace")
         events = core_v1.list_namespaced_event(ns).items
@@ -248,7 +253,7 @@ def _crd_gone(ext: client.ApiextensionsV1Api) -> bool:
     try:
         ext.read_custom_resource_definition(CRD_NAME)
     except ApiException as exc:
-        return exc.status == 404
+        return bool(exc.status == 404)
     return False
 
 

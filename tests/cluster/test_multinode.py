@@ -27,8 +27,8 @@ from test_operator import (
 )
 
 from dspool import api
-from dspool.mindie import ASCEND_DEVICE_ANNOTATION, MINDCLUSTER_CRD, RANK_TABLE_KEY
 from dspool.sim.fleet import PoolHandle
+from dspool.workloads.mindie import ASCEND_DEVICE_ANNOTATION, MINDCLUSTER_CRD, RANK_TABLE_KEY
 
 LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
 WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"

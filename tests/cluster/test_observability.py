@@ -242,7 +242,7 @@ def monitored(
         operator.stop()
 
 
-DEPLOYMENTS = {
+DEPLOYMENTS: dict[str, dict[str, Any]] = {
     "r1": {"model": "deepseek-r1", "placement": {"acceleratorTypes": ["H200-141G"]}},
     "r1-ascend": {"model": "deepseek-r1", "precision": "w8a8", "placement": {"acceleratorTypes": ["Ascend910B3"]}},
     "r1-ampere": {"model": "deepseek-r1", "replicas": 2, "placement": {"acceleratorTypes": ["A100-80G"]}},

@@ -35,7 +35,9 @@ def get_dsd(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[
     return result
 
 
-def wait_phase(custom: client.CustomObjectsApi, namespace: str, name: str, phase: str, timeout: float = 60) -> dict:
+def wait_phase(
+    custom: client.CustomObjectsApi, namespace: str, name: str, phase: str, timeout: float = 60
+) -> dict[str, Any]:
     """Wait until the DSD reports ``phase`` and return it."""
 
     def reached() -> dict[str, Any] | None:
@@ -75,7 +77,10 @@ def has_event(core_v1: client.CoreV1Api, namespace: str, name: str, reason: str,
 
 def pods_of(core_v1: client.CoreV1Api, namespace: str, name: str) -> list[client.V1Pod]:
     """The serving pods of a DSD."""
-    return core_v1.list_namespaced_pod(namespace, label_selector=f"{api.DEPLOYMENT_LABEL}={name}").items
+    pods: list[client.V1Pod] = core_v1.list_namespaced_pod(
+        namespace, label_selector=f"{api.DEPLOYMENT_LABEL}={name}"
+    ).items
+    return pods
 
 
 def test_r1_lands_on_one_free_h200_node_and_becomes_ready(
@@ -239,7 +244,7 @@ def test_operator_restart_rebuilds_reservations_and_never_double_books(
 def test_malformed_specs_are_rejected_at_apply(
     custom: client.CustomObjectsApi, namespace: str, crd_installed: None
 ) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"model": "deepseek-r1", "replicas": -1}, "replicas"),
         ({"model": "deepseek-r1", "precision": "int4"}, "precision"),
         ({"model": "deepseek-r1", "backend": "mindie", "placement": {"acceleratorTypes": ["H100-80G"]}}, "Ascend"),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_workloads import build, make_dsd, make_placement
 
-from dspool.mindie import build_mindie_config
+from dspool.workloads.mindie import build_mindie_config
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "workloads.md").read_text()
 SECTION = DOC[DOC.index("## Engine arguments, checked") : DOC.index("## Images")]

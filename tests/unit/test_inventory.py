@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from dspool.api import NodeDevices, ReplicaPlacement
 from dspool.catalog import Precision, Vendor, builtin_catalog
 from dspool.inventory import (
+    InsufficientDevicesError,
+    Pool,
+    PoolInvariantError,
     Reservation,
     build_pool,
     is_pod_active,
@@ -369,3 +372,108 @@ def test_pods_of_a_dsd_with_a_name_longer_than_a_label_are_counted_once() -> Non
     reservation = Reservation(deployment=f"ai/{long_name}", replica=0, node="rtx-0", devices=4)
     state = build_pool([node], [pod], [reservation], CATALOG).nodes["rtx-0"]
     assert (state.used, state.reserved, state.free) == (0, 4, 4)
+
+
+# ---------------------------------------------------------------------------------- booking: the invariant
+
+OWNERS = ("ai/a", "ai/b")
+
+
+def placement_on(replica: int, nodes: dict[str, int]) -> ReplicaPlacement:
+    return ReplicaPlacement(
+        replica=replica, accelerator="H200-141G", precision=Precision.FP8, backend=Backend.VLLM,
+        tensor_parallel=max(nodes.values()), pipeline_parallel=len(nodes), max_model_len=4096,
+        nodes=[NodeDevices(name=name, devices=devices) for name, devices in nodes.items()],
+    )  # fmt: skip
+
+
+def counts(pool: Pool) -> tuple[dict[str, tuple[int, int, int]], dict[str, list[Reservation]]]:
+    nodes = {name: (n.used, n.reserved, n.free) for name, n in pool.nodes.items()}
+    return nodes, {d: list(r) for d, r in pool.reservations.items()}
+
+
+reserve_step = st.tuples(
+    st.just("reserve"), st.sampled_from(OWNERS), st.integers(0, 3),
+    st.dictionaries(st.sampled_from(["n0", "n1", "n2", "gone"]), st.integers(1, 8), min_size=1, max_size=2),
+)  # fmt: skip
+release_step = st.tuples(st.just("release"), st.sampled_from(OWNERS), st.integers(0, 3))
+hold_step = st.tuples(st.just("hold"), st.sampled_from(["n0", "n1", "n2", "gone"]), st.integers(0, 8))
+pods_step = st.tuples(st.just("hold_pods"), st.sampled_from(["n0", "n1", "n2"]), st.integers(0, 8),
+                      st.sampled_from(["Running", "Failed"]))  # fmt: skip
+trial_step = st.tuples(st.just("trial"), st.lists(st.one_of(reserve_step, release_step, hold_step), max_size=4))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    allocatable=st.lists(st.integers(1, 8), min_size=3, max_size=3),
+    foreign=st.lists(st.integers(0, 8), min_size=3, max_size=3),
+    steps=st.lists(st.one_of(reserve_step, release_step, hold_step, pods_step, trial_step), max_size=25),
+)
+def test_every_device_stays_in_exactly_one_bucket_whatever_is_booked_released_or_held(
+    allocatable: list[int], foreign: list[int], steps: list[tuple[Any, ...]]
+) -> None:
+    nodes = [k8s_node(f"n{i}", devices=devices) for i, devices in enumerate(allocatable)]
+    pods = [k8s_pod(f"job-{i}", f"n{i}", min(used, allocatable[i])) for i, used in enumerate(foreign) if used]
+    pool = build_pool(nodes, pods, [], CATALOG)
+    pool.free_index()  # built, so every change must reach it too
+    held = False
+
+    def apply(step: tuple[Any, ...]) -> None:
+        nonlocal held
+        kind = step[0]
+        if kind == "reserve":
+            _, owner, replica, wanted = step
+            before = counts(pool)
+            already = any(r.replica == replica for r in pool.reservations_of(owner))
+            fits = all(name in pool.nodes and pool.nodes[name].free >= n for name, n in wanted.items())
+            if already or not fits:
+                with pytest.raises((InsufficientDevicesError, ValueError)):
+                    pool.reserve(owner, placement_on(replica, wanted))
+                assert counts(pool) == before  # refused: nothing booked
+                return
+            pool.reserve(owner, placement_on(replica, wanted))
+            for name, devices in wanted.items():
+                assert pool.nodes[name].reserved == before[0][name][1] + devices
+                assert pool.nodes[name].free == before[0][name][2] - devices
+        elif kind == "release":
+            _, owner, replica = step
+            pool.release(owner, replica)
+            assert not any(r.replica == replica for r in pool.reservations_of(owner))
+        elif kind == "hold":
+            pool.hold({step[1]: step[2]})
+            held = held or (step[1] in pool.nodes and step[2] > 0)
+        elif kind == "hold_pods":
+            _, name, devices, phase = step
+            pool.hold_pods([k8s_pod("leaving", name, devices, phase=phase)])
+            held = held or (phase == "Running" and devices > 0)
+        else:
+            before = counts(pool)
+            with pool.trial():
+                for inner in step[1]:
+                    apply(inner)
+            assert counts(pool) == before  # a trial leaves no trace
+        pool.check_invariant()
+        for node in pool.nodes.values():
+            assert node.free >= 0
+            assert node.used + node.reserved + node.free == node.allocatable + node.overbooked
+            if not held:  # only devices held for pods on their way out are ever booked twice
+                assert node.overbooked == 0
+
+    for step in steps:
+        apply(step)
+
+
+def test_the_invariant_check_catches_counts_changed_behind_the_pools_back() -> None:
+    pool = build_pool([k8s_node("n0")], [], [], CATALOG)
+    pool.reserve("ai/a", placement_on(0, {"n0": 4}))
+    pool.check_invariant()
+    pool.nodes["n0"].reserved -= 1
+    with pytest.raises(PoolInvariantError, match="3 reserved but its reservations book 4"):
+        pool.check_invariant()
+
+
+def test_finished_pods_hold_no_devices() -> None:
+    pool = build_pool([k8s_node("n0")], [], [], CATALOG)
+    pool.hold_pods([k8s_pod("done", "n0", 4, phase="Succeeded"), k8s_pod("failed", "n0", 2, phase="Failed"),
+                    k8s_pod("unbound", None, 1), k8s_pod("leaving", "n0", 3)])  # fmt: skip
+    assert (pool.nodes["n0"].used, pool.nodes["n0"].free) == (3, 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -15,7 +16,7 @@ from dspool.sizing import Backend
 CATALOG = builtin_catalog()
 
 
-def node(name: str, accelerator: str) -> dict:
+def node(name: str, accelerator: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "labels": CATALOG.accelerator(accelerator).node_labels(8)},
         "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]},

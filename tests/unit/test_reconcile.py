@@ -131,7 +131,7 @@ def test_pods_stuck_unschedulable_get_a_new_placement() -> None:
     body["status"] = reconcile(body, CATALOG, pool_for(nodes), [], NOW).status.wire()
     stuck_since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
     fingerprint = placement_fingerprint(ReplicaPlacement.model_validate(body["status"]["placements"][0]))
-    pod = {
+    pod: dict[str, Any] = {
         "metadata": {"name": "d-0-x", "namespace": "ai",
                      "labels": {DEPLOYMENT_LABEL: "d", REPLICA_LABEL: "0", PLACEMENT_LABEL: fingerprint}},
         "spec": {"containers": []},
@@ -289,3 +289,41 @@ def test_changing_bounds_or_consent_to_moves_rolls_no_replica() -> None:
         {"model": "deepseek-r1", "scaling": {"maxReplicas": 4}, "placement": {"rebalance": "Never"}}
     )
     assert spec_hash(base) == spec_hash(bounded)
+
+
+def test_a_finished_pod_of_a_replica_replaced_in_place_frees_its_devices_for_the_next_deployment() -> None:
+    nodes = ready_nodes(("rtx", 2, "RTX4090-24G"))
+    body, pods = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-14b", "replicas": 4}), nodes)  # 4 x 2 on one
+    home = body["status"]["placements"][0]["nodes"][0]["name"]
+    [other] = [n["metadata"]["name"] for n in nodes if n["metadata"]["name"] != home]
+    foreign = {
+        "metadata": {"name": "batch", "namespace": "x"},
+        "spec": {"nodeName": other, "containers": [{"name": "c", "resources": {"requests": {"nvidia.com/gpu": "7"}}}]},
+        "status": {"phase": "Running"},
+    }
+    evicted = ready_pod("d", body["status"]["placements"][3])  # replica 3 ran on the other node once, then failed
+    evicted["metadata"]["name"] = "d-3-evicted"
+    evicted["spec"]["nodeName"] = other
+    evicted["status"] = {"phase": "Failed", "reason": "Evicted"}
+    pods.append(evicted)
+    body["spec"]["serving"] = {"gpuMemoryUtilization": 0.85}
+    pool = pool_for(nodes, body, pods=[*pods, foreign])
+
+    rolled = reconcile(body, CATALOG, pool, pods, NOW)
+    small = reconcile(dsd("s", {"model": "deepseek-r1-distill-qwen-1.5b", "replicas": 1}), CATALOG, pool, [], NOW)
+
+    assert any(e.reason == "Replacing" for e in rolled.events)
+    assert [n.name for p in small.status.placements for n in p.nodes] == [other]  # the device the batch job left
+
+
+def test_a_new_spec_with_no_room_leaves_a_replica_on_a_cordoned_node_serving() -> None:
+    nodes = ready_nodes(("rtx", 1, "RTX4090-24G"))
+    body, pods = placed(dsd("d", {"model": "deepseek-r1-distill-qwen-7b", "replicas": 1}), nodes)
+    cordoned = [dict(n, spec={**n.get("spec", {}), "unschedulable": True}) for n in nodes]
+    present = {n["metadata"]["name"] for n in nodes}
+    body["spec"]["serving"] = {"gpuMemoryUtilization": 0.85}
+
+    result = reconcile(body, CATALOG, pool_for(cordoned, body, pods=pods), pods, NOW, present_nodes=present)
+
+    assert [p.wire() for p in result.status.placements] == body["status"]["placements"]
+    assert result.status.ready_replicas == 1 and not any(e.reason == "Replacing" for e in result.events)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dspool.api import DeepSeekDeploymentSpec
 from dspool.catalog import Precision, Vendor, builtin_catalog
 from dspool.sizing import (
     VLLM_FP8_MARLIN_MIN_VERSION,
@@ -204,6 +205,7 @@ def test_feasible_plans_fit_and_are_minimal(model_id: str, accelerator_id: str, 
     # every layout earlier in preference order (fewer nodes, or fewer devices on as many nodes) does not fit
     layouts = candidate_layouts(model, accelerator.devices_per_node, request.max_nodes)
     chosen = layouts.index((result.tensor_parallel, result.pipeline_parallel))
+    assert result.precision is not None
     for tp, pp in layouts[:chosen]:
         smaller = memory_account(
             model,
@@ -211,7 +213,7 @@ def test_feasible_plans_fit_and_are_minimal(model_id: str, accelerator_id: str, 
             tp,
             pp,
             result.kv_cache_tokens,
-            accelerator.memory_gib,  # type: ignore[arg-type]
+            accelerator.memory_gib,
             request.gpu_memory_utilization,
             mem.overhead_per_device,
         )
@@ -251,3 +253,8 @@ def test_fp8_is_never_planned_on_ampere_or_ascend(model_id: str, accelerator_id:
         # auto picks weight-only FP8 only where vLLM's Marlin path runs it: an FP8 checkpoint on NVIDIA without FP8
         assert accelerator.vendor == Vendor.NVIDIA and not accelerator.fp8 and result.backend == "vllm"
         assert CATALOG.model(model_id).native_precision == Precision.FP8
+
+
+def test_a_spec_without_a_memory_utilization_is_sized_with_what_its_engine_is_given() -> None:
+    spec = DeepSeekDeploymentSpec.model_validate({"model": "deepseek-r1"})
+    assert spec.serving.gpu_memory_utilization == SizingRequest().gpu_memory_utilization == 0.9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from dspool.views import compact_node, compact_pod, parse_selector, present_node
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
-def node(name: str, ready: str = "True", since: datetime = NOW, unschedulable: bool = False) -> dict:
+def node(name: str, ready: str = "True", since: datetime = NOW, unschedulable: bool = False) -> dict[str, Any]:
     stamp = since.strftime("%Y-%m-%dT%H:%M:%SZ")
     return compact_node({
         "metadata": {"name": name, "labels": {}},

@@ -18,13 +18,6 @@ from hypothesis import strategies as st
 
 from dspool.api import DeepSeekDeployment, ReplicaPlacement
 from dspool.catalog import AcceleratorSpec, ModelSpec, builtin_catalog
-from dspool.mindie import (
-    CONFIG_TEMPLATE_DIR,
-    MINDIE_HOME,
-    POD_IP_PLACEHOLDER,
-    build_rank_table,
-    mindie_start_script,
-)
 from dspool.workloads import (
     DEFAULT_IMAGES,
     DOWNLOAD_SCRIPT,
@@ -35,6 +28,13 @@ from dspool.workloads import (
     images_from_env,
     replica_object_name,
     serving_port,
+)
+from dspool.workloads.mindie import (
+    CONFIG_TEMPLATE_DIR,
+    MINDIE_HOME,
+    POD_IP_PLACEHOLDER,
+    build_rank_table,
+    mindie_start_script,
 )
 
 CATALOG = builtin_catalog()
@@ -99,7 +99,8 @@ def pod_templates(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def engine(template: dict[str, Any]) -> dict[str, Any]:
-    (container,) = template["spec"]["containers"]
+    containers: list[dict[str, Any]] = template["spec"]["containers"]
+    (container,) = containers
     return container
 
 

@@ -30,7 +30,7 @@ from pydantic.alias_generators import to_camel
 from dspool.api import DeepSeekDeploymentSpec, MoveState, ReplicaPlacement, Strategy
 from dspool.catalog import Catalog
 from dspool.inventory import Pool, build_pool
-from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest, place_replica, release, reserve
+from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest, place_replica
 from dspool.rebalance import (
     TERMINAL_STATES,
     MoveAction,
@@ -302,7 +302,7 @@ class Simulation:
         return sum(sum(1 for s in run.states if s not in (MoveState.DONE, MoveState.ROLLED_BACK)) for run in self.plans)
 
     def _placed(self, deployment: _Deployment, placement: ReplicaPlacement, waited: float | None) -> None:
-        reserve(self.pool, deployment.key, placement)
+        self.pool.reserve(deployment.key, placement)
         deployment.placements[placement.replica] = placement
         self.placed[deployment.spec.model] = self.placed.get(deployment.spec.model, 0) + 1
         if waited is not None:
@@ -365,7 +365,7 @@ class Simulation:
         booked: list[PlannedMove] = []
         try:
             for move in plan.moves:
-                reserve(self.pool, move.deployment, move.destination)
+                self.pool.reserve(move.deployment, move.destination)
                 booked.append(move)
             if not _fits(self.pool, plan.waiting):
                 raise InsufficientDevicesError(f"{waiter.key} replica {waiter.replica} no longer fits")
@@ -373,7 +373,7 @@ class Simulation:
             for move in booked:
                 release_destination(self.pool, move)
             for move in plan.moves:
-                reserve(self.pool, move.deployment, move.source)
+                self.pool.reserve(move.deployment, move.source)
             return False
         for move in plan.moves:
             owner = self.live[move.deployment]
@@ -466,7 +466,7 @@ class Simulation:
         if deployment is None:
             return
         for placement in deployment.placements.values():
-            release(self.pool, key, placement)
+            self.pool.release(key, placement.replica)
         waiting = [w for w in self.queue if w.key == key]
         self.never_placed += len(waiting)
         self.queue = [w for w in self.queue if w.key != key]
