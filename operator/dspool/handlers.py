@@ -16,8 +16,8 @@ from typing import Any
 import kopf
 
 from dspool.kube.runtime import LWS_API, MINDCLUSTER_API, OperatorRuntime
-from dspool.mindie import MINDCLUSTER_CRD
 from dspool.settings import OperatorSettings
+from dspool.workloads.mindie import MINDCLUSTER_CRD
 
 LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 WATCHED_CRDS = {LWS_CRD: LWS_API, MINDCLUSTER_CRD: MINDCLUSTER_API}  # each changes what dspool builds

@@ -13,7 +13,7 @@ from typing import Any
 
 from dspool import api
 from dspool.inventory import pod_device_requests
-from dspool.mindie import ASCEND_DEVICE_ANNOTATION
+from dspool.workloads.mindie import ASCEND_DEVICE_ANNOTATION
 
 
 def parse_selector(text: str) -> dict[str, str]:

@@ -184,7 +184,7 @@ def test_the_test_hook_delays_the_pass_between_deciding_and_writing() -> None:
     writer = FakeWriter()
     pass_runner = PassRunner(
         OperatorSettings(metrics_port=0, pass_delay_seconds=2.5), CATALOG, writer, OperatorMetrics(),
-        now=lambda: NOW, sleep=lambda seconds: slept.append(seconds) or None,
+        now=lambda: NOW, sleep=slept.append,
     )  # fmt: skip
     pass_runner.run_pass(Snapshot(nodes(1), [], [dsd("a"), dsd("b")]), ReconcileSettings())
     assert slept == [2.5]
