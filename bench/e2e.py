@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,7 +63,7 @@ class BindWatch:
                     core.list_namespaced_pod, namespace, label_selector=label_selector, timeout_seconds=60,
                     deserialize=False,
                 ):  # fmt: skip
-                    pod = event["raw_object"]
+                    pod = event["object"]  # deserialize=False: the JSON as sent
                     if (pod.get("spec") or {}).get("nodeName"):
                         self.bound.setdefault(pod["metadata"]["name"], time.monotonic())
                     if self._stop.is_set():
@@ -142,6 +143,7 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
     api_client = config.new_client_from_config(config_file=str(KUBECONFIG))
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     name = f"e2e-{nodes}"
+    run_id = uuid.uuid4().hex[:5]  # namespaces of an earlier run may still be terminating
     pool = Pool(name=name, groups=[NodeGroup(name=f"l20-{nodes}", count=nodes, accelerator="L20-48G")])
     figures: dict[str, Any] = {"nodes": nodes, "replicas": replicas}
     started = time.monotonic()
@@ -149,7 +151,7 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
     figures["pool_apply_s"] = time.monotonic() - started
     try:
         # 1. kube-scheduler alone
-        plain_ns = f"bench-plain-{nodes}"
+        plain_ns = f"bench-plain-{nodes}-{run_id}"
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=plain_ns)))
         binds = BindWatch(core, plain_ns)
         first = create_all(
@@ -160,7 +162,7 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
         wait_gone(core, plain_ns)
 
         # 2. dspool
-        dsd_ns = f"bench-dspool-{nodes}"
+        dsd_ns = f"bench-dspool-{nodes}-{run_id}"
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=dsd_ns)))
         log_path = Path(tempfile.mkdtemp()) / "operator.log"
         log = log_path.open("w")

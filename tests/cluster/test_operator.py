@@ -6,6 +6,7 @@ the test's pool (``--node-selector dspool.io/pool=<unique>``), so tests never se
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -290,3 +291,29 @@ def test_kubectl_apply_rejects_a_malformed_example_and_accepts_the_real_ones(
                               check=False)  # fmt: skip
     assert accepted.returncode == 0, accepted.stderr
     assert accepted.stdout.count("created (server dry run)") == len(list(examples.glob("*.yaml")))
+
+
+def test_a_clean_shutdown_exits_and_hands_the_lease_over_at_once(
+    operator_on: OperatorOn, api_client: client.ApiClient, namespace: str
+) -> None:
+    pool, operator = operator_on("stop-l20", """
+        - {name: l20, count: 1, accelerator: L20-48G}
+    """)  # fmt: skip
+    leases = client.CoordinationV1Api(api_client)
+
+    def holder() -> str | None:
+        try:
+            spec = leases.read_namespaced_lease(f"dspool-{pool.name}", namespace).spec
+        except ApiException:
+            return None
+        return spec.holder_identity if spec else None
+
+    wait_for(holder, 30, "the operator to take its Lease")
+    assert operator.process is not None
+    operator.process.send_signal(signal.SIGTERM)  # a rolling upgrade, a node drain
+    try:
+        code = operator.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"dspool run did not stop on SIGTERM (a watch or a write thread held it):\n{operator.log_tail()}")
+    assert code == 0
+    assert not holder()  # released: the next operator takes over without waiting for expiry

@@ -9,7 +9,6 @@ not). It re-lists when the watch's resource version is too old (410 Gone) and re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -47,19 +46,15 @@ class Informer:
         self._stop = threading.Event()
         self._resource_version = ""
         self._thread = threading.Thread(target=self._run, name=f"dspool-watch-{name}", daemon=True)
-        self._response: Any = None
 
     def start(self) -> None:
         """Start listing and watching."""
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching (the current watch request is closed)."""
+        """Stop watching. The thread is a daemon: a watch blocked in a read does not hold the process up
+        (closing its response from here would block until the server sends something)."""
         self._stop.set()
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):  # closing a finished response may fail; nothing to do
-                response.close()
 
     def values(self) -> list[dict[str, Any]]:
         """A copy of the current views."""
@@ -116,7 +111,6 @@ class Informer:
             watch=True, resource_version=self._resource_version, allow_watch_bookmarks=True,
             timeout_seconds=WATCH_SECONDS, _preload_content=False, _request_timeout=WATCH_SECONDS + 30,
         )  # fmt: skip
-        self._response = response
         try:
             for line in iter_resp_lines(response):
                 if self._stop.is_set():
@@ -126,7 +120,6 @@ class Informer:
                 event = json.loads(line)
                 self._handle(event.get("type", ""), event.get("object") or {})
         finally:
-            self._response = None
             response.release_conn()
 
     def _handle(self, kind: str, obj: dict[str, Any]) -> None:
