@@ -6,11 +6,13 @@
 On the local control plane (`make cluster-up`): a pool of N fake L20 nodes (8 GPUs each), then
 1. **kube-scheduler alone**: R plain pods, each requesting one `nvidia.com/gpu`, created concurrently;
    time until every one is bound to a node;
-2. **dspool**: a fresh `dspool run` over the same pool; the time until its watches have synced and its
+2. **the same pods through one-replica Deployments**, without dspool: the controller manager's
+   Deployment -> ReplicaSet -> Pod chain that dspool's replicas also go through, then the scheduler;
+3. **dspool**: a fresh `dspool run` over the same pool; the time until its watches have synced and its
    first pass is done (start-up), then R single-replica DSDs of the 1.5B distill created the same way;
    time until every serving pod dspool created is bound (dspool places, its Deployment's pod is pinned to
    the planned node, the scheduler binds it).
-Both rates are replicas per second from the first create to the last bind; the ratio is the figure that
+All rates are replicas per second from the first create to the last bind; the ratio is the figure that
 means something on a noisy 2-core machine. Also printed: API requests dspool made per replica (its
 `dspool_api_requests_total`), the operator's peak RSS, and its CPU seconds. Cleans up afterwards.
 """
@@ -105,6 +107,19 @@ def plain_pod(index: int, pool: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def deployment(index: int, pool: str) -> dict[str, Any]:
+    """A one-replica Deployment of the same pod."""
+    pod = plain_pod(index, pool)
+    labels = {"bench": "deploy", "index": str(index)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"deploy-{index:05d}"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": pod["spec"]}},
+    }  # fmt: skip
+
+
 def wait_gone(core: client.CoreV1Api, namespace: str) -> None:
     """Delete a namespace and wait until it is gone."""
     core.delete_namespace(namespace, grace_period_seconds=0)
@@ -161,6 +176,20 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
         figures["scheduler_rate"] = replicas / (last - first)
         wait_gone(core, plain_ns)
 
+        # 1b. the same pods through one-replica Deployments (the chain dspool's replicas also go through:
+        # Deployment -> ReplicaSet -> Pod in the controller manager, then the scheduler), without dspool
+        apps = client.AppsV1Api(api_client)
+        deploy_ns = f"bench-deploy-{nodes}-{run_id}"
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=deploy_ns)))
+        binds = BindWatch(core, deploy_ns)
+        first = create_all(
+            lambda i: apps.create_namespaced_deployment(deploy_ns, deployment(i, name), _preload_content=False),
+            replicas,
+        )
+        last = binds.wait(replicas, timeout)
+        figures["deployments_rate"] = replicas / (last - first)
+        wait_gone(core, deploy_ns)
+
         # 2. dspool
         dsd_ns = f"bench-dspool-{nodes}-{run_id}"
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=dsd_ns)))
@@ -171,7 +200,7 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
         operator = subprocess.Popen(
             [sys.executable, "-m", "dspool", "run", "--node-selector", f"{POOL_LABEL}={name}", "--namespace", dsd_ns,
              "--liveness-port", "0", "--metrics-port", str(METRICS_PORT), "--no-node-metrics", "--lease-name",
-             f"bench-{name}", "--rebalance", "off"],
+             f"bench-{name}-{run_id}", "--rebalance", "off"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
@@ -197,6 +226,8 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
             with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as response:
                 metrics = response.read().decode()
             figures["api_requests_per_replica"] = metric_sum(metrics, "dspool_api_requests_total") / replicas
+            figures["passes"] = int(metric_sum(metrics, "dspool_reconcile_pass_duration_seconds_count"))
+            figures["pass_seconds"] = metric_sum(metrics, "dspool_reconcile_pass_duration_seconds_sum")
             figures["peak_rss_mib"] = int(re.sub(r"\D", "", proc_status(operator.pid)["VmHWM"])) / 1024
             bound_nodes = {pod.spec.node_name for pod in core.list_namespaced_pod(dsd_ns).items}
             figures["nodes_used"] = len(bound_nodes)
@@ -207,6 +238,7 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
     finally:
         delete_pool(core, pool)
     figures["ratio"] = figures["dspool_rate"] / figures["scheduler_rate"]
+    figures["ratio_deployments"] = figures["dspool_rate"] / figures["deployments_rate"]
     return figures
 
 
@@ -222,10 +254,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = ["nodes", "replicas", "scheduler pods/s", "dspool pods/s", "ratio", "start-up s", "API req/replica",
-              "peak RSS MiB", "operator CPU s", "nodes used"]  # fmt: skip
-    keys = ["nodes", "replicas", "scheduler_rate", "dspool_rate", "ratio", "startup_s", "api_requests_per_replica",
-            "peak_rss_mib", "operator_cpu_s", "nodes_used"]  # fmt: skip
+    header = ["nodes", "replicas", "pods/s: plain pods", "1-replica Deployments", "dspool", "ratio", "ratio vs Deployments",
+              "start-up s", "API req/replica", "passes", "pass s", "peak RSS MiB", "operator CPU s", "nodes used"]  # fmt: skip
+    keys = ["nodes", "replicas", "scheduler_rate", "deployments_rate", "dspool_rate", "ratio", "ratio_deployments",
+            "startup_s", "api_requests_per_replica", "passes", "pass_seconds", "peak_rss_mib", "operator_cpu_s",
+            "nodes_used"]  # fmt: skip
     print("  ".join(header))
     for row in rows:
         cells = [f"{row[k]:.2f}" if isinstance(row[k], float) else str(row[k]) for k in keys]

@@ -12,6 +12,7 @@ ledger is cleared: another holder may have written since, and only the cluster c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,16 @@ class NotLeadingError(RuntimeError):
 def booking(status: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The part of a status that books devices: placements, and the moves that say which are new copies."""
     return {"placements": list(status.get("placements") or []), "moves": list(status.get("moves") or [])}
+
+
+def digest(obj: Mapping[str, Any]) -> str:
+    """A content hash of an object as dspool builds it."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def object_key(namespace: str, obj: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """(apiVersion, kind, namespace, name) of an object dspool builds."""
+    return (obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
 
 
 def same_json(new: Any, old: Any) -> bool:

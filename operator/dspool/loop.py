@@ -1,10 +1,11 @@
 """One reconcile pass: snapshot -> pool -> rebalancing -> reconcile per DSD -> writes, with the clock injected.
 
 The pass decides every DSD one after another against one pool in memory (so two DSDs never book the
-same device) and hands each DSD's writes (status first, then its objects and events) to a bounded pool of
-threads, so API round trips overlap instead of queueing behind each other. Decisions stay safe:
+same device) and hands each DSD's writes to bounded pools of threads, so API round trips overlap instead
+of queueing behind each other: the status first, then, all at once, its objects, the deletion of objects
+it no longer wants, and its events. Decisions stay safe:
 
-- a DSD's status (its reservations) is written before its objects, in the same job;
+- a DSD's status (its reservations) is stored before any of its objects is written;
 - when a decision frees devices (scale down, a lost node, a finished move), the pass waits for every
   write so far before deciding the next DSD: another DSD may book those devices only once the release is
   stored, so two stored statuses never claim the same device, even when a write fails;
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 from dspool import api
 from dspool.catalog import Catalog
 from dspool.inventory import Pool, build_pool, reservations_from_status
-from dspool.ledger import NotLeadingError, WriteLedger
+from dspool.ledger import NotLeadingError, WriteLedger, digest, object_key, same_json
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
 from dspool.placement import DemandMix
@@ -62,8 +63,11 @@ class Writer(Protocol):
     def write_status(self, namespace: str, name: str, status: dict[str, Any], old: Mapping[str, Any]) -> None:
         """Patch a DSD's status (nothing when unchanged); raises on failure."""
 
-    def apply_objects(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
-        """Server-side apply the objects a DSD wants and delete those it no longer wants."""
+    def apply_object(self, namespace: str, obj: dict[str, Any]) -> None:
+        """Server-side apply one object a DSD wants (and record it in the ledger)."""
+
+    def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
+        """Delete the objects a DSD wanted before and no longer wants."""
 
     def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
         """Post events on a DSD (each at most once per repeat period)."""
@@ -76,6 +80,7 @@ class PassOutcome:
     results: dict[str, ReconcileResult] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     barriers: int = 0  # times the pass waited for its writes before deciding on
+    written: int = 0  # DSDs whose status changed and was stored
 
 
 def utc_now() -> datetime:
@@ -124,7 +129,12 @@ class PassRunner:
         self.now = now
         self.monotonic = monotonic
         self.sleep = sleep
-        self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-write")
+        # Statuses and the writes that follow them run on separate threads, so a status never waits behind
+        # another DSD's objects, and a DSD's objects and events go out at once.
+        self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-status")
+        self.followup_executor = ThreadPoolExecutor(
+            max_workers=settings.write_concurrency, thread_name_prefix="dspool-write"
+        )
 
     def manages(self, namespace: str | None) -> bool:
         """Whether DSDs in this namespace are ours."""
@@ -169,7 +179,8 @@ class PassRunner:
         )
 
         outcome = PassOutcome()
-        pending: list[tuple[str, Future[bool]]] = []
+        pending: list[tuple[str, Future[bool | None]]] = []
+        followups: list[Future[None]] = []
         samples: list[DeploymentSample] = []
         decision_seconds: list[float] = []
         delayed = False
@@ -178,12 +189,18 @@ class PassRunner:
             """Wait for every write in flight; True when all of them were stored."""
             ok = True
             for key, future in pending:
-                if not future.result():  # re-raises NotLeadingError from a worker
+                stored = future.result()  # re-raises NotLeadingError from a worker
+                if stored is None:
+                    continue  # the status was unchanged: nothing written
+                if stored:
+                    outcome.written += 1
+                else:
                     outcome.failed.append(key)
                     ok = False
             pending.clear()
             return ok
 
+        decided = 0.0  # seconds spent deciding (the rest of the pass is waiting for writes)
         try:
             for body in bodies:
                 metadata = body["metadata"]
@@ -195,6 +212,7 @@ class PassRunner:
                 if key in started_moves:  # destinations booked for another DSD's waiting replica
                     current["status"] = status_with_moves(current.get("status") or {}, *started_moves[key])
                 own_pods = pods_by_deployment.get((namespace, api.deployment_label_value(name)), [])
+                decision_started = self.monotonic()
                 try:
                     result = reconcile(current, self.catalog, pool, own_pods, now, settings, present, notes.get(key))
                 except Exception as exc:  # one broken DSD must not stall the others
@@ -214,51 +232,77 @@ class PassRunner:
                     self.sleep(self.settings.pass_delay_seconds)  # tests: a slow pass, between deciding and writing
                 status = result.status.wire()
                 old_status = current.get("status") or {}
-                pending.append((key, self.executor.submit(self._write_one, dict(metadata), status, old_status, result)))
+                decided += self.monotonic() - decision_started
+                job = self.executor.submit(self._write_one, dict(metadata), status, old_status, result, followups)
+                pending.append((key, job))
                 if _releases(old_status, status):
                     # Freed devices may go to the next DSD only once this release is stored.
                     outcome.barriers += 1
                     if not settle():
                         pool = self.build_pool(snapshot)
             settle()
+            for followup in followups:  # the pass ends when all its writes have
+                followup.result()  # re-raises NotLeadingError
         finally:
-            for _, future in pending:
+            for future in [f for _, f in pending] + followups:
                 future.cancel()
+        seconds = self.monotonic() - started
+        if outcome.written:
+            log.info("pass: %d DSDs decided in %.2f s, %d written, %d failed, %.2f s in all", len(outcome.results),
+                     decided, outcome.written, len(outcome.failed), seconds)  # fmt: skip
         sample = PassSample(
-            pool, samples, self.monotonic() - started, leader=leader, catalog=self.catalog,
+            pool, samples, seconds, leader=leader, catalog=self.catalog,
             demand=demand.models if demand else (), node_metrics=self.settings.node_metrics, at=now,
         )  # fmt: skip
         self.metrics.record_pass(sample, decision_seconds)
         return outcome
 
     def _write_one(
-        self, metadata: Mapping[str, Any], status: dict[str, Any], old: Mapping[str, Any], result: ReconcileResult
-    ) -> bool:
-        """A DSD's writes, in order: the status (its reservations) first, then its objects and events.
-        False when the status could not be written (nothing else is then written)."""
+        self,
+        metadata: Mapping[str, Any],
+        status: dict[str, Any],
+        old: Mapping[str, Any],
+        result: ReconcileResult,
+        followups: list[Future[None]],
+    ) -> bool | None:
+        """A DSD's status (its reservations); once stored, its objects, stale objects and events are handed
+        to the follow-up writers, all at once (``followups`` collects them for the end of the pass).
+        True when the status was stored, None when it was unchanged, False when it could not be written
+        (nothing else is then written)."""
         namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
-        try:
-            self.writer.write_status(namespace, name, status, old)
-        except NotLeadingError:
-            raise
-        except Exception as exc:
-            log.warning("writing the status of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
-            return False
-        self.writer.ledger.record_booking(uid, status)
-        if not result.hold:
+        changed = not same_json(status, dict(old))
+        if changed:
             try:
-                self.writer.apply_objects(uid, namespace, name, result.objects)
+                self.writer.write_status(namespace, name, status, old)
             except NotLeadingError:
                 raise
             except Exception as exc:
-                log.warning("writing objects of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
-        try:  # events tell the story even when objects could not be written
-            self.writer.post_events(metadata, result.events)
+                log.warning("writing the status of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
+                return False
+            self.writer.ledger.record_booking(uid, status)
+        submit = self.followup_executor.submit
+        if not result.hold:
+            ledger = self.writer.ledger
+            for obj in result.objects:
+                if not ledger.applied_unchanged(object_key(namespace, obj), digest(obj)):
+                    followups.append(submit(self._guarded, "applying", namespace, name, self.writer.apply_object,
+                                            namespace, obj))  # fmt: skip
+            followups.append(submit(self._guarded, "deleting stale objects of", namespace, name,
+                                    self.writer.delete_stale, uid, namespace, name, result.objects))  # fmt: skip
+        if result.events:  # events tell the story even when objects could not be written
+            followups.append(submit(self._guarded, "posting events of", namespace, name, self.writer.post_events,
+                                    metadata, result.events))  # fmt: skip
+        return True if changed else None
+
+    @staticmethod
+    def _guarded(what: str, namespace: str, name: str, write: Callable[..., None], *args: Any) -> None:
+        """One follow-up write; a failure is logged and retried by the next pass (the fence is re-raised)."""
+        try:
+            write(*args)
         except NotLeadingError:
             raise
         except Exception as exc:
-            log.warning("posting events of %s/%s failed: %s", namespace, name, _describe(exc))
-        return True
+            log.warning("%s %s/%s failed (will retry): %s", what, namespace, name, _describe(exc))
 
     def _rebalance(
         self,

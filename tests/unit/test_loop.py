@@ -78,8 +78,11 @@ class FakeWriter:
         self._call("status", name)
         self.statuses[name] = status
 
-    def apply_objects(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
-        self._call("objects", name)
+    def apply_object(self, namespace: str, obj: dict[str, Any]) -> None:
+        self._call(f"apply {obj['kind']}", obj["metadata"]["labels"].get("dspool.io/deployment", "?"))
+
+    def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
+        self._call("delete stale", name)
 
     def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
         self._call("events", metadata["name"])
@@ -107,15 +110,16 @@ def test_each_dsd_gets_its_status_before_its_objects_and_events() -> None:
     runner(writer).run_pass(Snapshot(nodes(2), [], [dsd("a"), dsd("b")]), ReconcileSettings())
     for name in ("a", "b"):
         order = [what for what, who in writer.log if who == name]
-        assert order == ["status", "objects", "events"]
+        assert order[0] == "status"
+        assert sorted(order[1:]) == ["apply Deployment", "apply Service", "delete stale", "events"]
 
 
-def test_writes_of_different_dsds_overlap_up_to_the_concurrency_limit() -> None:
+def test_writes_of_different_dsds_overlap_up_to_the_concurrency_limit_of_each_kind() -> None:
     writer = FakeWriter(call_seconds=0.05)
     runner(writer, write_concurrency=4).run_pass(
         Snapshot(nodes(4), [], [dsd(f"d{i}") for i in range(12)]), ReconcileSettings()
     )
-    assert 1 < writer.max_in_flight <= 4
+    assert 4 < writer.max_in_flight <= 8  # up to 4 statuses and 4 follow-up writes at once
     assert sum(1 for what, _ in writer.log if what == "status") == 12
     assert all(count <= 8 for count in booked_devices(writer.statuses).values())  # L20 nodes hold 8 devices
 

@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -31,7 +29,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from dspool import api
-from dspool.ledger import NotLeadingError, ObjectKey, WriteLedger, same_json
+from dspool.ledger import NotLeadingError, ObjectKey, WriteLedger, digest, object_key, same_json
 from dspool.metrics import OperatorMetrics
 from dspool.reconcile import Event
 
@@ -47,11 +45,6 @@ OBJECT_KINDS = [
 ]
 FIELD_MANAGER = "dspool"
 REQUEST_TIMEOUT = 30  # seconds; a hung API call must not stall every decision
-
-
-def digest(obj: Mapping[str, Any]) -> str:
-    """A content hash of an object as dspool builds it."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 class ApiWriter:
@@ -160,22 +153,22 @@ class ApiWriter:
                     found.setdefault(key, set()).add((api_version, kind, item.metadata.name))
         self.ledger.seed_found(found)
 
-    def apply_objects(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
-        """Server-side apply what a DSD's decision wants; delete what it wanted before and no longer does."""
-        for obj in objects:
-            key = (obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"])
-            content = digest(obj)
-            if self.ledger.applied_unchanged(key, content):
-                continue
-            resource = self.resource(obj["apiVersion"], obj["kind"])
-            applied = self._counted(
-                "apply", obj["kind"], resource.server_side_apply, body=obj, name=obj["metadata"]["name"],
-                namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True,
-                _request_timeout=REQUEST_TIMEOUT,
-            )  # fmt: skip
-            if getattr(getattr(applied, "metadata", None), "deletionTimestamp", None):
-                continue  # an object of the same name is still being deleted (e.g. LWS's): apply again later
-            self.ledger.record_applied(key, content)
+    def apply_object(self, namespace: str, obj: dict[str, Any]) -> None:
+        """Server-side apply one object a DSD wants; nothing when this content was applied in this term."""
+        key, content = object_key(namespace, obj), digest(obj)
+        if self.ledger.applied_unchanged(key, content):
+            return
+        resource = self.resource(obj["apiVersion"], obj["kind"])
+        applied = self._counted(
+            "apply", obj["kind"], resource.server_side_apply, body=obj, name=obj["metadata"]["name"],
+            namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=REQUEST_TIMEOUT,
+        )  # fmt: skip
+        if getattr(getattr(applied, "metadata", None), "deletionTimestamp", None):
+            return  # an object of the same name is still being deleted (e.g. LWS's): apply again later
+        self.ledger.record_applied(key, content)
+
+    def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
+        """Delete what a DSD's decision wanted before (or what was found for it) and no longer wants."""
         wanted = {(obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) for obj in objects}
         stale = self.ledger.swap_wanted(uid, namespace, api.deployment_label_value(name), wanted)
         for api_version, kind, object_name in sorted(stale):
