@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -572,23 +572,64 @@ def _replica_index(value: str | None) -> int | None:
         return None
 
 
+class NodeCache:
+    """Parsed nodes kept between pools: a node is parsed again only when its view is a new object.
+
+    The operator's watch replaces a node's view when the node changes (and keeps the same object while it
+    does not, heartbeats included), so a pass over 5,000 unchanged nodes copies 5,000 parsed nodes instead
+    of parsing them. Each pool gets its own copies: a pool can be changed (and kept by the metrics) without
+    touching the next one.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Mapping[str, Any], NodeState | None]] = {}
+        self._key: tuple[int, str] | None = None
+
+    def state(self, raw: Mapping[str, Any], catalog: Catalog, fabric_label: str) -> NodeState | None:
+        """A fresh NodeState for a node view (as :func:`node_from_k8s`), parsed at most once per view."""
+        if self._key != (id(catalog), fabric_label):
+            self._entries.clear()  # another catalog or fabric label parses differently
+            self._key = (id(catalog), fabric_label)
+        name = str((raw.get("metadata") or {}).get("name", ""))
+        hit = self._entries.get(name)
+        if hit is not None and hit[0] is raw:
+            template = hit[1]
+        else:
+            template = node_from_k8s(raw, catalog, fabric_label)
+            self._entries[name] = (raw, template)
+        return template.model_copy() if template is not None else None
+
+    def keep_only(self, names: Collection[str]) -> None:
+        """Forget nodes that are gone."""
+        if len(self._entries) > len(names):
+            self._entries = {name: entry for name, entry in self._entries.items() if name in names}
+
+
 def build_pool(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
     reservations: Iterable[Reservation],
     catalog: Catalog,
     fabric_label: str = DEFAULT_FABRIC_LABEL,
+    node_cache: NodeCache | None = None,
 ) -> Pool:
     """The pool from raw nodes, pods and dspool's reservations (see the module docstring for the accounting).
 
     Reservations and pods on nodes dspool does not manage (not Ready, cordoned, unknown accelerator) are
-    ignored: those devices are not in the pool.
+    ignored: those devices are not in the pool. ``node_cache`` reuses nodes parsed for an earlier pool.
     """
     states: dict[str, NodeState] = {}
+    seen: set[str] = set()
     for raw in nodes:
-        state = node_from_k8s(raw, catalog, fabric_label)
+        if node_cache is not None:
+            state = node_cache.state(raw, catalog, fabric_label)
+            seen.add(str((raw.get("metadata") or {}).get("name", "")))
+        else:
+            state = node_from_k8s(raw, catalog, fabric_label)
         if state is not None:
             states[state.name] = state
+    if node_cache is not None:
+        node_cache.keep_only(seen)
 
     reserved: dict[str, int] = defaultdict(int)
     covered: set[tuple[str, int, str]] = set()

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from dspool import api
 from dspool.catalog import Catalog
-from dspool.inventory import Pool, build_pool, reservations_from_status
+from dspool.inventory import NodeCache, Pool, build_pool, reservations_from_status
 from dspool.ledger import NotLeadingError, WriteLedger, digest, object_key, same_json
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
@@ -129,6 +129,7 @@ class PassRunner:
         self.now = now
         self.monotonic = monotonic
         self.sleep = sleep
+        self.node_cache = NodeCache()  # nodes are parsed once per change, not once per pass
         # Statuses and the writes that follow them run on separate threads, so a status never waits behind
         # another DSD's objects, and a DSD's objects and events go out at once.
         self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-status")
@@ -148,7 +149,9 @@ class PassRunner:
             stored = self.writer.ledger.booking_of(meta["uid"], entry.get("status") or {})
             parsed = api.placements_from_status({"placements": stored["placements"]})
             reservations.extend(reservations_from_status(meta["namespace"], meta["name"], parsed))
-        return build_pool(snapshot.nodes, snapshot.pods, reservations, self.catalog, self.settings.fabric_label)
+        return build_pool(
+            snapshot.nodes, snapshot.pods, reservations, self.catalog, self.settings.fabric_label, self.node_cache
+        )
 
     def run_pass(self, snapshot: Snapshot, reconcile_settings: ReconcileSettings, leader: bool = True) -> PassOutcome:
         """One pass over every DSD, oldest first, reserving as it goes; returns when its writes are done.

@@ -12,6 +12,7 @@ from dspool.api import NodeDevices, ReplicaPlacement
 from dspool.catalog import Precision, Vendor, builtin_catalog
 from dspool.inventory import (
     InsufficientDevicesError,
+    NodeCache,
     Pool,
     PoolInvariantError,
     Reservation,
@@ -21,6 +22,8 @@ from dspool.inventory import (
     pod_device_requests,
     reservations_from_status,
 )
+from dspool.sim.fleet import NodeGroup, node_manifests
+from dspool.sim.fleet import Pool as FleetPool
 from dspool.sizing import Backend
 
 CATALOG = builtin_catalog()
@@ -477,3 +480,19 @@ def test_finished_pods_hold_no_devices() -> None:
     pool.hold_pods([k8s_pod("done", "n0", 4, phase="Succeeded"), k8s_pod("failed", "n0", 2, phase="Failed"),
                     k8s_pod("unbound", None, 1), k8s_pod("leaving", "n0", 3)])  # fmt: skip
     assert (pool.nodes["n0"].used, pool.nodes["n0"].free) == (3, 5)
+
+
+def test_the_node_cache_parses_a_node_again_only_when_its_view_changes_and_pools_do_not_share_nodes() -> None:
+    catalog = CATALOG
+    fleet = FleetPool(name="c", groups=[NodeGroup(name="l20", count=3, accelerator="L20-48G")])
+    views = node_manifests(fleet, catalog)
+    for view in views:
+        view.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
+    cache = NodeCache()
+    first = build_pool(views, [], [], catalog, node_cache=cache)
+    first.nodes["l20-000"].reserved = 8  # a pass books devices in its own pool
+    cordoned = {**views[1], "spec": {**views[1]["spec"], "unschedulable": True}}  # a new view: parsed again
+    second = build_pool([views[0], cordoned, views[2]], [], [], catalog, node_cache=cache)
+    assert second.nodes["l20-000"].reserved == 0 and second.nodes["l20-000"].free == 8
+    assert set(second.nodes) == {"l20-000", "l20-002"}
+    assert build_pool(views, [], [], catalog) == build_pool(views, [], [], catalog, node_cache=NodeCache())
