@@ -296,34 +296,38 @@ def _choose_gang(
         )
     best: _Choice | None = None
     best_key: tuple[Any, ...] = ()
-    closest: tuple[int, str, list[NodeState]] | None = None
+    spread = strategy == Strategy.SPREAD
+    for domain, nodes in view.domains:  # hot: free counts read once per node, no sorting of whole fabrics
+        domain_free = 0
+        fitting: list[tuple[int, NodeState]] = []
+        for node in nodes:
+            free = max(0, node.allocatable - node.used - node.reserved)
+            domain_free += free
+            if free >= per_stage:
+                fitting.append((free, node))
+        if len(fitting) < stages:
+            continue
+        if spread:
+            fitting.sort(key=lambda item: (item[1].name in peer_nodes, -item[0], item[1].name))
+        else:
+            fitting.sort(key=lambda item: (item[0], item[1].name))
+        picked = fitting[:stages]
+        leftover = sum(free for free, _ in picked) - stages * per_stage
+        shared = sum(node.name in peer_nodes for _, node in picked)
+        # binpack: least left over on the chosen nodes, then the fullest fabric (keeps roomy fabrics whole);
+        # spread: fewest peers, then the roomiest nodes and fabric
+        key: tuple[Any, ...] = (shared, -leftover, -domain_free, domain) if spread else (leftover, domain_free, domain)
+        if best is None or key < best_key:
+            best = _Choice(sorted((node for _, node in picked), key=lambda n: n.name), domain, leftover, shared)
+            best_key = key
+    if best is not None:
+        return best, ""
+    closest: tuple[int, str, list[NodeState]] | None = None  # only a refusal needs it: the roomiest fabric
     for domain, nodes in view.domains:
-        fitting = [n for n in nodes if n.free >= per_stage]
         roomiest = sorted(nodes, key=lambda n: (-n.free, n.name))[:stages]
         room = sum(min(n.free, per_stage) for n in roomiest)
         if closest is None or room > closest[0]:
             closest = (room, domain, roomiest)
-        if len(fitting) < stages:
-            continue
-        if strategy == Strategy.SPREAD:
-            picked = sorted(fitting, key=lambda n: (n.name in peer_nodes, -n.free, n.name))[:stages]
-        else:
-            picked = sorted(fitting, key=lambda n: (n.free, n.name))[:stages]
-        leftover = sum(n.free for n in picked) - stages * per_stage
-        shared = sum(n.name in peer_nodes for n in picked)
-        domain_free = sum(n.free for n in nodes)
-        # binpack: least left over on the chosen nodes, then the fullest fabric (keeps roomy fabrics whole);
-        # spread: fewest peers, then the roomiest nodes and fabric
-        key: tuple[Any, ...] = (
-            (shared, -leftover, -domain_free, domain)
-            if strategy == Strategy.SPREAD
-            else (leftover, domain_free, domain)
-        )
-        if best is None or key < best_key:
-            best = _Choice(sorted(picked, key=lambda n: n.name), domain, leftover, shared)
-            best_key = key
-    if best is not None:
-        return best, ""
     in_fabric = " in one fabric" if view.fabric_labelled else ""
     detail = ""
     if closest is not None:
