@@ -300,7 +300,11 @@ Handler = Callable[[argparse.Namespace, Catalog], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dspool`` console script."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ValueError as exc:  # a DSPOOL_* variable that does not parse as its flag would
+        print(f"dspool: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
         catalog = load_catalog(args.catalog)

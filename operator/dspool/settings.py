@@ -266,6 +266,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
         flag = meta["flag"] or "--" + setting.name.replace("_", "-")
         names = [flag, meta["short"]] if meta["short"] else [flag]
         kwargs: dict[str, Any] = {"default": _default(setting, env), "help": meta["help"], "dest": setting.name}
+        if not meta["boolean"] and not meta["choices"]:
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
         if meta["repeat"]:
             kwargs["action"] = "append"
         elif meta["boolean"]:
