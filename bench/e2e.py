@@ -226,6 +226,11 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
             with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as response:
                 metrics = response.read().decode()
             figures["api_requests_per_replica"] = metric_sum(metrics, "dspool_api_requests_total") / replicas
+            figures["request_ms"] = {
+                label: 1000 * metric_sum(metrics, f"dspool_api_request_duration_seconds_sum{{{label}}}")
+                / max(1.0, metric_sum(metrics, f"dspool_api_request_duration_seconds_count{{{label}}}"))
+                for label in sorted(set(re.findall(r"dspool_api_request_duration_seconds_count\{([^}]*)\}", metrics)))
+            }
             figures["passes"] = int(metric_sum(metrics, "dspool_reconcile_pass_duration_seconds_count"))
             figures["pass_seconds"] = metric_sum(metrics, "dspool_reconcile_pass_duration_seconds_sum")
             figures["peak_rss_mib"] = int(re.sub(r"\D", "", proc_status(operator.pid)["VmHWM"])) / 1024
@@ -251,11 +256,14 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = [run(n, args.replicas, args.timeout) for n in args.nodes]
+    for row in rows:
+        latencies = ", ".join(f"{label}: {ms:.0f} ms" for label, ms in row.pop("request_ms").items())
+        print(f"{row['nodes']} nodes, mean API request time by kind: {latencies}")
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = ["nodes", "replicas", "pods/s: plain pods", "1-replica Deployments", "dspool", "ratio", "ratio vs Deployments",
-              "start-up s", "API req/replica", "passes", "pass s", "peak RSS MiB", "operator CPU s", "nodes used"]  # fmt: skip
+    header = ["nodes", "replicas", "pods/s: plain", "Deployments", "dspool", "ratio", "ratio vs Deployments",
+              "start-up s", "API req/replica", "passes", "pass s", "peak RSS MiB", "CPU s", "nodes used"]  # fmt: skip
     keys = ["nodes", "replicas", "scheduler_rate", "deployments_rate", "dspool_rate", "ratio", "ratio_deployments",
             "startup_s", "api_requests_per_replica", "passes", "pass_seconds", "peak_rss_mib", "operator_cpu_s",
             "nodes_used"]  # fmt: skip

@@ -58,6 +58,7 @@ class WriteLedger:
         self._found: dict[tuple[str, str], set[ObjectKey]] = {}  # (ns, DSD label) -> objects listed at term start
         self._events: dict[tuple[str, str, str], float] = {}  # (uid, reason, message) -> when posted
         self.seeded = False  # whether existing objects were listed in this term
+        self.generation = 0  # counts forget_objects: decisions remembered from before must be made again
 
     # ----------------------------------------------------------------- placements
 
@@ -146,6 +147,7 @@ class WriteLedger:
             self._wanted.clear()
             self._found.clear()
             self.seeded = False
+            self.generation += 1
 
     def new_term(self) -> None:
         """On gaining the Lease: forget everything an earlier term wrote."""

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from dspool import api
+from dspool.api import Phase
 from dspool.catalog import Catalog
 from dspool.inventory import NodeCache, Pool, build_pool, reservations_from_status
 from dspool.ledger import NotLeadingError, WriteLedger, digest, object_key, same_json
@@ -81,6 +83,7 @@ class PassOutcome:
     failed: list[str] = field(default_factory=list)
     barriers: int = 0  # times the pass waited for its writes before deciding on
     written: int = 0  # DSDs whose status changed and was stored
+    skipped: int = 0  # steady DSDs whose inputs did not change: not decided again
 
 
 def utc_now() -> datetime:
@@ -109,6 +112,33 @@ def _releases(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What one DSD's decision depends on, held by reference: the watch replaces a view when it changes, so
+    the same objects mean the same inputs (holding them also keeps their identity from being reused)."""
+
+    body: Mapping[str, Any]
+    pods: tuple[Mapping[str, Any], ...]
+    settings: ReconcileSettings
+    note: str | None
+    started_moves: Any
+    generation: int  # the ledger's: objects forgotten (the periodic re-apply, a new term) means decide again
+
+    def same(self, other: _Inputs, present: Collection[str]) -> bool:
+        """The same inputs, and every node of the DSD's placements still present."""
+        nodes = [n.get("name") for p in (self.body.get("status") or {}).get("placements") or [] for n in p["nodes"]]
+        return (
+            other.body is self.body
+            and other.settings is self.settings
+            and other.note == self.note
+            and other.generation == self.generation
+            and other.started_moves is None
+            and len(other.pods) == len(self.pods)
+            and all(a is b for a, b in zip(other.pods, self.pods, strict=True))
+            and all(node in present for node in nodes)
+        )
+
+
 class PassRunner:
     """Runs reconcile passes for one operator: the pool, the decisions and the order of the writes."""
 
@@ -130,11 +160,20 @@ class PassRunner:
         self.monotonic = monotonic
         self.sleep = sleep
         self.node_cache = NodeCache()  # nodes are parsed once per change, not once per pass
+        self._busy: dict[Hashable, Future[None]] = {}  # follow-up writes in flight, by object
+        self._busy_by_uid: dict[str, int] = {}  # follow-up writes in flight, by DSD
+        self._busy_lock = threading.Lock()
+        self._steady: dict[str, tuple[_Inputs, ReconcileResult]] = {}  # uid -> a decision that left it Ready
         # Statuses and the writes that follow them run on separate threads, so a status never waits behind
         # another DSD's objects, and a DSD's objects and events go out at once.
         self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-status")
         self.followup_executor = ThreadPoolExecutor(
             max_workers=settings.write_concurrency, thread_name_prefix="dspool-write"
+        )
+        # Services, stale deletions and events on their own threads: a Service create waits for a cluster IP
+        # (over a second each in a burst of them on the local control plane), and must not hold up workloads.
+        self.secondary_executor = ThreadPoolExecutor(
+            max_workers=max(2, settings.write_concurrency // 4), thread_name_prefix="dspool-write-more"
         )
 
     def manages(self, namespace: str | None) -> bool:
@@ -159,7 +198,9 @@ class PassRunner:
         started = self.monotonic()
         now = self.now()
         ledger = self.writer.ledger
-        ledger.forget_deleted(entry["metadata"]["uid"] for entry in snapshot.deployments)
+        live = {entry["metadata"]["uid"] for entry in snapshot.deployments}
+        ledger.forget_deleted(live)
+        self._steady = {uid: entry for uid, entry in self._steady.items() if uid in live}
         pool = self.build_pool(snapshot)
         present = present_nodes(snapshot.nodes, now, self.settings.node_grace_seconds)
         pods_by_deployment: PodsByDeployment = {}
@@ -183,7 +224,6 @@ class PassRunner:
 
         outcome = PassOutcome()
         pending: list[tuple[str, Future[bool | None]]] = []
-        followups: list[Future[None]] = []
         samples: list[DeploymentSample] = []
         decision_seconds: list[float] = []
         delayed = False
@@ -215,6 +255,17 @@ class PassRunner:
                 if key in started_moves:  # destinations booked for another DSD's waiting replica
                     current["status"] = status_with_moves(current.get("status") or {}, *started_moves[key])
                 own_pods = pods_by_deployment.get((namespace, api.deployment_label_value(name)), [])
+                steady = self._steady.get(metadata["uid"])
+                inputs = _Inputs(
+                    body, tuple(own_pods), reconcile_settings, notes.get(key), started_moves.get(key), ledger.generation
+                )
+                if steady is not None and steady[0].same(inputs, present):
+                    # Nothing it depends on changed since a decision that left it Ready: the same decision.
+                    outcome.skipped += 1
+                    samples.append(
+                        DeploymentSample(namespace, name, steady[1].desired or 0, steady[1].status, own_pods)
+                    )
+                    continue
                 decision_started = self.monotonic()
                 try:
                     result = reconcile(current, self.catalog, pool, own_pods, now, settings, present, notes.get(key))
@@ -226,6 +277,7 @@ class PassRunner:
                     continue
                 result.events = [*plan_events.get(key, []), *result.events]
                 outcome.results[key] = result
+                self._remember_if_steady(metadata["uid"], inputs, result)
                 self.metrics.record_moves(result.moves_finished, result.moves_rolled_back, result.devices_freed)
                 decision_seconds += result.decision_seconds
                 desired = result.desired if result.desired is not None else 0
@@ -236,23 +288,22 @@ class PassRunner:
                 status = result.status.wire()
                 old_status = current.get("status") or {}
                 decided += self.monotonic() - decision_started
-                job = self.executor.submit(self._write_one, dict(metadata), status, old_status, result, followups)
+                job = self.executor.submit(self._write_one, dict(metadata), status, old_status, result)
                 pending.append((key, job))
                 if _releases(old_status, status):
                     # Freed devices may go to the next DSD only once this release is stored.
                     outcome.barriers += 1
                     if not settle():
                         pool = self.build_pool(snapshot)
-            settle()
-            for followup in followups:  # the pass ends when all its writes have
-                followup.result()  # re-raises NotLeadingError
+            settle()  # the pass ends when its statuses are stored; objects and events may still be on their way
         finally:
-            for future in [f for _, f in pending] + followups:
+            for _, future in pending:
                 future.cancel()
         seconds = self.monotonic() - started
         if outcome.written:
-            log.info("pass: %d DSDs decided in %.2f s, %d written, %d failed, %.2f s in all", len(outcome.results),
-                     decided, outcome.written, len(outcome.failed), seconds)  # fmt: skip
+            log.info("pass: %d DSDs decided in %.2f s (%d steady, not decided again), %d written, %d failed, "
+                     "%.2f s in all", len(outcome.results), decided, outcome.skipped, outcome.written,
+                     len(outcome.failed), seconds)  # fmt: skip
         sample = PassSample(
             pool, samples, seconds, leader=leader, catalog=self.catalog,
             demand=demand.models if demand else (), node_metrics=self.settings.node_metrics, at=now,
@@ -261,17 +312,11 @@ class PassRunner:
         return outcome
 
     def _write_one(
-        self,
-        metadata: Mapping[str, Any],
-        status: dict[str, Any],
-        old: Mapping[str, Any],
-        result: ReconcileResult,
-        followups: list[Future[None]],
+        self, metadata: Mapping[str, Any], status: dict[str, Any], old: Mapping[str, Any], result: ReconcileResult
     ) -> bool | None:
         """A DSD's status (its reservations); once stored, its objects, stale objects and events are handed
-        to the follow-up writers, all at once (``followups`` collects them for the end of the pass).
-        True when the status was stored, None when it was unchanged, False when it could not be written
-        (nothing else is then written)."""
+        to the follow-up writers, all at once. True when the status was stored, None when it was unchanged,
+        False when it could not be written (nothing else is then written)."""
         namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
         changed = not same_json(status, dict(old))
         if changed:
@@ -283,19 +328,79 @@ class PassRunner:
                 log.warning("writing the status of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
                 return False
             self.writer.ledger.record_booking(uid, status)
-        submit = self.followup_executor.submit
         if not result.hold:
             ledger = self.writer.ledger
             for obj in result.objects:
-                if not ledger.applied_unchanged(object_key(namespace, obj), digest(obj)):
-                    followups.append(submit(self._guarded, "applying", namespace, name, self.writer.apply_object,
-                                            namespace, obj))  # fmt: skip
-            followups.append(submit(self._guarded, "deleting stale objects of", namespace, name,
-                                    self.writer.delete_stale, uid, namespace, name, result.objects))  # fmt: skip
+                key = object_key(namespace, obj)
+                if not ledger.applied_unchanged(key, digest(obj)):
+                    pool = self.secondary_executor if obj["kind"] == "Service" else self.followup_executor
+                    self._follow_up(
+                        pool, key, uid, "applying", namespace, name, self.writer.apply_object, namespace, obj
+                    )
+            self._follow_up(self.secondary_executor, ("stale", uid), uid, "deleting stale objects of", namespace,
+                            name, self.writer.delete_stale, uid, namespace, name, result.objects)  # fmt: skip
         if result.events:  # events tell the story even when objects could not be written
-            followups.append(submit(self._guarded, "posting events of", namespace, name, self.writer.post_events,
-                                    metadata, result.events))  # fmt: skip
+            self._follow_up(self.secondary_executor, None, uid, "posting events of", namespace, name,
+                            self.writer.post_events, metadata, result.events)  # fmt: skip
         return True if changed else None
+
+    def _follow_up(
+        self, pool: ThreadPoolExecutor, key: Hashable | None, uid: str, what: str, namespace: str, name: str,
+        write: Callable[..., None], *args: Any,
+    ) -> None:  # fmt: skip
+        """Submit one follow-up write, at most one in flight per object: an object still being written by an
+        earlier pass is skipped now and written by a later pass if its content changed meanwhile (two writes
+        of one object never race). Stale objects of a DSD are deleted only while none of its objects is being
+        written, so a late apply cannot bring back what was just deleted."""
+        with self._busy_lock:
+            if key is not None and key in self._busy:
+                return
+            if isinstance(key, tuple) and key[:1] == ("stale",) and self._busy_by_uid.get(uid):
+                return
+            self._busy_by_uid[uid] = self._busy_by_uid.get(uid, 0) + 1
+            future = pool.submit(self._guarded, what, namespace, name, write, *args)
+            if key is not None:
+                self._busy[key] = future
+
+        def done(_: Future[None]) -> None:
+            with self._busy_lock:
+                if key is not None:
+                    self._busy.pop(key, None)
+                left = self._busy_by_uid.get(uid, 1) - 1
+                if left:
+                    self._busy_by_uid[uid] = left
+                else:
+                    self._busy_by_uid.pop(uid, None)
+
+        future.add_done_callback(done)
+
+    def drain(self) -> None:
+        """Wait until every follow-up write submitted so far has finished (tests, shutdown)."""
+        while True:
+            with self._busy_lock:
+                busy = list(self._busy.values())
+                idle = not self._busy_by_uid
+            if idle:
+                return
+            for future in busy:
+                future.exception()
+            if not busy:
+                time.sleep(0.01)  # writes without an object key (events) are still on their way
+
+    def _remember_if_steady(self, uid: str, inputs: _Inputs, result: ReconcileResult) -> None:
+        """Keep a decision that leaves a DSD Ready, every replica placed and nothing moving: while none of its
+        inputs changes, the next passes would decide exactly the same and write nothing."""
+        status = result.status
+        if (
+            status.phase == Phase.READY
+            and not status.moves
+            and not result.events
+            and result.desired == len(status.placements)
+            and inputs.started_moves is None
+        ):
+            self._steady[uid] = (inputs, result)
+        else:
+            self._steady.pop(uid, None)
 
     @staticmethod
     def _guarded(what: str, namespace: str, name: str, write: Callable[..., None], *args: Any) -> None:

@@ -48,6 +48,7 @@ from dspool.placement import fragmentation
 
 PASS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DEVICE_STATES = ("allocatable", "used", "reserved", "free")
 NODE_DEVICE_STATES = ("used", "reserved", "free")
 
@@ -72,6 +73,7 @@ METRIC_NAMES = frozenset(
         "dspool_placement_decision_seconds",
         "dspool_api_write_errors_total",
         "dspool_api_requests_total",
+        "dspool_api_request_duration_seconds",
         "dspool_events_posted_total",
         "dspool_rebalance_moves_total",
         "dspool_rebalance_devices_freed_total",
@@ -275,6 +277,10 @@ class OperatorMetrics:
         self.api_requests = Counter(
             "dspool_api_requests", "API requests the operator made, by verb and kind (watches and the Lease excluded)",
             ["verb", "kind"], registry=self.registry,
+        )  # fmt: skip
+        self.api_request_seconds = Histogram(
+            "dspool_api_request_duration_seconds", "Duration of the operator's API requests, by verb and kind",
+            ["verb", "kind"], buckets=API_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.events_posted = Counter(
             "dspool_events_posted", "Kubernetes events posted on DeepSeekDeployments", ["type", "reason"],

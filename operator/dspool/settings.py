@@ -158,7 +158,7 @@ class OperatorSettings:
     write_concurrency: int = field(
         default=16,
         metadata=flag(
-            "API writes in flight at once, each: statuses, and the objects and events that follow them",
+            "API writes in flight at once, each: statuses, the workloads that follow them, and Services and events",
             "writeConcurrency",
             parse=positive_int,
         ),

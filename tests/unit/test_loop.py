@@ -14,7 +14,7 @@ from kubernetes import client
 from dspool.api import ReplicaPlacement
 from dspool.catalog import builtin_catalog
 from dspool.kube.writer import ApiWriter
-from dspool.ledger import NotLeadingError, WriteLedger
+from dspool.ledger import NotLeadingError, WriteLedger, digest, object_key
 from dspool.loop import PassRunner, Snapshot
 from dspool.metrics import OperatorMetrics
 from dspool.reconcile import Event, ReconcileSettings
@@ -80,6 +80,7 @@ class FakeWriter:
 
     def apply_object(self, namespace: str, obj: dict[str, Any]) -> None:
         self._call(f"apply {obj['kind']}", obj["metadata"]["labels"].get("dspool.io/deployment", "?"))
+        self.ledger.record_applied(object_key(namespace, obj), digest(obj))
 
     def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
         self._call("delete stale", name)
@@ -107,19 +108,26 @@ def booked_devices(statuses: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
 
 def test_each_dsd_gets_its_status_before_its_objects_and_events() -> None:
     writer = FakeWriter()
-    runner(writer).run_pass(Snapshot(nodes(2), [], [dsd("a"), dsd("b")]), ReconcileSettings())
+    pass_runner = runner(writer)
+    pass_runner.run_pass(Snapshot(nodes(2), [], [dsd("a"), dsd("b")]), ReconcileSettings())
+    pass_runner.drain()
     for name in ("a", "b"):
         order = [what for what, who in writer.log if who == name]
         assert order[0] == "status"
-        assert sorted(order[1:]) == ["apply Deployment", "apply Service", "delete stale", "events"]
+        assert {"apply Deployment", "apply Service", "events"} <= set(order[1:])
+    # Stale objects are looked for once none of the DSD's objects is being written (the next pass here).
+    stored = [dsd(name, status=writer.statuses[name]) for name in ("a", "b")]
+    pass_runner.run_pass(Snapshot(nodes(2), [], stored), ReconcileSettings())
+    pass_runner.drain()
+    assert {who for what, who in writer.log if what == "delete stale"} == {"a", "b"}
 
 
 def test_writes_of_different_dsds_overlap_up_to_the_concurrency_limit_of_each_kind() -> None:
     writer = FakeWriter(call_seconds=0.05)
-    runner(writer, write_concurrency=4).run_pass(
-        Snapshot(nodes(4), [], [dsd(f"d{i}") for i in range(12)]), ReconcileSettings()
-    )
-    assert 4 < writer.max_in_flight <= 8  # up to 4 statuses and 4 follow-up writes at once
+    pass_runner = runner(writer, write_concurrency=4)
+    pass_runner.run_pass(Snapshot(nodes(4), [], [dsd(f"d{i}") for i in range(12)]), ReconcileSettings())
+    pass_runner.drain()
+    assert 4 < writer.max_in_flight <= 10  # up to 4 statuses, 4 workload writes and 2 other writes at once
     assert sum(1 for what, _ in writer.log if what == "status") == 12
     assert all(count <= 8 for count in booked_devices(writer.statuses).values())  # L20 nodes hold 8 devices
 
@@ -128,6 +136,7 @@ def test_a_failed_status_write_writes_nothing_else_for_that_dsd_and_is_retried_n
     writer = FakeWriter(fail_status=["a"])
     pass_runner = runner(writer)
     outcome = pass_runner.run_pass(Snapshot(nodes(1), [], [dsd("a"), dsd("b")]), ReconcileSettings())
+    pass_runner.drain()
     assert outcome.failed == ["ai/a"]
     assert [who for _, who in writer.log if who == "a"] == []
     writer.fail_status.clear()
@@ -200,3 +209,55 @@ def test_the_api_writer_refuses_every_write_without_the_lease() -> None:
     with pytest.raises(NotLeadingError, match="refusing to patch DeepSeekDeployment"):
         writer._counted("patch", "DeepSeekDeployment", lambda: calls.append("written"))
     assert calls == []  # nothing reached the API server
+
+
+def test_an_object_still_being_written_by_an_earlier_pass_is_not_written_again_at_the_same_time() -> None:
+    writer = FakeWriter(call_seconds=0.3)  # a slow API server: the first pass's applies are still on their way
+    pass_runner = runner(writer)
+    snapshot = Snapshot(nodes(1), [], [dsd("a")])
+    pass_runner.run_pass(snapshot, ReconcileSettings())
+    stored = dsd("a", status=writer.statuses["a"])
+    pass_runner.run_pass(Snapshot(nodes(1), [], [stored]), ReconcileSettings())  # same decision, applies in flight
+    pass_runner.drain()
+    applies = [what for what, who in writer.log if who == "a" and what.startswith("apply")]
+    assert sorted(applies) == ["apply Deployment", "apply Service"]
+
+
+def ready_pods_for(status: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """Running, Ready pods on the planned nodes, labelled as dspool's builders label them."""
+    from dspool.api import PLACEMENT_LABEL, REPLICA_LABEL, placement_fingerprint
+
+    pods = []
+    for raw in status["placements"]:
+        placement = ReplicaPlacement.model_validate(raw)
+        labels = {"dspool.io/deployment": name, REPLICA_LABEL: str(placement.replica),
+                  PLACEMENT_LABEL: placement_fingerprint(placement)}  # fmt: skip
+        pods.append({
+            "metadata": {"name": f"{name}-{placement.replica}", "namespace": "ai", "labels": labels},
+            "spec": {"nodeName": placement.nodes[0].name,
+                     "containers": [{"name": "engine", "resources": {"requests": {"nvidia.com/gpu": "1"}}}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        })  # fmt: skip
+    return pods
+
+
+def test_a_ready_dsd_whose_inputs_did_not_change_is_not_decided_again_until_something_does() -> None:
+    writer = FakeWriter()
+    pass_runner = runner(writer)
+    node_views = nodes(1)
+    pass_runner.run_pass(Snapshot(node_views, [], [dsd("a")]), ReconcileSettings())
+    pods = ready_pods_for(writer.statuses["a"], "a")
+    body = dsd("a", status=writer.statuses["a"])
+    pass_runner.run_pass(Snapshot(node_views, pods, [body]), ReconcileSettings())  # becomes Ready
+    ready = dsd("a", status=writer.statuses["a"])
+    assert ready["status"]["phase"] == "Ready"
+    settings = ReconcileSettings()
+    pass_runner.run_pass(Snapshot(node_views, pods, [ready]), settings)
+    assert pass_runner.run_pass(Snapshot(node_views, pods, [ready]), settings).skipped == 1
+    not_ready = [{**pods[0], "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}}]
+    outcome = pass_runner.run_pass(Snapshot(node_views, not_ready, [ready]), settings)  # a pod changed
+    assert outcome.skipped == 0 and outcome.results["ai/a"].status.phase == "Progressing"
+    pass_runner.run_pass(Snapshot(node_views, pods, [ready]), settings)
+    writer.ledger.forget_objects()  # the periodic re-apply: every DSD is decided (and its objects applied) again
+    assert pass_runner.run_pass(Snapshot(node_views, pods, [ready]), settings).skipped == 0
+    assert pass_runner.run_pass(Snapshot([], pods, [ready]), settings).skipped == 0  # its node is gone

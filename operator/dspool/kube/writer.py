@@ -105,11 +105,14 @@ class ApiWriter:
         if not self.leading():
             raise NotLeadingError(f"not leading: refusing to {verb} {kind}")
         self.metrics.api_requests.labels(verb, kind).inc()
+        started = time.monotonic()
         try:
             return call(*args, **kwargs)
         except ApiException as exc:
             self.metrics.write_errors.labels(verb, kind, str(exc.status)).inc()
             raise
+        finally:
+            self.metrics.api_request_seconds.labels(verb, kind).observe(time.monotonic() - started)
 
     # ------------------------------------------------------------------ status
 
