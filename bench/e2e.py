@@ -226,10 +226,12 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
             with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as response:
                 metrics = response.read().decode()
             figures["api_requests_per_replica"] = metric_sum(metrics, "dspool_api_requests_total") / replicas
+            durations = "dspool_api_request_duration_seconds"
             figures["request_ms"] = {
-                label: 1000 * metric_sum(metrics, f"dspool_api_request_duration_seconds_sum{{{label}}}")
-                / max(1.0, metric_sum(metrics, f"dspool_api_request_duration_seconds_count{{{label}}}"))
-                for label in sorted(set(re.findall(r"dspool_api_request_duration_seconds_count\{([^}]*)\}", metrics)))
+                label: 1000.0
+                * metric_sum(metrics, f"{durations}_sum{{{label}}}")
+                / max(1.0, metric_sum(metrics, f"{durations}_count{{{label}}}"))
+                for label in sorted(set(re.findall(durations + r"_count\{([^}]*)\}", metrics)))
             }
             figures["passes"] = int(metric_sum(metrics, "dspool_reconcile_pass_duration_seconds_count"))
             figures["pass_seconds"] = metric_sum(metrics, "dspool_reconcile_pass_duration_seconds_sum")
