@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         more = [p.replicas_placed / s.replicas_placed - 1 for p, s in zip(pooled, static, strict=True)]
         print(
             f"pooling: {mean_spread(ratios)} utilization (devices booked), {mean_spread(more)} replicas served "
-            f"(per seed: {', '.join(f'{r:+.0%}' for r in ratios)})"
+            f"(utilization per seed: {', '.join(f'{r:+.0%}' for r in ratios)})"
         )
     print(f"\n(python {sys.version.split()[0]}, {time.perf_counter() - started:.0f} s)")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -327,3 +328,24 @@ def test_a_new_spec_with_no_room_leaves_a_replica_on_a_cordoned_node_serving() -
 
     assert [p.wire() for p in result.status.placements] == body["status"]["placements"]
     assert result.status.ready_replicas == 1 and not any(e.reason == "Replacing" for e in result.events)
+
+
+def test_r1_on_a100_runs_fp8_weight_only_unless_the_pinned_vllm_image_is_too_old() -> None:
+    from dspool.reconcile import ReconcileSettings
+    from dspool.workloads import ImageDefaults
+
+    nodes = ready_nodes(("a100", 3, "A100-80G"))
+    current = reconcile(dsd("r1", {"model": "deepseek-r1"}), CATALOG, pool_for(nodes), [], NOW)
+    [placement] = current.status.placements
+    assert placement.precision == "w8a16" and sum(n.devices for n in placement.nodes) == 16
+    assert "--quantization" not in json.dumps(current.objects)  # vLLM reads the checkpoint's own FP8 config
+    assert "deepseek-r1" in json.dumps(current.objects)
+
+    pinned = {"model": "deepseek-r1", "serving": {"image": "vllm/vllm-openai:v0.8.5"}}
+    old = reconcile(dsd("r1", pinned), CATALOG, pool_for(nodes), [], NOW)
+    [placement] = old.status.placements
+    assert placement.precision == "bf16" and sum(n.devices for n in placement.nodes) == 24
+
+    site = ReconcileSettings(images=ImageDefaults(vllm="vllm/vllm-openai:v0.8.5"))
+    by_site = reconcile(dsd("r1", {"model": "deepseek-r1"}), CATALOG, pool_for(nodes), [], NOW, site)
+    assert by_site.status.placements[0].precision == "bf16"
