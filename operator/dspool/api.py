@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from dspool.catalog import Precision
@@ -93,11 +93,52 @@ class ResourceList(ApiModel):
     memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[eE][0-9]+)?$")
 
 
+_QUANTITY_SUFFIXES = {"m": 1e-3, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                      "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}  # fmt: skip
+
+
+def quantity_value(text: str) -> float:
+    """A Kubernetes quantity as a number (the forms ResourceList's patterns admit)."""
+    number = re.match(r"^[0-9]+(\.[0-9]+)?([eE][0-9]+)?", text)
+    if number is None:
+        raise ValueError(f"{text!r} is not a quantity")
+    return float(number.group(0)) * _QUANTITY_SUFFIXES.get(text[number.end() :], 1.0)
+
+
+def _requests_within_limits(kind: str) -> str:
+    return (
+        f"!has(self.requests) || !has(self.limits) || !has(self.requests.{kind}) || !has(self.limits.{kind}) "
+        f"|| quantity(self.requests.{kind}).compareTo(quantity(self.limits.{kind})) <= 0"
+    )
+
+
 class Resources(ApiModel):
     """CPU and memory for the serving container; accelerators are set by the planner."""
 
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": _requests_within_limits(kind), "message": f"serving.resources: requests.{kind} must not "
+                 f"exceed limits.{kind} (the API server refuses such a pod)"}
+                for kind in ("cpu", "memory")
+            ]
+        },
+    )  # fmt: skip
+
     requests: ResourceList | None = None
     limits: ResourceList | None = None
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for kind in ("cpu", "memory"):
+            asked = getattr(self.requests, kind, None) if self.requests else None
+            cap = getattr(self.limits, kind, None) if self.limits else None
+            if asked is not None and cap is not None and quantity_value(asked) > quantity_value(cap):
+                raise ValueError(f"requests.{kind} {asked} exceeds limits.{kind} {cap}")
+        return self
 
 
 class EnvVar(ApiModel):
@@ -114,9 +155,30 @@ class ServingSpec(ApiModel):
     max_model_len: int | None = Field(default=None, ge=1, le=10_000_000, description="longest request, tokens")
     gpu_memory_utilization: float = Field(default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
     extra_args: list[str] = Field(default_factory=list, max_length=64, description="appended to the engine command")
-    image: str | None = Field(default=None, min_length=1, description="overrides the backend's default image")
+    image: str | None = Field(
+        default=None, min_length=1, pattern=r"^[^\s]+$", description="overrides the backend's default image"
+    )
     resources: Resources | None = None
-    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.all(e, self.exists_one(f, f.name == e.name))",
+                 "message": "serving.env names must be unique (the API server refuses a container with a repeated "
+                 "variable)"}
+            ]
+        },
+    )  # fmt: skip
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in env]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names must be unique; repeated: {', '.join(repeated)}")
+        return env
 
 
 class Toleration(ApiModel):

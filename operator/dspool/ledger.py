@@ -57,6 +57,8 @@ class WriteLedger:
         self._wanted: dict[str, set[ObjectKey]] = {}  # uid -> objects its last decision wanted
         self._found: dict[tuple[str, str], set[ObjectKey]] = {}  # (ns, DSD label) -> objects listed at term start
         self._events: dict[tuple[str, str, str], float] = {}  # (uid, reason, message) -> when posted
+        # uid -> object -> (content hash, why): objects the API server refused; not sent again unchanged
+        self._rejected: dict[str, dict[tuple[str, str, str, str], tuple[str, str]]] = {}
         self.seeded = False  # whether existing objects were listed in this term
         self.generation = 0  # counts forget_objects: decisions remembered from before must be made again
 
@@ -117,6 +119,31 @@ class WriteLedger:
             self._wanted[uid] = set(wanted)
             return before - wanted
 
+    def record_rejected(self, uid: str, key: tuple[str, str, str, str], digest: str, why: str) -> None:
+        """The API server refused this content of an object for good (invalid, not a transient error)."""
+        with self._lock:
+            self._rejected.setdefault(uid, {})[key] = (digest, why)
+
+    def clear_rejected(self, uid: str, key: tuple[str, str, str, str]) -> None:
+        """The object was applied: whatever was refused before is history."""
+        with self._lock:
+            refused = self._rejected.get(uid)
+            if refused is not None:
+                refused.pop(key, None)
+                if not refused:
+                    del self._rejected[uid]
+
+    def is_rejected(self, uid: str, key: tuple[str, str, str, str], digest: str) -> bool:
+        """Whether exactly this content was refused already (sending it again would be refused again)."""
+        with self._lock:
+            entry = self._rejected.get(uid, {}).get(key)
+            return entry is not None and entry[0] == digest
+
+    def rejections(self, uid: str) -> list[str]:
+        """Why the API server refused a DSD's objects, one line per object."""
+        with self._lock:
+            return [why for _, why in sorted(self._rejected.get(uid, {}).values(), key=lambda e: e[1])]
+
     # ----------------------------------------------------------------- events
 
     def should_post(self, key: tuple[str, str, str], now: float) -> bool:
@@ -139,6 +166,8 @@ class WriteLedger:
                 del self._wanted[uid]
             for key in [k for k in self._events if k[0] not in live]:
                 del self._events[key]
+            for uid in [u for u in self._rejected if u not in live]:
+                del self._rejected[uid]
 
     def forget_objects(self) -> None:
         """Apply every object again and list what exists once more (the periodic re-apply, a CRD change)."""
@@ -155,3 +184,4 @@ class WriteLedger:
         with self._lock:
             self._placements.clear()
             self._events.clear()
+            self._rejected.clear()

@@ -65,8 +65,8 @@ class Writer(Protocol):
     def write_status(self, namespace: str, name: str, status: dict[str, Any], old: Mapping[str, Any]) -> None:
         """Patch a DSD's status (nothing when unchanged); raises on failure."""
 
-    def apply_object(self, namespace: str, obj: dict[str, Any]) -> None:
-        """Server-side apply one object a DSD wants (and record it in the ledger)."""
+    def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
+        """Server-side apply one object a DSD wants (and record it, or its refusal, in the ledger)."""
 
     def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
         """Delete the objects a DSD wanted before and no longer wants."""
@@ -96,6 +96,28 @@ def _describe(exc: BaseException) -> str:
     if status is not None:
         return f"{status} {getattr(exc, 'reason', '')}".strip()
     return f"{type(exc).__name__}: {exc}"
+
+
+REFUSED_CONDITION = "WorkloadsAccepted"
+
+
+def with_refusals(
+    status: dict[str, Any], old: Mapping[str, Any], refusals: Sequence[str], now: datetime
+) -> dict[str, Any]:
+    """A status that says which of the DSD's objects the API server refused, and why (condition
+    ``WorkloadsAccepted=False``, reason ``Refused``); unchanged when nothing was refused."""
+    if not refusals:
+        return status
+    before = next((c for c in old.get("conditions") or [] if c.get("type") == REFUSED_CONDITION), None)
+    since = (before or {}).get("lastTransitionTime") or now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    why = "; ".join(refusals)[:1024]
+    condition = {"type": REFUSED_CONDITION, "status": "False", "reason": "Refused", "message": why,
+                 "lastTransitionTime": since}  # fmt: skip
+    return {
+        **status,
+        "conditions": [*(status.get("conditions") or []), condition],
+        "message": f"the API server refused its workloads: {why}"[:1024],
+    }
 
 
 def _releases(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -285,8 +307,8 @@ class PassRunner:
                 if self.settings.pass_delay_seconds and not delayed:
                     delayed = True
                     self.sleep(self.settings.pass_delay_seconds)  # tests: a slow pass, between deciding and writing
-                status = result.status.wire()
                 old_status = current.get("status") or {}
+                status = with_refusals(result.status.wire(), old_status, ledger.rejections(metadata["uid"]), now)
                 decided += self.monotonic() - decision_started
                 job = self.executor.submit(self._write_one, dict(metadata), status, old_status, result)
                 pending.append((key, job))
@@ -331,11 +353,11 @@ class PassRunner:
         if not result.hold:
             ledger = self.writer.ledger
             for obj in result.objects:
-                key = object_key(namespace, obj)
-                if not ledger.applied_unchanged(key, digest(obj)):
+                key, content = object_key(namespace, obj), digest(obj)
+                if not ledger.applied_unchanged(key, content) and not ledger.is_rejected(uid, key, content):
                     pool = self.secondary_executor if obj["kind"] == "Service" else self.followup_executor
                     self._follow_up(
-                        pool, key, uid, "applying", namespace, name, self.writer.apply_object, namespace, obj
+                        pool, key, uid, "applying", namespace, name, self.writer.apply_object, uid, namespace, obj
                     )
             self._follow_up(self.secondary_executor, ("stale", uid), uid, "deleting stale objects of", namespace,
                             name, self.writer.delete_stale, uid, namespace, name, result.objects)  # fmt: skip

@@ -253,6 +253,10 @@ def test_malformed_specs_are_rejected_at_apply(
         ({"model": "deepseek-r1", "modelSource": {"uri": "hf://deepseek-ai/DeepSeek-R1", "hostPath": {"path": "/d"}}},
          "exactly one"),
         ({"model": "deepseek-r1", "placement": {"strategy": "random"}}, "strategy"),
+        ({"model": "deepseek-r1", "serving": {"env": [{"name": "X"}, {"name": "X", "value": "2"}]}}, "unique"),
+        ({"model": "deepseek-r1", "serving": {"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "1"}}}},
+         "requests.cpu must not exceed limits.cpu"),
+        ({"model": "deepseek-r1", "serving": {"image": " engine image"}}, "serving.image"),
     ]  # fmt: skip
     for index, (spec, expected) in enumerate(cases):
         with pytest.raises(ApiException) as raised:

@@ -78,7 +78,7 @@ class FakeWriter:
         self._call("status", name)
         self.statuses[name] = status
 
-    def apply_object(self, namespace: str, obj: dict[str, Any]) -> None:
+    def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
         self._call(f"apply {obj['kind']}", obj["metadata"]["labels"].get("dspool.io/deployment", "?"))
         self.ledger.record_applied(object_key(namespace, obj), digest(obj))
 
@@ -261,3 +261,25 @@ def test_a_ready_dsd_whose_inputs_did_not_change_is_not_decided_again_until_some
     writer.ledger.forget_objects()  # the periodic re-apply: every DSD is decided (and its objects applied) again
     assert pass_runner.run_pass(Snapshot(node_views, pods, [ready]), settings).skipped == 0
     assert pass_runner.run_pass(Snapshot([], pods, [ready]), settings).skipped == 0  # its node is gone
+
+
+def test_workloads_the_api_server_refuses_are_named_in_the_status_and_not_sent_again_unchanged() -> None:
+    class Refusing(FakeWriter):
+        def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
+            if obj["kind"] != "Deployment":
+                return super().apply_object(uid, namespace, obj)
+            self._call("refused Deployment", "a")
+            why = f"Deployment {obj['metadata']['name']}: spec.template.spec.containers[0].env[1].name: Duplicate"
+            self.ledger.record_rejected(uid, object_key(namespace, obj), digest(obj), why)
+
+    writer = Refusing()
+    pass_runner = runner(writer)
+    pass_runner.run_pass(Snapshot(nodes(1), [], [dsd("a")]), ReconcileSettings())
+    pass_runner.drain()
+    for _ in range(3):
+        pass_runner.run_pass(Snapshot(nodes(1), [], [dsd("a", status=writer.statuses["a"])]), ReconcileSettings())
+        pass_runner.drain()
+    [condition] = [c for c in writer.statuses["a"]["conditions"] if c["type"] == "WorkloadsAccepted"]
+    assert condition["status"] == "False" and condition["reason"] == "Refused" and "Duplicate" in condition["message"]
+    assert "refused its workloads" in writer.statuses["a"]["message"]
+    assert sum(1 for what, _ in writer.log if what == "refused Deployment") == 1  # not retried unchanged

@@ -349,3 +349,19 @@ def test_r1_on_a100_runs_fp8_weight_only_unless_the_pinned_vllm_image_is_too_old
     site = ReconcileSettings(images=ImageDefaults(vllm="vllm/vllm-openai:v0.8.5"))
     by_site = reconcile(dsd("r1", {"model": "deepseek-r1"}), CATALOG, pool_for(nodes), [], NOW, site)
     assert by_site.status.placements[0].precision == "bf16"
+
+
+def test_specs_the_api_server_would_refuse_as_workloads_fail_with_the_field_named() -> None:
+    # Stored before the CRD carried these rules: dspool says why instead of retrying refused writes forever.
+    nodes = ready_nodes(("l20", 1, "L20-48G"))
+    small = "deepseek-r1-distill-qwen-1.5b"
+    cases = {
+        "serving.env": {"model": small, "serving": {"env": [{"name": "X"}, {"name": "X", "value": "2"}]}},
+        "serving.resources": {"model": small, "serving": {"resources": {"requests": {"memory": "2Gi"},
+                                                                         "limits": {"memory": "1Gi"}}}},
+        "serving.image": {"model": small, "serving": {"image": "engine image"}},
+    }  # fmt: skip
+    for field, spec in cases.items():
+        result = reconcile(dsd("x", spec), CATALOG, pool_for(nodes), [], NOW)
+        assert result.status.phase == "Failed" and result.objects == []
+        assert field in (result.status.message or ""), result.status.message

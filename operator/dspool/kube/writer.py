@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -45,6 +46,17 @@ OBJECT_KINDS = [
 ]
 FIELD_MANAGER = "dspool"
 REQUEST_TIMEOUT = 30  # seconds; a hung API call must not stall every decision
+
+
+def refusal(exc: ApiException) -> str | None:
+    """Why the API server refused a write for good (invalid content), or None for a transient failure."""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (TypeError, ValueError):
+        message = str(exc.reason)
+    if exc.status in (400, 422) or (exc.status == 500 and "duplicate entries" in message):
+        return message[:500]  # 500: server-side apply of a list with repeated keys (e.g. env names)
+    return None
 
 
 class ApiWriter:
@@ -156,19 +168,31 @@ class ApiWriter:
                     found.setdefault(key, set()).add((api_version, kind, item.metadata.name))
         self.ledger.seed_found(found)
 
-    def apply_object(self, namespace: str, obj: dict[str, Any]) -> None:
-        """Server-side apply one object a DSD wants; nothing when this content was applied in this term."""
+    def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
+        """Server-side apply one object a DSD wants; nothing when this content was applied in this term.
+        An object the API server refuses for good is recorded in the ledger (the DSD's status says why) and
+        not sent again until its content changes."""
         key, content = object_key(namespace, obj), digest(obj)
         if self.ledger.applied_unchanged(key, content):
             return
         resource = self.resource(obj["apiVersion"], obj["kind"])
-        applied = self._counted(
-            "apply", obj["kind"], resource.server_side_apply, body=obj, name=obj["metadata"]["name"],
-            namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=REQUEST_TIMEOUT,
-        )  # fmt: skip
+        try:
+            applied = self._counted(
+                "apply", obj["kind"], resource.server_side_apply, body=obj, name=obj["metadata"]["name"],
+                namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True,
+                _request_timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
+        except ApiException as exc:
+            why = refusal(exc)
+            if why is None:
+                raise
+            self.ledger.record_rejected(uid, key, content, f"{obj['kind']} {obj['metadata']['name']}: {why}")
+            log.warning("the API server refused %s %s/%s: %s", obj["kind"], namespace, obj["metadata"]["name"], why)
+            return
         if getattr(getattr(applied, "metadata", None), "deletionTimestamp", None):
             return  # an object of the same name is still being deleted (e.g. LWS's): apply again later
         self.ledger.record_applied(key, content)
+        self.ledger.clear_rejected(uid, key)
 
     def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
         """Delete what a DSD's decision wanted before (or what was found for it) and no longer wants."""
