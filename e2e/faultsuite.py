@@ -586,6 +586,7 @@ class RunResult:
     dsds: int = 0
     placements: int = 0
     watch_reconnects: int = 0
+    versions: int = 0  # DSD versions the watch recorded (what the over-time checks looked at)
 
     def violated(self) -> Counter[str]:
         """Violations by invariant."""
@@ -700,6 +701,7 @@ class FaultRun:
                 settled = self._settle()
                 self.result.settle_seconds = time.monotonic() - settle_started
             self.result.watch_reconnects = recorder.reconnects
+            self.result.versions = len(recorder.observations)
             self._check(recorder.observations, settled)
         finally:
             self.teardown()
@@ -905,7 +907,8 @@ def run_line(result: RunResult) -> str:
     did = " ".join(f"{a}x{n}" for a, n in sorted(result.injected.items()))
     found = ", ".join(f"{i}x{n}" for i, n in sorted(result.violated().items())) or "none"
     return (f"run {result.index:3d} seed {result.seed:6d}  {result.seconds:5.1f}s "
-            f"(settle {result.settle_seconds:5.1f}s)  DSDs {result.dsds:2d} placements {result.placements:2d}  "
+            f"(settle {result.settle_seconds:5.1f}s)  DSDs {result.dsds:2d} placements {result.placements:2d} "
+            f"versions {result.versions:3d}  "
             f"[{did}]  violations: {found}")  # fmt: skip
 
 
