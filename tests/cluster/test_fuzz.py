@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from conftest import OperatorProcess, PoolOf, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,10 +35,18 @@ EXAMPLES = settings(
     max_examples=30, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )  # fmt: skip
+# Operator bug found by this fuzz test (operator/dspool is not ours to change here; reported).
+REJECTED_WORKLOADS_BUG = (
+    "operator bug: a valid DSD whose workloads the API server refuses (serving.env with a repeated name: server-side "
+    "apply answers 500 'duplicate entries for key [name=...]'; serving.resources requests above limits: 422) is "
+    "retried every pass forever ('writing objects of ... failed (will retry)') and stays Progressing with only "
+    "ReplicasNotReady: no Failed phase or condition says why; the CRD does not reject these specs either"
+)
 # Reasons of ordinary life: a DSD the operator keeps failing on must carry another one (or be Failed).
 ORDINARY_REASONS = {"Placed", "ReplicasReady", "ReplicasNotReady", "Unschedulable", "WithinBounds", "Limited",
                     "MovesInFlight", "Possible", "NoPlan"}  # fmt: skip
 
+SMALL_MODELS = ["deepseek-r1-distill-qwen-1.5b", "deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-llama-8b"]
 ids = st.from_regex(r"\A[a-z0-9][a-z0-9.\-]{0,20}\Z")
 unknown_model = ids.filter(lambda m: m not in CATALOG.model_ids)
 quantity_cpu = st.from_regex(r"\A[1-9][0-9]{0,2}(\.[0-9])?m?\Z")
@@ -49,10 +58,13 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
     """A spec the CRD accepts: vendor, backend, precision and accelerator types kept consistent (CEL)."""
     family = draw(st.sampled_from(["any", "nvidia", "ascend"]))
     spec: dict[str, Any] = {
-        "model": draw(st.one_of(st.sampled_from(sorted(CATALOG.model_ids)), unknown_model)),
+        # Mostly small models, so that most DSDs are placed and their workloads written.
+        "model": draw(
+            st.one_of(st.sampled_from(SMALL_MODELS), st.sampled_from(sorted(CATALOG.model_ids)), unknown_model)
+        ),
     }
     if draw(st.booleans()):
-        spec["replicas"] = draw(st.one_of(st.integers(0, 3), st.just(256)))
+        spec["replicas"] = draw(st.one_of(st.integers(0, 2), st.just(256)))
     if family == "nvidia":
         backend, precisions = st.sampled_from(["auto", "vllm"]), ["auto", "fp8", "bf16", "w8a8", "w8a16"]
         types = st.lists(st.one_of(st.sampled_from(NVIDIA_TYPES), ids.filter(lambda t: not t.startswith("ascend"))),
@@ -95,9 +107,9 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
             limits = {"cpu": draw(quantity_cpu), "memory": draw(quantity_memory)}
             serving["resources"] = {"requests": requests, "limits": limits}
         if draw(st.booleans()):
-            serving["env"] = [
-                {"name": draw(st.from_regex(r"\A[A-Z_][A-Z0-9_]{0,10}\Z")), "value": draw(st.text(max_size=8))}
-            ]
+            names = st.one_of(st.sampled_from(["HF_HOME", "X"]), st.from_regex(r"\A[A-Z_][A-Z0-9_]{0,10}\Z"))
+            entries = st.fixed_dictionaries({"name": names, "value": st.text(max_size=8)})
+            serving["env"] = draw(st.lists(entries, max_size=3))
         spec["serving"] = serving
     if draw(st.booleans()):
         low = draw(st.integers(0, 4))
@@ -228,13 +240,15 @@ def test_invalid_specs_are_rejected_with_a_message_naming_the_field(
     assert not accepted, "accepted by the API server although invalid:\n" + "\n".join(accepted)
 
 
+@pytest.mark.xfail(strict=True, reason=REJECTED_WORKLOADS_BUG)
 def test_valid_specs_never_crash_the_operator_or_loop_without_a_reason(
     pool_of: PoolOf, custom: client.CustomObjectsApi, namespace: str, kubeconfig: str, tmp_path: Any,
     crd_installed: None,
 ) -> None:  # fmt: skip
     pool = pool_of("fuzz", """
         - {name: h100, count: 2, accelerator: H100-80G, labels: {dspool.io/fabric: ib-1}}
-        - {name: l20, count: 1, accelerator: L20-48G}
+        - {name: l20, count: 2, accelerator: L20-48G}
+        - {name: rtx, count: 2, accelerator: RTX4090-24G}
         - {name: a2, count: 1, accelerator: Ascend910B3}
     """)  # fmt: skip
     operator = OperatorProcess(kubeconfig, namespace, pool.name, tmp_path / "operator.log")
@@ -274,6 +288,9 @@ def test_valid_specs_never_crash_the_operator_or_loop_without_a_reason(
             i["metadata"]["name"]: i
             for i in custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]
         }
+        print(
+            "phases:", Counter((i.get("status") or {}).get("phase") for i in items.values()), "failing:", dict(failing)
+        )
         silent = []
         for name, failures in failing.items():
             status = items[name].get("status") or {}
@@ -286,5 +303,42 @@ def test_valid_specs_never_crash_the_operator_or_loop_without_a_reason(
                 silent.append(f"{name} ({failures} failures, phase {status.get('phase')}): "
                               f"spec {items[name]['spec']}\n    {first[:400]}")  # fmt: skip
         assert not silent, "DSDs the operator keeps failing on, with no condition saying so:\n" + "\n".join(silent)
+    finally:
+        operator.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=REJECTED_WORKLOADS_BUG)
+def test_a_dsd_whose_workloads_the_api_server_refuses_says_so(
+    pool_of: PoolOf, custom: client.CustomObjectsApi, namespace: str, kubeconfig: str, tmp_path: Any,
+    crd_installed: None,
+) -> None:  # fmt: skip
+    """The two shapes the fuzz test found, one DSD each: each must end Failed or with a condition that says
+    its workloads were refused, not stay Progressing while the operator retries forever."""
+    pool = pool_of("refused", """
+        - {name: l20, count: 1, accelerator: L20-48G}
+    """)  # fmt: skip
+    operator = OperatorProcess(kubeconfig, namespace, pool.name, tmp_path / "operator.log")
+    operator.start()
+    small = "deepseek-r1-distill-qwen-1.5b"
+    specs = {
+        "repeated-env": {"model": small, "serving": {"env": [{"name": "X", "value": "1"},
+                                                             {"name": "X", "value": "2"}]}},
+        "requests-above-limits": {"model": small, "serving": {"resources": {"requests": {"cpu": "4"},
+                                                                            "limits": {"cpu": "1"}}}},
+    }  # fmt: skip
+    try:
+        for name, spec in specs.items():
+            create(custom, namespace, name, spec)
+        log = wait_for(
+            lambda: (text := operator.log_path.read_text(errors="replace")).count("failed (will retry)") >= 6 and text,
+            60, "the operator to retry both DSDs a few times",
+        )  # fmt: skip
+        for name in specs:
+            assert f"writing objects of {namespace}/{name} failed" in log
+        for name in specs:
+            status = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)["status"]
+            conditions = status.get("conditions") or []
+            said = status.get("phase") == "Failed" or any(c["reason"] not in ORDINARY_REASONS for c in conditions)
+            assert said, f"{name}: phase {status.get('phase')}, conditions {conditions}"
     finally:
         operator.stop()
