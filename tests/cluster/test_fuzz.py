@@ -42,6 +42,10 @@ REJECTED_WORKLOADS_BUG = (
     "retried every pass forever ('writing objects of ... failed (will retry)') and stays Progressing with only "
     "ReplicasNotReady: no Failed phase or condition says why; the CRD does not reject these specs either"
 )
+PODS_NEVER_CREATED_BUG = (
+    "and a DSD whose Deployment is accepted but whose pods never can be (serving.image with leading or trailing "
+    "whitespace: the ReplicaSet reports FailedCreate) stays Progressing forever with no condition saying why"
+)
 # Reasons of ordinary life: a DSD the operator keeps failing on must carry another one (or be Failed).
 ORDINARY_REASONS = {"Placed", "ReplicasReady", "ReplicasNotReady", "Unschedulable", "WithinBounds", "Limited",
                     "MovesInFlight", "Possible", "NoPlan"}  # fmt: skip
@@ -307,38 +311,50 @@ def test_valid_specs_never_crash_the_operator_or_loop_without_a_reason(
         operator.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=REJECTED_WORKLOADS_BUG)
-def test_a_dsd_whose_workloads_the_api_server_refuses_says_so(
-    pool_of: PoolOf, custom: client.CustomObjectsApi, namespace: str, kubeconfig: str, tmp_path: Any,
-    crd_installed: None,
+@pytest.mark.xfail(strict=True, reason=f"{REJECTED_WORKLOADS_BUG}; {PODS_NEVER_CREATED_BUG}")
+def test_a_dsd_whose_workloads_or_pods_the_api_server_refuses_says_so(
+    pool_of: PoolOf, custom: client.CustomObjectsApi, apps_v1: client.AppsV1Api, namespace: str, kubeconfig: str,
+    tmp_path: Any, crd_installed: None,
 ) -> None:  # fmt: skip
-    """The two shapes the fuzz test found, one DSD each: each must end Failed or with a condition that says
-    its workloads were refused, not stay Progressing while the operator retries forever."""
+    """The shapes the fuzz test and a probe found, one DSD each: each must end Failed or with a condition that
+    says its workloads or pods were refused, not stay Progressing forever."""
     pool = pool_of("refused", """
         - {name: l20, count: 1, accelerator: L20-48G}
     """)  # fmt: skip
     operator = OperatorProcess(kubeconfig, namespace, pool.name, tmp_path / "operator.log")
     operator.start()
     small = "deepseek-r1-distill-qwen-1.5b"
-    specs = {
+    refused_objects = {
         "repeated-env": {"model": small, "serving": {"env": [{"name": "X", "value": "1"},
                                                              {"name": "X", "value": "2"}]}},
         "requests-above-limits": {"model": small, "serving": {"resources": {"requests": {"cpu": "4"},
                                                                             "limits": {"cpu": "1"}}}},
     }  # fmt: skip
+    refused_pods = {"image-with-spaces": {"model": small, "serving": {"image": " engine image"}}}
     try:
-        for name, spec in specs.items():
+        for name, spec in {**refused_objects, **refused_pods}.items():
             create(custom, namespace, name, spec)
         log = wait_for(
             lambda: (text := operator.log_path.read_text(errors="replace")).count("failed (will retry)") >= 6 and text,
             60, "the operator to retry both DSDs a few times",
         )  # fmt: skip
-        for name in specs:
+        for name in refused_objects:
             assert f"writing objects of {namespace}/{name} failed" in log
-        for name in specs:
+
+        def pods_refused() -> bool:
+            selector = f"{api.DEPLOYMENT_LABEL}=image-with-spaces"
+            deployments = apps_v1.list_namespaced_deployment(namespace, label_selector=selector).items
+            return any(c.type == "ReplicaFailure" and c.status == "True"
+                       for d in deployments for c in (d.status.conditions or []))  # fmt: skip
+
+        wait_for(pods_refused, 60, "the ReplicaSet of `image-with-spaces` to fail creating pods")
+        time.sleep(10)  # a few more passes
+        silent = []
+        for name in {**refused_objects, **refused_pods}:
             status = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)["status"]
             conditions = status.get("conditions") or []
-            said = status.get("phase") == "Failed" or any(c["reason"] not in ORDINARY_REASONS for c in conditions)
-            assert said, f"{name}: phase {status.get('phase')}, conditions {conditions}"
+            if not (status.get("phase") == "Failed" or any(c["reason"] not in ORDINARY_REASONS for c in conditions)):
+                silent.append(f"{name}: phase {status.get('phase')}, conditions {[c['reason'] for c in conditions]}")
+        assert not silent, "stuck with no condition saying why:\n" + "\n".join(silent)
     finally:
         operator.stop()
