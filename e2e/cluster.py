@@ -935,6 +935,21 @@ def recorded_ports() -> Ports:
     )
 
 
+def wait_for_free_port(port: int, timeout: float) -> None:
+    """Block until 127.0.0.1:port can be bound (as a Go listener binds it: SO_REUSEADDR)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"port {port} still in use {timeout:.0f}s after stopping its process") from None
+        time.sleep(0.1)
+
+
 def restart(component: str, hard: bool = False) -> float:
     """Stop one component (SIGTERM with the usual grace, or SIGKILL at once when ``hard``) and start it again
     with the same arguments and port; return when it is healthy again, with the seconds it was away."""
@@ -945,6 +960,9 @@ def restart(component: str, hard: bool = False) -> float:
     assert state is not None  # recorded_ports() read the same file
     started = time.monotonic()
     stop(component, grace=0.0 if hard else 10.0)
+    # /proc/<pid>/exe goes before the dying process has closed its files: wait until its port is free again.
+    port = ports.apiserver if component == "kube-apiserver" else state[component]
+    wait_for_free_port(port, 30)
     start(component, component_args(ports)[component])
     if component == "kube-apiserver":
         api = f"https://127.0.0.1:{ports.apiserver}"

@@ -587,10 +587,31 @@ class RunResult:
     placements: int = 0
     watch_reconnects: int = 0
     versions: int = 0  # DSD versions the watch recorded (what the over-time checks looked at)
+    harness_error: str | None = None  # the run itself broke (e.g. kube-apiserver did not come back): no verdict
 
     def violated(self) -> Counter[str]:
         """Violations by invariant."""
         return Counter(v.invariant for v in self.violations)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able record of the run (bench/faults.py --results)."""
+        return {
+            "index": self.index, "seed": self.seed, "injected": dict(self.injected),
+            "violations": [[v.invariant, v.detail] for v in self.violations], "seconds": round(self.seconds, 1),
+            "settleSeconds": round(self.settle_seconds, 1), "dsds": self.dsds, "placements": self.placements,
+            "versions": self.versions, "watchReconnects": self.watch_reconnects, "harnessError": self.harness_error,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RunResult:
+        """The inverse of :meth:`to_json` (the steps are planned again from the seed)."""
+        return cls(
+            index=record["index"], seed=record["seed"], steps=plan_run(record["seed"]),
+            injected=Counter(record["injected"]), violations=[Violation(i, d) for i, d in record["violations"]],
+            seconds=record["seconds"], settle_seconds=record["settleSeconds"], dsds=record["dsds"],
+            placements=record["placements"], versions=record["versions"], watch_reconnects=record["watchReconnects"],
+            harness_error=record.get("harnessError"),
+        )  # fmt: skip
 
 
 class FaultRun:
@@ -687,26 +708,32 @@ class FaultRun:
     def run(self) -> RunResult:
         """Set up, play the steps, settle, check, tear down."""
         started = time.monotonic()
-        self.setup()
         try:
-            with StatusRecorder(self.api_client, self.namespace) as recorder:
-                for step in self.result.steps:
-                    self.log(f"  run {self.result.index}: {step.action}")
-                    self._do(step)
-                    self.result.injected[step.action] += 1
-                    time.sleep(step.pause_seconds)
-                if sum(1 for o in self.operators if o.alive()) > 1:  # a race still on: kill one, as planned
-                    self._do(Step("race-kill", 0.0, pick=self.rng.random()))
-                settle_started = time.monotonic()
-                settled = self._settle()
-                self.result.settle_seconds = time.monotonic() - settle_started
-            self.result.watch_reconnects = recorder.reconnects
-            self.result.versions = len(recorder.observations)
-            self._check(recorder.observations, settled)
+            self.setup()
+            self._play()
+        except Exception as exc:  # the harness broke, not (as far as we know) the operator
+            self.result.harness_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         finally:
             self.teardown()
             self.result.seconds = time.monotonic() - started
         return self.result
+
+    def _play(self) -> None:
+        """The steps under a recording watch, then settle and check."""
+        with StatusRecorder(self.api_client, self.namespace) as recorder:
+            for step in self.result.steps:
+                self.log(f"  run {self.result.index}: {step.action}")
+                self._do(step)
+                self.result.injected[step.action] += 1
+                time.sleep(step.pause_seconds)
+            if sum(1 for o in self.operators if o.alive()) > 1:  # a race still on: kill one, as planned
+                self._do(Step("race-kill", 0.0, pick=self.rng.random()))
+            settle_started = time.monotonic()
+            settled = self._settle()
+            self.result.settle_seconds = time.monotonic() - settle_started
+        self.result.watch_reconnects = recorder.reconnects
+        self.result.versions = len(recorder.observations)
+        self._check(recorder.observations, settled)
 
     def _do(self, step: Step) -> None:
         if step.action == "create":
@@ -878,7 +905,7 @@ class FaultRun:
 def summary_table(results: Sequence[RunResult]) -> str:
     """Runs x faults x violations: per fault, the runs that had it, how often it was injected, the runs with a
     violation and the violations by invariant; a last row over all runs."""
-    header = ["fault", "runs", "injected", "runs w/ violations", *INVARIANTS]
+    header = ["fault", "runs", "injected", "runs w/ violations", *INVARIANTS, "harness errors"]
     rows = []
     for fault in (*FAULTS, "(all runs)"):
         having = [r for r in results if fault == "(all runs)" or r.injected[fault]]
@@ -888,7 +915,7 @@ def summary_table(results: Sequence[RunResult]) -> str:
         for run in having:
             counts.update(run.violated())
         rows.append([fault, len(having), injected, sum(1 for r in having if r.violations),
-                     *(counts[i] for i in INVARIANTS)])  # fmt: skip
+                     *(counts[i] for i in INVARIANTS), sum(1 for r in having if r.harness_error)])  # fmt: skip
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
     lines = [
         "  ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(header, widths, strict=True)))
@@ -906,6 +933,8 @@ def run_line(result: RunResult) -> str:
     """One line per run: what it did and what it found."""
     did = " ".join(f"{a}x{n}" for a, n in sorted(result.injected.items()))
     found = ", ".join(f"{i}x{n}" for i, n in sorted(result.violated().items())) or "none"
+    if result.harness_error:
+        found += f"; HARNESS ERROR (no verdict): {result.harness_error}"
     return (f"run {result.index:3d} seed {result.seed:6d}  {result.seconds:5.1f}s "
             f"(settle {result.settle_seconds:5.1f}s)  DSDs {result.dsds:2d} placements {result.placements:2d} "
             f"versions {result.versions:3d}  "
