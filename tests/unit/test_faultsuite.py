@@ -4,6 +4,7 @@ should and lets through what the operator may legitimately do."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,17 @@ def test_plans_are_reproducible_and_hold_the_required_faults() -> None:
     actions = [step.action for step in plan]
     assert all(fault in actions for fault in faultsuite.FAULTS)
     assert actions.index("race-kill") > actions.index("lease-race")
+
+
+def test_a_run_record_survives_json_and_the_table_counts_it_under_each_fault() -> None:
+    run = faultsuite.RunResult(3, 11003, faultsuite.plan_run(11003))
+    run.injected.update({"operator-kill": 2, "create": 4})
+    run.violations.append(faultsuite.Violation("status-lost", "d01: replica 0 vanished"))
+    again = faultsuite.RunResult.from_json(run.to_json())
+    assert (again.index, again.injected, again.violations) == (run.index, run.injected, run.violations)
+    clean = faultsuite.RunResult(4, 11004, [], injected=Counter({"operator-kill": 1, "apiserver-restart": 1}))
+    table = faultsuite.summary_table([again, clean]).splitlines()
+    kill = next(line for line in table if line.startswith("operator-kill")).split()
+    restart = next(line for line in table if line.startswith("apiserver-restart")).split()
+    assert kill[1:4] == ["2", "3", "1"] and kill[4 + faultsuite.INVARIANTS.index("status-lost")] == "1"
+    assert restart[1:4] == ["1", "1", "0"]
