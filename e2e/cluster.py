@@ -7,6 +7,8 @@
     python e2e/cluster.py status   # show each component, its pid and whether it is alive
     python e2e/cluster.py down     # stop exactly what `up` started and remove .cluster/
     python e2e/cluster.py lws remove|install   # take the LeaderWorkerSet CRD away, or bring it back
+    python e2e/cluster.py restart kube-apiserver [--hard]   # stop one component (SIGTERM, or SIGKILL
+                                   # with --hard) and start it again on the same port; for fault tests
 
 The versions are the ones pinned by the Go modules under e2e/controlplane/ (go.mod + go.sum), one
 module per upstream so that their dependency graphs stay independent. Binaries are cached in
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -821,7 +824,8 @@ def start_all() -> None:
         "kwok": ports.kwok,
         "lws-controller": ports.lws_webhook,
     }
-    STATE_FILE.write_text(json.dumps({"ports": state, "bin": str(bin_dir())}, indent=2) + "\n")
+    all_ports = dataclasses.asdict(ports)  # every port, so that `restart` can rebuild any component's arguments
+    STATE_FILE.write_text(json.dumps({"ports": state, "allPorts": all_ports, "bin": str(bin_dir())}, indent=2) + "\n")
     args = component_args(ports)
 
     start("etcd", args["etcd"])
@@ -904,12 +908,85 @@ def status() -> int:
     return 0 if api_ready and not dead_components() else 1
 
 
+# ------------------------------------------------------------------------------------------- restart
+
+RESTARTABLE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def recorded_ports() -> Ports:
+    """The ports of the running cluster, as `up` recorded them (older state files lack the etcd peer and
+    LWS health ports: those components cannot be restarted then, and their fields are 0)."""
+    try:
+        document = json.loads(STATE_FILE.read_text())
+    except (FileNotFoundError, ValueError) as error:
+        raise ClusterError(f"no cluster state in {STATE_FILE}; run `python e2e/cluster.py up` first") from error
+    if "allPorts" in document:
+        return Ports(**document["allPorts"])
+    ports = document["ports"]
+    return Ports(
+        etcd=ports["etcd"],
+        etcd_peer=0,
+        apiserver=ports["kube-apiserver"],
+        controller_manager=ports["kube-controller-manager"],
+        scheduler=ports["kube-scheduler"],
+        kwok=ports["kwok"],
+        lws_webhook=ports["lws-controller"],
+        lws_health=0,
+    )
+
+
+def wait_for_free_port(port: int, timeout: float) -> None:
+    """Block until 127.0.0.1:port can be bound (as a Go listener binds it: SO_REUSEADDR)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"port {port} still in use {timeout:.0f}s after stopping its process") from None
+        time.sleep(0.1)
+
+
+def restart(component: str, hard: bool = False) -> float:
+    """Stop one component (SIGTERM with the usual grace, or SIGKILL at once when ``hard``) and start it again
+    with the same arguments and port; return when it is healthy again, with the seconds it was away."""
+    if component not in RESTARTABLE:
+        raise ClusterError(f"cannot restart {component}; restartable: {', '.join(RESTARTABLE)}")
+    ports = recorded_ports()
+    state = read_state()
+    assert state is not None  # recorded_ports() read the same file
+    started = time.monotonic()
+    stop(component, grace=0.0 if hard else 10.0)
+    # /proc/<pid>/exe goes before the dying process has closed its files: wait until its port is free again.
+    port = ports.apiserver if component == "kube-apiserver" else state[component]
+    wait_for_free_port(port, 30)
+    start(component, component_args(ports)[component])
+    if component == "kube-apiserver":
+        api = f"https://127.0.0.1:{ports.apiserver}"
+        admin_tls = https_context("admin")
+        wait_until(lambda: http_ok(f"{api}/readyz", admin_tls), component, "kube-apiserver /readyz", 120)
+    elif component == "kwok":
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{ports.kwok}/healthz"), component, "kwok /healthz", 60)
+    else:
+        port = state[component]
+        healthz = f"https://127.0.0.1:{port}/healthz"
+        wait_until(lambda: http_ok(healthz, insecure_context()), component, f"{component} /healthz", 90)
+    return time.monotonic() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["build", "up", "down", "status", "lws"])
-    parser.add_argument("action", nargs="?", choices=["install", "remove"], help="lws: install or remove its CRD")
+    parser.add_argument("command", choices=["build", "up", "down", "status", "lws", "restart"])
+    parser.add_argument(
+        "action", nargs="?", choices=["install", "remove", *RESTARTABLE],
+        help="lws: install or remove its CRD; restart: the component",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="build: rebuild even when the cache is warm")
+    parser.add_argument("--hard", action="store_true", help="restart: SIGKILL instead of SIGTERM")
     options = parser.parse_args(argv)
     try:
         if options.command == "build":
@@ -921,10 +998,18 @@ def main(argv: list[str] | None = None) -> int:
         elif options.command == "down":
             with cluster_lock():
                 down()
+        elif options.command == "restart":
+            if options.action not in RESTARTABLE:
+                raise ClusterError(f"restart needs a component: {', '.join(RESTARTABLE)}")
+            with cluster_lock():
+                away = restart(options.action, hard=options.hard)
+            print(f"{options.action} restarted; healthy again after {away:.1f}s")
         elif options.command == "lws":
             state = read_state()
             if state is None:
                 raise ClusterError("no cluster; run `python e2e/cluster.py up` first")
+            if options.action not in ("install", "remove"):
+                raise ClusterError("lws needs install or remove")
             if options.action == "remove":
                 remove_lws()
             else:
