@@ -2,8 +2,7 @@
 the standby takes over, and when the old leader thaws it writes nothing.
 
 The operator's test hook ``DSPOOL_TEST_PASS_DELAY_SECONDS`` makes every pass sleep between its decisions and
-its writes; the Lease is shortened with ``--lease-seconds`` or, where that flag does not exist,
-``DSPOOL_LEASE_SECONDS``. The scenario:
+its writes; the Lease is shortened with ``--lease-seconds``. The scenario:
 
 1. Pool of one L20 server (``n1``); a second one (``n2``) exists outside the pool. Operator A leads, B waits.
 2. DSD ``warm`` is placed by A; as soon as its status appears, A's next pass starts, and DSD ``x`` is created
@@ -19,37 +18,25 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import OperatorProcess, PoolOf, wait_for
 from kubernetes import client, watch
 
-import dspool
 from dspool import api
 from dspool.sim.fleet import POOL_LABEL
 
 PASS_DELAY_HOOK = "DSPOOL_TEST_PASS_DELAY_SECONDS"
-HOOK_PRESENT = any(PASS_DELAY_HOOK in path.read_text() for path in Path(dspool.__file__).parent.rglob("*.py"))
 LEASE_SECONDS = 4
 PASS_DELAY_SECONDS = 3.0
 
-pytestmark = pytest.mark.xfail(
-    not HOOK_PRESENT, reason="needs DSPOOL_TEST_PASS_DELAY_SECONDS hook", strict=False
-)  # fmt: skip
-
 
 def lease_options() -> tuple[list[str], dict[str, str]]:
-    """How to shorten the Lease: the --lease-seconds flag if `dspool run` has it, else the environment."""
-    shown = subprocess.run([sys.executable, "-m", "dspool", "run", "--help"], capture_output=True, text=True)
-    if "--lease-seconds" in shown.stdout:
-        return ["--lease-seconds", str(LEASE_SECONDS)], {}
-    return [], {"DSPOOL_LEASE_SECONDS": str(LEASE_SECONDS)}
+    """A short Lease for both operators."""
+    return ["--lease-seconds", str(LEASE_SECONDS)], {}
 
 
 class PlacementRecorder:
