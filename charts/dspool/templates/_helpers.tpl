@@ -50,8 +50,9 @@ app.kubernetes.io/component: operator
   resources: ["deepseekdeployments/finalizers"]
   verbs: ["update"]
 # The serving workloads dspool builds: a Deployment per single-node replica, StatefulSets per multi-node
-# replica when LeaderWorkerSet is not installed. Server-side apply creates or patches them; list finds
-# the ones a new decision no longer wants (by dspool's label), delete removes those.
+# replica when LeaderWorkerSet is not installed. Server-side apply creates or patches them; list (once per
+# kind when the operator takes the Lease, by dspool's label) finds those an earlier operator left, delete
+# removes the ones a decision no longer wants.
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]
   verbs: ["list", "create", "patch", "delete"]
