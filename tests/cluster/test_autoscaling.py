@@ -1,8 +1,9 @@
 """Autoscaling on the local control plane: a real HPA on a DSD's scale subresource, and the pool's limits.
 
 No metrics pipeline runs here (prometheus-adapter, real engines): the HPA object is accepted and its
-controller (in kube-controller-manager) can read and drive the DSD's scale subresource; the test then
-scales as the HPA would and checks what dspool does with the count. docs/autoscaling.md has the recipe.
+controller (in kube-controller-manager) reads the DSD's scale subresource and writes it (raising its floor
+above the current count makes it scale without metrics); the test checks what dspool does with the count.
+docs/autoscaling.md has the recipe.
 """
 
 from __future__ import annotations
@@ -56,7 +57,17 @@ def test_an_hpa_drives_the_scale_subresource_and_dspool_places_up_to_the_pools_l
                                                       "r1-distill-qwen-32b")  # fmt: skip
     assert scale["status"]["selector"]  # what the HPA averages its Pods metrics over
 
-    scale_to(custom, namespace, "r1-distill-qwen-32b", 10)  # the HPA asks for more than the pool holds
+    # The HPA controller itself asks for more than the pool holds: with no metrics pipeline here, its floor
+    # (minReplicas above the current count) is what makes it write the scale subresource.
+    autoscaling.patch_namespaced_horizontal_pod_autoscaler(hpa["metadata"]["name"], namespace,
+                                                           {"spec": {"minReplicas": 10}})  # fmt: skip
+
+    def scaled_by_the_hpa() -> bool:
+        dsd = get_dsd(custom, namespace, "r1-distill-qwen-32b")
+        managers = {f.get("manager") for f in dsd["metadata"].get("managedFields") or []}
+        return dsd["spec"]["replicas"] == 10 and "kube-controller-manager" in managers
+
+    wait_for(scaled_by_the_hpa, 90, "the HPA controller to write 10 replicas through the scale subresource")
     dsd = wait_phase(custom, namespace, "r1-distill-qwen-32b", "Degraded", 90)
     assert len(dsd["status"]["placements"]) == 8  # every replica that fits, each whole
     assert "L20-48G" in condition(dsd, "Scheduled")["message"]  # why the other two wait
