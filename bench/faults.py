@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 import faultsuite
+from dspool.sim.apply import install_crd
 
 
 def main() -> int:
@@ -41,7 +42,7 @@ def main() -> int:
     args = parser.parse_args()
 
     api_client, kubeconfig = faultsuite.connect(args.kubeconfig)
-    faultsuite.install_crd(api_client)
+    install_crd(api_client)
     log_dir = args.logs or Path(tempfile.mkdtemp(prefix="dspool-faults-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     results: list[faultsuite.RunResult] = []

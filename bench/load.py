@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 import faultsuite
 import loadrun
+from dspool.sim.apply import install_crd
 
 
 def main() -> int:
@@ -33,7 +34,7 @@ def main() -> int:
     parser.add_argument("--progress", action="store_true", help="print the count of settled DSDs as it goes")
     args = parser.parse_args()
     api_client, kubeconfig = faultsuite.connect(args.kubeconfig)
-    faultsuite.install_crd(api_client)
+    install_crd(api_client)
     result = loadrun.run_load(
         api_client, kubeconfig, args.nodes, args.deployments, seed=args.seed, threads=args.threads,
         timeout=args.timeout, progress=args.progress,

@@ -23,9 +23,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from dspool import api
-from dspool.crdgen import build_crd
 from dspool.report import format_table
-from dspool.sim.apply import apply_pool
+from dspool.sim.apply import apply_pool, install_crd
 from dspool.sim.fleet import load_pool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,26 +48,6 @@ SETTLED = {"Ready", "Unschedulable", "Degraded", "Failed"}
 def step(message: str) -> None:
     """Print a demo step."""
     print(f"\n==> {message}", flush=True)
-
-
-def install_crd(api_client: client.ApiClient) -> None:
-    """Create or update the DeepSeekDeployment CRD and wait until it is served."""
-    ext = client.ApiextensionsV1Api(api_client)
-    crd = build_crd()
-    try:
-        current = ext.read_custom_resource_definition(crd["metadata"]["name"])
-        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        ext.create_custom_resource_definition(crd)
-    for _ in range(60):
-        conditions = ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.5)
-    raise SystemExit("the CRD did not become Established")
 
 
 def create_weights_volume(core: client.CoreV1Api) -> None:

@@ -941,30 +941,6 @@ def run_line(result: RunResult) -> str:
             f"[{did}]  violations: {found}")  # fmt: skip
 
 
-def install_crd(api_client: client.ApiClient) -> None:
-    """Install (or update) the DeepSeekDeployment CRD from code and wait until it is Established."""
-    from dspool.crdgen import build_crd
-
-    ext = client.ApiextensionsV1Api(api_client)
-    crd = build_crd()
-    name = crd["metadata"]["name"]
-    try:
-        current = ext.read_custom_resource_definition(name)
-        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(name, crd)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        ext.create_custom_resource_definition(crd)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        conditions = ext.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"CRD {name} not Established")
-
-
 def connect(kubeconfig: str | None = None) -> tuple[client.ApiClient, str]:
     """An admin API client for the local control plane (or ``kubeconfig``) and the kubeconfig path."""
     path = kubeconfig or os.environ.get("DSPOOL_KUBECONFIG") or str(LOCAL_KUBECONFIG)

@@ -33,8 +33,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from dspool.crdgen import build_crd
-from dspool.sim.apply import apply_pool, delete_pool
+from dspool.sim.apply import apply_pool, delete_pool, install_crd
 from dspool.sim.fleet import POOL_LABEL, Pool, PoolHandle, load_pool, node_manifests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -187,23 +186,7 @@ def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]
 @pytest.fixture(scope="session")
 def crd_installed(api_client: client.ApiClient) -> None:
     """The DeepSeekDeployment CRD from crds/, installed (or updated) and Established."""
-    ext = client.ApiextensionsV1Api(api_client)
-    crd = build_crd()
-    name = crd["metadata"]["name"]
-    try:
-        current = ext.read_custom_resource_definition(name)
-        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(name, crd)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        ext.create_custom_resource_definition(crd)
-
-    def established() -> bool:
-        conditions = ext.read_custom_resource_definition(name).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    wait_for(established, 30, "the DeepSeekDeployment CRD to be Established")
+    install_crd(api_client, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,11 @@
 """Apply a simulated pool to a cluster (the I/O half of :mod:`dspool.sim.fleet`): create, patch, delete or
-dress nodes through a ``kubernetes.client.CoreV1Api``. Used by the tests, ``e2e/fleet.py`` and the demo."""
+dress nodes through a ``kubernetes.client.CoreV1Api``, and install dspool's CRD. Used by the tests,
+``e2e/fleet.py``, the demo and the benchmarks."""
 
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -82,3 +84,31 @@ def adopt_nodes(core_v1_api: Any, pool: Pool, node_names: list[str], catalog: Ca
             if key.startswith(("nvidia.com/", "huawei.com/"))
         }
         core_v1_api.patch_node_status(name, {"status": {"capacity": extended, "allocatable": extended}})
+
+
+def install_crd(api_client: Any, timeout: float = 60.0) -> None:
+    """Create or update the DeepSeekDeployment CRD from code (``kubernetes.client.ApiClient``) and wait until
+    it is Established."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from dspool.crdgen import build_crd
+
+    ext = client.ApiextensionsV1Api(api_client)
+    crd = build_crd()
+    name = crd["metadata"]["name"]
+    try:
+        current = ext.read_custom_resource_definition(name)
+        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, crd)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        ext.create_custom_resource_definition(crd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conditions = ext.read_custom_resource_definition(name).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"the CRD {name} did not become Established within {timeout:.0f}s")
