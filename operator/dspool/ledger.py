@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 EVENT_REPEAT_SECONDS = 600.0  # the same event is posted again after this long
@@ -109,6 +109,15 @@ class WriteLedger:
             self._found = {key: set(value) for key, value in found.items()}
             self.seeded = True
 
+    def record_owned(self, uid: str, namespace: str, label: str, obj: ObjectKey) -> None:
+        """An object of a DSD exists now (it was applied): a later sweep deletes it once no decision wants it,
+        even when the sweep that would have recorded it as wanted did not run in between."""
+        with self._lock:
+            owned = self._wanted.get(uid)
+            if owned is None:
+                owned = self._wanted[uid] = self._found.pop((namespace, label), set())
+            owned.add(obj)
+
     def swap_wanted(self, uid: str, namespace: str, label: str, wanted: set[ObjectKey]) -> set[ObjectKey]:
         """Record what a DSD's decision wants now; return the objects it wanted before (or that were found
         for it at term start) and wants no more: those to delete."""
@@ -143,6 +152,11 @@ class WriteLedger:
         """Why the API server refused a DSD's objects, one line per object."""
         with self._lock:
             return [why for _, why in sorted(self._rejected.get(uid, {}).values(), key=lambda e: e[1])]
+
+    def wants(self, uid: str, wanted: Collection[ObjectKey]) -> bool:
+        """Whether the last stale-object sweep of a DSD was for exactly these objects (it has happened)."""
+        with self._lock:
+            return self._wanted.get(uid) == set(wanted)
 
     # ----------------------------------------------------------------- events
 

@@ -161,6 +161,16 @@ class _Inputs:
         )
 
 
+@dataclass(frozen=True)
+class _Steady:
+    """A remembered decision that left its DSD Ready, and what it wanted written."""
+
+    inputs: _Inputs
+    result: ReconcileResult
+    objects: tuple[tuple[tuple[str, str, str, str], str], ...]  # (object key, content hash)
+    wanted: frozenset[tuple[str, str, str]]
+
+
 class PassRunner:
     """Runs reconcile passes for one operator: the pool, the decisions and the order of the writes."""
 
@@ -183,9 +193,10 @@ class PassRunner:
         self.sleep = sleep
         self.node_cache = NodeCache()  # nodes are parsed once per change, not once per pass
         self._busy: dict[Hashable, Future[None]] = {}  # follow-up writes in flight, by object
-        self._busy_by_uid: dict[str, int] = {}  # follow-up writes in flight, by DSD
+        self._applying: dict[str, int] = {}  # object applies in flight, by DSD
+        self._in_flight = 0  # follow-up writes in flight
         self._busy_lock = threading.Lock()
-        self._steady: dict[str, tuple[_Inputs, ReconcileResult]] = {}  # uid -> a decision that left it Ready
+        self._steady: dict[str, _Steady] = {}  # uid -> a decision that left it Ready
         # Statuses and the writes that follow them run on separate threads, so a status never waits behind
         # another DSD's objects, and a DSD's objects and events go out at once.
         self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-status")
@@ -281,12 +292,13 @@ class PassRunner:
                 inputs = _Inputs(
                     body, tuple(own_pods), reconcile_settings, notes.get(key), started_moves.get(key), ledger.generation
                 )
-                if steady is not None and steady[0].same(inputs, present):
-                    # Nothing it depends on changed since a decision that left it Ready: the same decision.
+                uid = metadata["uid"]
+                if steady is not None and steady.inputs.same(inputs, present) and self._still_steady(uid, steady):
+                    # Nothing it depends on changed since a decision that left it Ready, and everything that
+                    # decision wanted written is: the same decision, nothing to write.
                     outcome.skipped += 1
-                    samples.append(
-                        DeploymentSample(namespace, name, steady[1].desired or 0, steady[1].status, own_pods)
-                    )
+                    before = steady.result
+                    samples.append(DeploymentSample(namespace, name, before.desired or 0, before.status, own_pods))
                     continue
                 decision_started = self.monotonic()
                 try:
@@ -373,26 +385,32 @@ class PassRunner:
         """Submit one follow-up write, at most one in flight per object: an object still being written by an
         earlier pass is skipped now and written by a later pass if its content changed meanwhile (two writes
         of one object never race). Stale objects of a DSD are deleted only while none of its objects is being
-        written, so a late apply cannot bring back what was just deleted."""
+        applied, so a late apply cannot bring back what was just deleted (the DSD is decided again, and its
+        stale objects looked for again, until that deletion has happened: see ``_still_steady``)."""
+        applies = isinstance(key, tuple) and key[:1] != ("stale",)
         with self._busy_lock:
             if key is not None and key in self._busy:
                 return
-            if isinstance(key, tuple) and key[:1] == ("stale",) and self._busy_by_uid.get(uid):
+            if isinstance(key, tuple) and key[:1] == ("stale",) and self._applying.get(uid):
                 return
-            self._busy_by_uid[uid] = self._busy_by_uid.get(uid, 0) + 1
+            if applies:
+                self._applying[uid] = self._applying.get(uid, 0) + 1
+            self._in_flight += 1
             future = pool.submit(self._guarded, what, namespace, name, write, *args)
             if key is not None:
                 self._busy[key] = future
 
         def done(_: Future[None]) -> None:
             with self._busy_lock:
+                self._in_flight -= 1
                 if key is not None:
                     self._busy.pop(key, None)
-                left = self._busy_by_uid.get(uid, 1) - 1
-                if left:
-                    self._busy_by_uid[uid] = left
-                else:
-                    self._busy_by_uid.pop(uid, None)
+                if applies:
+                    left = self._applying.get(uid, 1) - 1
+                    if left:
+                        self._applying[uid] = left
+                    else:
+                        self._applying.pop(uid, None)
 
         future.add_done_callback(done)
 
@@ -401,7 +419,7 @@ class PassRunner:
         while True:
             with self._busy_lock:
                 busy = list(self._busy.values())
-                idle = not self._busy_by_uid
+                idle = not self._in_flight
             if idle:
                 return
             for future in busy:
@@ -411,18 +429,29 @@ class PassRunner:
 
     def _remember_if_steady(self, uid: str, inputs: _Inputs, result: ReconcileResult) -> None:
         """Keep a decision that leaves a DSD Ready, every replica placed and nothing moving: while none of its
-        inputs changes, the next passes would decide exactly the same and write nothing."""
+        inputs changes, the next passes would decide exactly the same."""
         status = result.status
         if (
             status.phase == Phase.READY
             and not status.moves
             and not result.events
+            and not result.hold
             and result.desired == len(status.placements)
             and inputs.started_moves is None
         ):
-            self._steady[uid] = (inputs, result)
+            namespace = inputs.body["metadata"]["namespace"]
+            objects = tuple((object_key(namespace, obj), digest(obj)) for obj in result.objects)
+            wanted = frozenset((obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) for obj in result.objects)
+            self._steady[uid] = _Steady(inputs, result, objects, wanted)
         else:
             self._steady.pop(uid, None)
+
+    def _still_steady(self, uid: str, steady: _Steady) -> bool:
+        """Whether what the remembered decision wanted written is written: every object applied with that
+        content, and the objects it no longer wants deleted (a write that failed or was skipped because an
+        earlier one was in flight makes the DSD decided, and written, again)."""
+        ledger = self.writer.ledger
+        return ledger.wants(uid, steady.wanted) and all(ledger.applied_unchanged(k, d) for k, d in steady.objects)
 
     @staticmethod
     def _guarded(what: str, namespace: str, name: str, write: Callable[..., None], *args: Any) -> None:

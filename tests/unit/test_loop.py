@@ -56,6 +56,7 @@ class FakeWriter:
         self.lose_lease_after = lose_lease_after
         self.log: list[tuple[str, str]] = []
         self.statuses: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
         self._lock = threading.Lock()
         self._in_flight = 0
         self.max_in_flight = 0
@@ -79,11 +80,16 @@ class FakeWriter:
         self.statuses[name] = status
 
     def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
-        self._call(f"apply {obj['kind']}", obj["metadata"]["labels"].get("dspool.io/deployment", "?"))
+        label = obj["metadata"]["labels"].get("dspool.io/deployment", "?")
+        self._call(f"apply {obj['kind']}", label)
         self.ledger.record_applied(object_key(namespace, obj), digest(obj))
+        self.ledger.record_owned(uid, namespace, label, (obj["apiVersion"], obj["kind"], obj["metadata"]["name"]))
 
     def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
         self._call("delete stale", name)
+        wanted = {(obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) for obj in objects}
+        for _, kind, object_name in sorted(self.ledger.swap_wanted(uid, namespace, name, wanted)):
+            self.deleted.append(f"{kind}/{object_name}")
 
     def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
         self._call("events", metadata["name"])
@@ -283,3 +289,22 @@ def test_workloads_the_api_server_refuses_are_named_in_the_status_and_not_sent_a
     assert condition["status"] == "False" and condition["reason"] == "Refused" and "Duplicate" in condition["message"]
     assert "refused its workloads" in writer.statuses["a"]["message"]
     assert sum(1 for what, _ in writer.log if what == "refused Deployment") == 1  # not retried unchanged
+
+
+def test_a_scaled_down_replicas_objects_are_deleted_even_when_the_dsd_is_steady_before_the_sweep_ran() -> None:
+    # Found by the fault suite (run 6): the sweep for stale objects was skipped while another write of the DSD
+    # was in flight, and the DSD, Ready and unchanged, was never decided (nor swept) again.
+    writer = FakeWriter(call_seconds=0.5)  # a slow API server: the first applies are in flight for a while
+    pass_runner = runner(writer)
+    node_views, settings = nodes(1), ReconcileSettings()
+    pass_runner.run_pass(Snapshot(node_views, [], [dsd("a", replicas=2)]), settings)
+    first = writer.statuses["a"]
+    scaled = dsd("a", replicas=1, status=first)
+    pass_runner.run_pass(Snapshot(node_views, [], [scaled]), settings)  # replica 1 goes; its apply is in flight
+    one_pod = [p for p in ready_pods_for(first, "a") if p["metadata"]["labels"]["dspool.io/replica"] == "0"]
+    for _ in range(4):  # Ready from now on, nothing changes
+        pass_runner.run_pass(Snapshot(node_views, one_pod, [dsd("a", replicas=1, status=writer.statuses["a"])]),
+                             settings)  # fmt: skip
+        pass_runner.drain()
+    assert writer.statuses["a"]["phase"] == "Ready"
+    assert "Deployment/a-1" in writer.deleted

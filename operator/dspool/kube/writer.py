@@ -192,6 +192,9 @@ class ApiWriter:
         if getattr(getattr(applied, "metadata", None), "deletionTimestamp", None):
             return  # an object of the same name is still being deleted (e.g. LWS's): apply again later
         self.ledger.record_applied(key, content)
+        self.ledger.record_owned(
+            uid, namespace, str(obj["metadata"]["labels"].get(api.DEPLOYMENT_LABEL, "")), key[:2] + key[3:]
+        )
         self.ledger.clear_rejected(uid, key)
 
     def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
