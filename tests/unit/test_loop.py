@@ -308,3 +308,13 @@ def test_a_scaled_down_replicas_objects_are_deleted_even_when_the_dsd_is_steady_
         pass_runner.drain()
     assert writer.statuses["a"]["phase"] == "Ready"
     assert "Deployment/a-1" in writer.deleted
+
+
+def test_the_writer_addresses_every_kind_it_builds_without_discovery() -> None:
+    from dspool.kube.writer import object_path
+
+    assert object_path("apps/v1", "Deployment", "ai", "r1-0") == "/apis/apps/v1/namespaces/ai/deployments/r1-0"
+    assert object_path("v1", "Service", "ai", "r1") == "/api/v1/namespaces/ai/services/r1"
+    assert object_path("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", None) == (
+        "/apis/leaderworkerset.x-k8s.io/v1/leaderworkersets"
+    )

@@ -7,7 +7,8 @@
   applied already in this term is not applied again, an event posted recently is not posted again.
 - **No listing per DSD.** Objects a decision no longer wants are deleted by name from the ledger; the
   objects that existed before this term are listed once per kind (by dspool's label) when it starts.
-- **Thread-safe**: a pass runs several writes at once (``dspool.loop``); discovery is looked up under a lock.
+- **Thread-safe**: a pass runs several writes at once (``dspool.loop``). Every request has a timeout; the
+  kinds dspool writes are fixed, so it needs no discovery.
 - Conflicts cannot happen on the writes dspool makes: status is a merge patch of dspool's own
   subresource and objects are server-side applied with ``force``; other failures are counted by verb,
   kind and code, and retried by the next pass.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -26,8 +26,6 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from dspool import api
 from dspool.ledger import NotLeadingError, ObjectKey, WriteLedger, digest, object_key, same_json
@@ -36,14 +34,16 @@ from dspool.reconcile import Event
 
 log = logging.getLogger("dspool")
 
-# Kinds dspool creates for a DSD; those the last decision no longer wants are deleted.
-OBJECT_KINDS = [
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "StatefulSet"),
-    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-]
+# Kinds dspool creates for a DSD (and their plural resource names); those the last decision no longer wants
+# are deleted. Fixed kinds, so no discovery: its requests have no timeout in the kubernetes client.
+PLURALS = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("apps/v1", "StatefulSet"): "statefulsets",
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+}
+OBJECT_KINDS = list(PLURALS)
 FIELD_MANAGER = "dspool"
 REQUEST_TIMEOUT = 30  # seconds; a hung API call must not stall every decision
 
@@ -57,6 +57,13 @@ def refusal(exc: ApiException) -> str | None:
     if exc.status in (400, 422) or (exc.status == 500 and "duplicate entries" in message):
         return message[:500]  # 500: server-side apply of a list with repeated keys (e.g. env names)
     return None
+
+
+def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The REST path of a kind dspool builds: a collection (in a namespace or cluster-wide) or one object."""
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{prefix}{scope}/{PLURALS[(api_version, kind)]}" + (f"/{name}" if name else "")
 
 
 class ApiWriter:
@@ -73,41 +80,28 @@ class ApiWriter:
         self.leading = leading
         self.metrics = metrics
         self.ledger = ledger if ledger is not None else WriteLedger()
-        self._dynamic: DynamicClient | None = None  # created on first use (its discovery calls the API server)
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
-        self._resources: dict[tuple[str, str], Any] = {}
-        self._discovery = threading.Lock()
 
-    # ------------------------------------------------------------------ discovery
+    # ------------------------------------------------------------------ kinds
 
     def served(self, api_version: str, kind: str) -> bool:
-        """Whether the API server serves a kind."""
+        """Whether the API server serves a kind (one request, with a timeout)."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         try:
-            self.resource(api_version, kind)
-        except ResourceNotFoundError:
-            return False
-        return True
-
-    def resource(self, api_version: str, kind: str) -> Any:
-        """The dynamic client's resource for a kind, looked up in discovery once."""
-        key = (api_version, kind)
-        with self._discovery:
-            if self._dynamic is None:
-                self._dynamic = DynamicClient(self.api_client)
-                # The client caches discovery in a file shared by every process on the host: start from the
-                # cluster as it is now (a CRD such as LWS may have been installed or removed since).
-                self._dynamic.resources.invalidate_cache()
-            if key not in self._resources:
-                self._resources[key] = self._dynamic.resources.get(api_version=api_version, kind=kind)
-            return self._resources[key]
+            response = self.api_client.call_api(
+                prefix, "GET", header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+                _preload_content=False, _return_http_data_only=True, _request_timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status in (404, 503):  # not installed, or an aggregated API not available
+                return False
+            raise
+        resources = json.loads(response.data).get("resources") or []
+        return any(r.get("kind") == kind and "/" not in r.get("name", "") for r in resources)
 
     def kinds_changed(self) -> None:
-        """A CRD came or went: look kinds up again and apply everything with the new shape."""
-        with self._discovery:
-            if self._dynamic is not None:
-                self._dynamic.resources.invalidate_cache()
-            self._resources.clear()
+        """A CRD came or went: apply everything again, with the new shape."""
         self.ledger.forget_objects()
 
     # ------------------------------------------------------------------ the fence
@@ -141,31 +135,39 @@ class ApiWriter:
 
     # ------------------------------------------------------------------ objects
 
+    def _request(self, method: str, path: str, body: Any = None, query: Sequence[tuple[str, str]] = (),
+                 content_type: str = "application/json") -> dict[str, Any]:  # fmt: skip
+        """One REST request with a timeout; the answer as JSON (every call here has a timeout: a hung
+        request must not stall the operator)."""
+        response = self.api_client.call_api(
+            path, method, query_params=list(query), body=body, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": content_type}, _preload_content=False,
+            _return_http_data_only=True, _request_timeout=REQUEST_TIMEOUT,
+        )  # fmt: skip
+        data = response.data
+        return dict(json.loads(data)) if data else {}
+
     def seed(self, namespaces: Sequence[str]) -> None:
         """List dspool's existing objects once per kind (per watched namespace, or cluster-wide), so objects
         an earlier term or process created and no decision wants any more are found without listing per DSD."""
         found: dict[tuple[str, str], set[ObjectKey]] = {}
-        selector = api.DEPLOYMENT_LABEL
         for api_version, kind in OBJECT_KINDS:
-            try:
-                resource = self.resource(api_version, kind)
-            except ResourceNotFoundError:
-                continue
             scopes: list[str | None] = list(namespaces) or [None]
             for namespace in scopes:
                 self.metrics.api_requests.labels("list", kind).inc()
                 try:
-                    items = resource.get(
-                        namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
-                    ).items
+                    page = self._request("GET", object_path(api_version, kind, namespace),
+                                         query=[("labelSelector", api.DEPLOYMENT_LABEL)])  # fmt: skip
                 except ApiException as exc:
                     if exc.status == 404:
-                        continue  # the kind was uninstalled meanwhile (e.g. the LWS CRD)
+                        break  # the kind is not installed (e.g. the LWS CRD)
                     raise
-                for item in items:
-                    label = str((item.metadata.labels or {}).get(api.DEPLOYMENT_LABEL))
-                    key = (str(item.metadata.namespace), label)
-                    found.setdefault(key, set()).add((api_version, kind, item.metadata.name))
+                for item in page.get("items") or []:
+                    metadata = item.get("metadata") or {}
+                    label = str((metadata.get("labels") or {}).get(api.DEPLOYMENT_LABEL))
+                    found.setdefault((str(metadata.get("namespace")), label), set()).add(
+                        (api_version, kind, str(metadata.get("name")))
+                    )
         self.ledger.seed_found(found)
 
     def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
@@ -175,26 +177,26 @@ class ApiWriter:
         key, content = object_key(namespace, obj), digest(obj)
         if self.ledger.applied_unchanged(key, content):
             return
-        resource = self.resource(obj["apiVersion"], obj["kind"])
+        name = obj["metadata"]["name"]
+        path = object_path(obj["apiVersion"], obj["kind"], namespace, name)
         try:
             applied = self._counted(
-                "apply", obj["kind"], resource.server_side_apply, body=obj, name=obj["metadata"]["name"],
-                namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True,
-                _request_timeout=REQUEST_TIMEOUT,
+                "apply", obj["kind"], self._request, "PATCH", path,
+                body=obj, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                content_type="application/apply-patch+yaml",
             )  # fmt: skip
         except ApiException as exc:
             why = refusal(exc)
             if why is None:
                 raise
-            self.ledger.record_rejected(uid, key, content, f"{obj['kind']} {obj['metadata']['name']}: {why}")
-            log.warning("the API server refused %s %s/%s: %s", obj["kind"], namespace, obj["metadata"]["name"], why)
+            self.ledger.record_rejected(uid, key, content, f"{obj['kind']} {name}: {why}")
+            log.warning("the API server refused %s %s/%s: %s", obj["kind"], namespace, name, why)
             return
-        if getattr(getattr(applied, "metadata", None), "deletionTimestamp", None):
+        if (applied.get("metadata") or {}).get("deletionTimestamp"):
             return  # an object of the same name is still being deleted (e.g. LWS's): apply again later
         self.ledger.record_applied(key, content)
-        self.ledger.record_owned(
-            uid, namespace, str(obj["metadata"]["labels"].get(api.DEPLOYMENT_LABEL, "")), key[:2] + key[3:]
-        )
+        label = str((obj["metadata"].get("labels") or {}).get(api.DEPLOYMENT_LABEL, ""))
+        self.ledger.record_owned(uid, namespace, label, (obj["apiVersion"], obj["kind"], name))
         self.ledger.clear_rejected(uid, key)
 
     def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
@@ -205,14 +207,11 @@ class ApiWriter:
             self._delete(namespace, api_version, kind, object_name)
 
     def _delete(self, namespace: str, api_version: str, kind: str, name: str) -> None:
-        try:
-            resource = self.resource(api_version, kind)
-        except ResourceNotFoundError:
-            return  # the kind is gone (e.g. the LWS CRD removed): so are its objects
-        with contextlib.suppress(ApiException):  # already gone (404); anything else is retried next term
+        # Already gone (404, or the kind itself, e.g. the LWS CRD removed); anything else: retried next term.
+        with contextlib.suppress(ApiException):
             self._counted(
-                "delete", kind, resource.delete, name=name, namespace=namespace,
-                body={"propagationPolicy": "Background"}, _request_timeout=REQUEST_TIMEOUT,
+                "delete", kind, self._request, "DELETE", object_path(api_version, kind, namespace, name),
+                body={"propagationPolicy": "Background"},
             )  # fmt: skip
         self.ledger.forget_applied((api_version, kind, namespace, name))
 
