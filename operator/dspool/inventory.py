@@ -107,6 +107,9 @@ class FreeIndex:
         self._free: dict[str, int] = {}
         self._buckets: dict[str, list[list[str]]] = {}  # accelerator -> [free] -> sorted node names
         self._totals: dict[str, int] = {}
+        # the same per fabric domain of a type, so a gang's nodes are found without a scan of the fabric
+        self._domain_buckets: dict[tuple[str, str], list[list[str]]] = {}
+        self._domain_totals: dict[tuple[str, str], int] = {}
         for accelerator, nodes in groups.items():
             buckets: list[list[str]] = [[] for _ in range(max(n.allocatable for n in nodes) + 1)]
             total = 0
@@ -120,6 +123,9 @@ class FreeIndex:
                 self._free[node.name] = free
                 self._grow(buckets, free)[free].append(node.name)
                 total += free
+                domain = (accelerator, node.fabric_domain)
+                self._grow(self._domain_buckets.setdefault(domain, []), free)[free].append(node.name)
+                self._domain_totals[domain] = self._domain_totals.get(domain, 0) + free
             self._buckets[accelerator] = buckets
             self._totals[accelerator] = total
 
@@ -138,12 +144,14 @@ class FreeIndex:
         new = node.free
         if new == old:
             return
-        buckets = self._buckets[node.accelerator]
-        bucket = buckets[old]
-        del bucket[bisect_left(bucket, name)]
-        insort(self._grow(buckets, new)[new], name)
+        domain = (node.accelerator, node.fabric_domain)
+        for buckets in (self._buckets[node.accelerator], self._domain_buckets[domain]):
+            bucket = buckets[old]
+            del bucket[bisect_left(bucket, name)]
+            insort(self._grow(buckets, new)[new], name)
         self._free[name] = new
         self._totals[node.accelerator] += new - old
+        self._domain_totals[domain] += new - old
 
     def best_fit(self, accelerator: str, need: int) -> NodeState | None:
         """The node of the type with the fewest free devices that are still >= ``need`` (first by name)."""
@@ -167,6 +175,27 @@ class FreeIndex:
     def free_total(self, accelerator: str) -> int:
         """Free devices over all nodes of the type."""
         return self._totals.get(accelerator, 0)
+
+    def domain_free(self, accelerator: str, domain: str) -> int:
+        """Free devices over the type's nodes in one fabric domain."""
+        return self._domain_totals.get((accelerator, domain), 0)
+
+    def domain_fitting(self, accelerator: str, domain: str, need: int) -> int:
+        """How many of the type's nodes in one fabric domain have at least ``need`` free."""
+        buckets = self._domain_buckets.get((accelerator, domain), [])
+        return sum(len(bucket) for bucket in buckets[max(need, 0) :])
+
+    def domain_best_fits(self, accelerator: str, domain: str, need: int, count: int) -> list[tuple[int, NodeState]]:
+        """Up to ``count`` (free, node) of the type in one fabric domain with at least ``need`` free, fewest
+        free first, then by name: what sorting a scan of the domain by (free, name) would return."""
+        picked: list[tuple[int, NodeState]] = []
+        buckets = self._domain_buckets.get((accelerator, domain), [])
+        for free in range(max(need, 0), len(buckets)):
+            for name in buckets[free]:
+                picked.append((free, self._nodes[name]))
+                if len(picked) == count:
+                    return picked
+        return picked
 
     def __copy__(self) -> None:
         return None  # a copied node or pool must not report into (or read) the original's index
@@ -292,7 +321,11 @@ class Pool(BaseModel):
         booked = self.reservations.setdefault(deployment, [])
         for name, devices in wanted.items():
             self.nodes[name].reserved += devices
-            booked.append(Reservation(deployment=deployment, replica=placement.replica, node=name, devices=devices))
+            booked.append(  # checked above: no validation on the placement hot path
+                Reservation.model_construct(
+                    deployment=deployment, replica=placement.replica, node=name, devices=devices
+                )
+            )
 
     def release(self, deployment: str, replica: int) -> None:
         """Give back the devices one replica holds: those the pool recorded for it (never more), on the
@@ -398,12 +431,13 @@ class Pool(BaseModel):
     def memo(self, key: Any, compute: Callable[[], _T]) -> _T:
         """Derived data that depends only on the fixed node set (labels, taints, accelerators), cached."""
         signature = len(self.nodes)
-        cached = self._memo.get(key)
+        memo: dict[Any, Any] = (self.__pydantic_private__ or {})["_memo"]  # direct: the attribute lookup is slow
+        cached = memo.get(key)
         if cached is not None and cached[0] == signature:
             hit: _T = cached[1]
             return hit
         value = compute()
-        self._memo[key] = (signature, value)
+        memo[key] = (signature, value)
         return value
 
 

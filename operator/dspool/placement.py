@@ -167,6 +167,7 @@ class _TypeView:
 
 @dataclass(frozen=True)
 class _PoolView:
+    key: tuple[Any, ...]  # the request's filters (nodeSelector, tolerations, nodes avoided)
     types: dict[str, _TypeView]
     excluded: dict[str, int]  # accelerator -> nodes dropped by the filters
 
@@ -181,6 +182,8 @@ def _filter_key(request: ReplicaRequest) -> tuple[Any, ...]:
 
 
 def _pool_view(pool: Pool, request: ReplicaRequest) -> _PoolView:
+    key = _filter_key(request)
+
     def compute() -> _PoolView:
         types: dict[str, _TypeView] = {}
         excluded: dict[str, int] = {}
@@ -206,9 +209,9 @@ def _pool_view(pool: Pool, request: ReplicaRequest) -> _PoolView:
                 devices_per_node=max(n.allocatable for n in admitted),
                 complete=len(admitted) == len(nodes),
             )
-        return _PoolView(types=types, excluded=excluded)
+        return _PoolView(key=key, types=types, excluded=excluded)
 
-    return pool.memo(_filter_key(request), compute)
+    return pool.memo(key, compute)
 
 
 # ------------------------------------------------------------------------------------------- node choice
@@ -287,8 +290,18 @@ def _choose_single(
 
 
 def _choose_gang(
-    view: _TypeView, stages: int, per_stage: int, strategy: Strategy, peer_nodes: set[str]
+    view: _TypeView,
+    stages: int,
+    per_stage: int,
+    strategy: Strategy,
+    peer_nodes: set[str],
+    index: FreeIndex | None = None,
 ) -> tuple[_Choice | None, str]:
+    """Nodes in one fabric domain for a multi-node replica.
+
+    ``index``: the pool's FreeIndex; for binpack over a view that holds every node of its type, it gives each
+    domain's best-fitting nodes and free total without a scan of the domain (the same nodes the scan picks).
+    """
     if len(view.nodes) < stages:
         return None, (
             f"{view.accelerator}: {stages * per_stage} devices over {stages} nodes, "
@@ -297,21 +310,28 @@ def _choose_gang(
     best: _Choice | None = None
     best_key: tuple[Any, ...] = ()
     spread = strategy == Strategy.SPREAD
+    indexed = index if index is not None and not spread and view.complete else None
     for domain, nodes in view.domains:  # hot: free counts read once per node, no sorting of whole fabrics
-        domain_free = 0
-        fitting: list[tuple[int, NodeState]] = []
-        for node in nodes:
-            free = max(0, node.allocatable - node.used - node.reserved)
-            domain_free += free
-            if free >= per_stage:
-                fitting.append((free, node))
-        if len(fitting) < stages:
-            continue
-        if spread:
-            fitting.sort(key=lambda item: (item[1].name in peer_nodes, -item[0], item[1].name))
+        if indexed is not None:
+            picked = indexed.domain_best_fits(view.accelerator, domain, per_stage, stages)
+            if len(picked) < stages:
+                continue
+            domain_free = indexed.domain_free(view.accelerator, domain)
         else:
-            fitting.sort(key=lambda item: (item[0], item[1].name))
-        picked = fitting[:stages]
+            domain_free = 0
+            fitting: list[tuple[int, NodeState]] = []
+            for node in nodes:
+                free = max(0, node.allocatable - node.used - node.reserved)
+                domain_free += free
+                if free >= per_stage:
+                    fitting.append((free, node))
+            if len(fitting) < stages:
+                continue
+            if spread:
+                fitting.sort(key=lambda item: (item[1].name in peer_nodes, -item[0], item[1].name))
+            else:
+                fitting.sort(key=lambda item: (item[0], item[1].name))
+            picked = fitting[:stages]
         leftover = sum(free for free, _ in picked) - stages * per_stage
         shared = sum(node.name in peer_nodes for _, node in picked)
         # binpack: least left over on the chosen nodes, then the fullest fabric (keeps roomy fabrics whole);
@@ -349,7 +369,7 @@ def _evaluate(
         outcome.free_total = _type_free_total(view, index)
     if sized.pipeline_parallel > 1:
         outcome.choice, outcome.shortfall = _choose_gang(
-            view, sized.pipeline_parallel, sized.tensor_parallel, strategy, peer_nodes
+            view, sized.pipeline_parallel, sized.tensor_parallel, strategy, peer_nodes, index
         )
     else:
         outcome.choice, outcome.shortfall = _choose_single(view, sized.tensor_parallel, strategy, peer_nodes, index)
@@ -459,7 +479,8 @@ def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list
 def placement_from_plan(sized: Plan, nodes: Sequence[str], replica: int) -> ReplicaPlacement:
     """The placement of a feasible plan on these nodes (one pipeline stage of TP devices on each)."""
     assert sized.precision is not None and sized.backend is not None
-    return ReplicaPlacement(
+    # built from a feasible plan, so valid by construction: no validation on the placement hot path
+    return ReplicaPlacement.model_construct(
         replica=replica,
         accelerator=sized.accelerator,
         precision=sized.precision,
@@ -467,7 +488,7 @@ def placement_from_plan(sized: Plan, nodes: Sequence[str], replica: int) -> Repl
         tensor_parallel=sized.tensor_parallel,
         pipeline_parallel=sized.pipeline_parallel,
         max_model_len=sized.max_model_len,
-        nodes=[NodeDevices(name=name, devices=sized.tensor_parallel) for name in nodes],
+        nodes=[NodeDevices.model_construct(name=name, devices=sized.tensor_parallel) for name in nodes],
     )
 
 
@@ -516,14 +537,10 @@ def _least_cost(
     """
     shapes = mix_shapes(pool, demand if demand is not None else catalog_mix(catalog), catalog)
     index = pool.free_index()
-    groups: dict[int, list[tuple[float, _TypeView, Plan]]] = {}
-    claimed = [(_memory_claimed(item), *item) for item in feasible]
-    for memory, type_view, sized in sorted(claimed, key=lambda i: (i[2].pipeline_parallel, i[0], i[2].accelerator)):
-        groups.setdefault(sized.pipeline_parallel, []).append((memory, type_view, sized))
     winner: _TypeOutcome | None = None
     evaluated: list[_TypeOutcome] = []
     ranked: list[_TypeOutcome] = []
-    for group in groups.values():
+    for group in _cost_groups(pool, feasible):
         if winner is not None:
             ranked.extend(_TypeOutcome(view=v, plan=p) for _, v, p in group)
             continue
@@ -537,11 +554,32 @@ def _least_cost(
             if outcome.choice is None:
                 continue
             taken = [(n, sized.tensor_parallel) for n in outcome.choice.nodes]
-            outcome.loss = placement_loss(shapes, type_view.accelerator, taken, request.model.id)
+            outcome.loss = placement_loss(shapes, type_view.accelerator, taken, request.model.id, index)
             outcome.cost = memory + outcome.loss.gib
             if winner is None or _cheaper(outcome, winner, index):
                 winner = outcome
     return winner, evaluated, ranked
+
+
+_CostGroups = list[list[tuple[float, _TypeView, Plan]]]
+
+
+def _cost_groups(pool: Pool, feasible: list[tuple[_TypeView, Plan]]) -> _CostGroups:
+    """The feasible types grouped by nodes per replica (fewest first), each group by memory claimed, then id.
+
+    Memoised on the pool for this very ``feasible`` list (itself memoised by ``_sized_candidates``)."""
+
+    def compute() -> tuple[list[tuple[_TypeView, Plan]], _CostGroups]:
+        groups: dict[int, list[tuple[float, _TypeView, Plan]]] = {}
+        claimed = [(_memory_claimed(item), *item) for item in feasible]
+        for memory, type_view, sized in sorted(claimed, key=lambda i: (i[2].pipeline_parallel, i[0], i[2].accelerator)):
+            groups.setdefault(sized.pipeline_parallel, []).append((memory, type_view, sized))
+        return feasible, list(groups.values())
+
+    computed_for, groups = pool.memo(("cost-groups", id(feasible)), compute)
+    if computed_for is not feasible:  # the id of a list the memo no longer holds, reused: rare, not cached
+        computed_for, groups = compute()
+    return groups
 
 
 def _cheaper(outcome: _TypeOutcome, best: _TypeOutcome, index: FreeIndex) -> bool:
@@ -616,9 +654,9 @@ def _sized_candidates(
     model with the same sizing on the same filtered nodes always gets the same plans."""
     key = (
         "sized",
-        _filter_key(request),
+        view.key,
         model_fingerprint(request.model),
-        tuple(request.sizing.model_dump().items()),
+        tuple(request.sizing.__dict__.items()),  # the field values (model_dump is slow on this hot path)
         request.allow_multi_node,
         tuple(candidates),
         id(catalog),

@@ -42,7 +42,7 @@ from typing import Any
 from pydantic import BaseModel, Field, PrivateAttr
 
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError
-from dspool.inventory import NodeState, Pool
+from dspool.inventory import FreeIndex, NodeState, Pool
 from dspool.plancache import model_fingerprint, sized_plan
 from dspool.sizing import SizingRequest
 
@@ -202,11 +202,16 @@ def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
 
 
 def placement_loss(
-    shapes: MixShapes, accelerator: str, taken: Sequence[tuple[NodeState, int]], requesting_model: str
+    shapes: MixShapes,
+    accelerator: str,
+    taken: Sequence[tuple[NodeState, int]],
+    requesting_model: str,
+    index: FreeIndex | None = None,
 ) -> Loss:
     """The loss (GiB) a placement taking ``taken`` (node, devices) on ``accelerator`` inflicts on the mix.
 
-    The requesting model's own shapes are skipped. See the module docstring for the rule.
+    The requesting model's own shapes are skipped. See the module docstring for the rule. ``index``: the
+    pool's FreeIndex (counts a fabric domain's fitting nodes without a scan).
     """
     type_shapes = shapes.by_type.get(accelerator, ())
     if not type_shapes:
@@ -231,11 +236,14 @@ def placement_loss(
             lost = sum(crossed.values()) * per_stage
         else:
             for domain, count in crossed.items():
-                fitting = sum(
-                    1
-                    for n in shapes.domains.get((accelerator, domain), ())
-                    if n.allocatable - n.used - n.reserved >= per_stage
-                )
+                if index is not None:
+                    fitting = index.domain_fitting(accelerator, domain, per_stage)
+                else:
+                    fitting = sum(
+                        1
+                        for n in shapes.domains.get((accelerator, domain), ())
+                        if n.allocatable - n.used - n.reserved >= per_stage
+                    )
                 gangs_lost = fitting // shape.stages - (fitting - count) // shape.stages
                 lost += max(gangs_lost * shape.stages * per_stage, count * per_stage)
         gib = (max(0, lost - taken_on_crossed) + KEEP_AWAY * devices_taken) * shape.weight

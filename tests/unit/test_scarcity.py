@@ -96,10 +96,15 @@ def _scan_best_fit(pool: Pool, need: int) -> str | None:
     return min(fitting, key=lambda n: n.free).name if fitting else None
 
 
+def _scan_domain(pool: Pool, domain: str, need: int) -> list[tuple[int, str]]:
+    """A fabric's nodes with room for ``need``, by (free, name): the order a gang takes them in (binpack)."""
+    return sorted((n.free, n.name) for n in pool.nodes.values() if n.fabric == domain and n.free >= need)
+
+
 @settings(max_examples=60, deadline=None)
 @given(ops=operations)
 def test_the_free_index_always_answers_what_a_scan_would(ops: list[tuple[str, int, int]]) -> None:
-    pool = pool_of(*(node(f"l20-{i}", "L20-48G") for i in range(8)))
+    pool = pool_of(*(node(f"l20-{i}", "L20-48G", fabric=f"rack-{i % 2}") for i in range(8)))
     pool.free_index()
     live: list[ReplicaPlacement] = []
     for index, (action, which, devices) in enumerate(ops):
@@ -121,3 +126,12 @@ def test_the_free_index_always_answers_what_a_scan_would(ops: list[tuple[str, in
             found = pool.free_index().best_fit("L20-48G", need)
             assert (found.name if found else None) == _scan_best_fit(pool, need)
         assert pool.free_index().free_total("L20-48G") == sum(n.free for n in pool.nodes.values())
+        for domain in ("rack-0", "rack-1"):  # what a gang's choice and its loss to the mix read
+            free_index = pool.free_index()
+            free = sum(n.free for n in pool.nodes.values() if n.fabric == domain)
+            assert free_index.domain_free("L20-48G", domain) == free
+            for need in (1, 2, 4, 8):
+                scanned = _scan_domain(pool, domain, need)
+                assert free_index.domain_fitting("L20-48G", domain, need) == len(scanned)
+                picked = free_index.domain_best_fits("L20-48G", domain, need, 3)
+                assert [(f, n.name) for f, n in picked] == scanned[:3]
