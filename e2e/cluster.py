@@ -721,6 +721,18 @@ def install_lws(port: int) -> None:
         if time.monotonic() > deadline:
             raise ClusterError(f"the CRD {LWS_CRD_NAME} is not Established after 120 s")
         time.sleep(0.5)
+    # LWS's webhook server starts only once its controller has seen the CRD (controller-runtime looks again
+    # 10 s after a kind it cannot find): until it listens, every LeaderWorkerSet write fails closed.
+    wait_until(lambda: listening(port), "lws-controller", f"LWS's webhook server on port {port}", 90)
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def remove_lws() -> None:
