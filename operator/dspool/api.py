@@ -141,11 +141,128 @@ class Resources(ApiModel):
         return self
 
 
-class EnvVar(ApiModel):
-    """An extra environment variable for the serving container."""
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str = ""
+
+class KeySelector(ApiModel):
+    """One key of a Secret or ConfigMap in the DSD's namespace (core/v1 SecretKeySelector / ConfigMapKeySelector)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    optional: bool | None = None
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from: a Secret key or a ConfigMap key (exactly one)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                 "message": "valueFrom needs exactly one of secretKeyRef, configMapKeyRef"}
+            ]
+        },
+    )  # fmt: skip
+
+    secret_key_ref: KeySelector | None = None
+    config_map_key_ref: KeySelector | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("valueFrom needs exactly one of secretKeyRef, configMapKeyRef")
+        return self
+
+
+class EnvVar(ApiModel):
+    """An extra environment variable for the serving (and weight-fetching) containers: a plain value, or
+    ``valueFrom`` a Secret or ConfigMap key, so that tokens stay out of the DSD."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!(has(self.value) && has(self.valueFrom))",
+                 "message": "an env entry takes value or valueFrom, not both"}
+            ]
+        },
+    )  # fmt: skip
+
+    name: str = Field(min_length=1, max_length=253, pattern=ENV_NAME_PATTERN)
+    value: str | None = None
+    value_from: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: value or valueFrom, not both")
+        return self
+
+    def container_entry(self) -> dict[str, Any]:
+        """The core/v1 EnvVar a container gets."""
+        if self.value_from is not None:
+            return {"name": self.name, "valueFrom": self.value_from.wire()}
+        return {"name": self.name, "value": self.value or ""}
+
+
+class ObjectReference(ApiModel):
+    """A Secret or ConfigMap in the DSD's namespace whose every key becomes a variable."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    optional: bool | None = None
+
+
+class EnvFromSource(ApiModel):
+    """core/v1 EnvFromSource: all keys of a Secret or a ConfigMap, optionally prefixed (exactly one source)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.secretRef) != has(self.configMapRef)",
+                 "message": "envFrom entries need exactly one of secretRef, configMapRef"}
+            ]
+        },
+    )  # fmt: skip
+
+    prefix: str | None = Field(default=None, max_length=253, pattern=ENV_NAME_PATTERN)
+    secret_ref: ObjectReference | None = None
+    config_map_ref: ObjectReference | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("envFrom entries need exactly one of secretRef, configMapRef")
+        return self
+
+
+class Parallelism(StrEnum):
+    """How a replica's devices split the model."""
+
+    TENSOR = "tensor"
+    DATA_EXPERT = "data-expert"
+
+
+class KvCacheDtype(StrEnum):
+    """The KV cache's element type."""
+
+    AUTO = "auto"
+    FP8 = "fp8"
+
+
+class SpeculativeDecoding(ApiModel):
+    """Speculative decoding with the checkpoint's own multi-token-prediction (MTP) module."""
+
+    method: Literal["mtp"] = "mtp"
+    num_speculative_tokens: int = Field(default=1, ge=1, le=4, description="draft tokens per step (1 recommended)")
 
 
 class ServingSpec(ApiModel):
@@ -159,6 +276,20 @@ class ServingSpec(ApiModel):
         default=None, min_length=1, pattern=r"^[^\s]+$", description="overrides the backend's default image"
     )
     resources: Resources | None = None
+    parallelism: Parallelism = Field(
+        default=Parallelism.TENSOR,
+        description="tensor: TP inside a node, PP across nodes; data-expert: data-parallel attention with "
+        "expert-parallel MoE (vLLM --data-parallel-size --enable-expert-parallel): one MLA cache per rank",
+    )
+    kv_cache_dtype: KvCacheDtype = Field(
+        default=KvCacheDtype.AUTO, description="fp8 halves the KV cache (vLLM --kv-cache-dtype fp8; Hopper+)"
+    )
+    speculative_decoding: SpeculativeDecoding | None = Field(
+        default=None, description="MTP speculative decoding (vLLM --speculative-config); adds the MTP weights"
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, max_length=16, description="Secrets/ConfigMaps whose keys become variables"
+    )
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=64,
@@ -346,6 +477,7 @@ class ReplicaPlacement(ApiModel):
     backend: Backend
     tensor_parallel: int = Field(ge=1)
     pipeline_parallel: int = Field(ge=1)
+    data_parallel: int = Field(default=1, ge=1, description="data-parallel attention ranks (serving.parallelism)")
     max_model_len: int = Field(ge=1)
     nodes: list[NodeDevices] = Field(min_length=1)
     spec_hash: str = Field(default="", description="hash of the spec this replica was built from")

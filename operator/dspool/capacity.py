@@ -79,13 +79,13 @@ def _gangs_in_domain(free_counts: Iterable[int], stages: int, per_stage: int) ->
 
 def replicas_that_fit(plan: Plan, nodes: Sequence[NodeState]) -> int:
     """How many replicas of ``plan`` the engine places on these nodes (one type) before it is full."""
-    per_stage = plan.tensor_parallel
-    if plan.pipeline_parallel == 1:
+    per_stage = plan.devices_per_node
+    if plan.nodes_per_replica == 1:
         return sum(n.free // per_stage for n in nodes)
     domains: dict[str, list[int]] = {}
     for node in nodes:
         domains.setdefault(node.fabric_domain, []).append(node.free)
-    return sum(_gangs_in_domain(free, plan.pipeline_parallel, per_stage) for free in domains.values())
+    return sum(_gangs_in_domain(free, plan.nodes_per_replica, per_stage) for free in domains.values())
 
 
 def placeable_replicas(
@@ -129,17 +129,17 @@ def stranded_devices(
     for accelerator, nodes in pool.by_accelerator().items():
         plans = [sized for model in demand if (sized := type_plan(model, accelerator, nodes, catalog, sizing))]
         gang_ready: set[tuple[int, int, str]] = set()  # (TP, PP, domain) where a whole gang still fits
-        for per_stage, stages in {(p.tensor_parallel, p.pipeline_parallel) for p in plans if p.pipeline_parallel > 1}:
+        for per_stage, stages in {(p.devices_per_node, p.nodes_per_replica) for p in plans if p.nodes_per_replica > 1}:
             fitting = Counter(n.fabric_domain for n in nodes if n.free >= per_stage)
             gang_ready.update((per_stage, stages, domain) for domain, count in fitting.items() if count >= stages)
         stranded = 0
         for node in nodes:
             free = node.free
             shapes = {
-                p.tensor_parallel
+                p.devices_per_node
                 for p in plans
-                if p.pipeline_parallel == 1
-                or (p.tensor_parallel, p.pipeline_parallel, node.fabric_domain) in gang_ready
+                if p.nodes_per_replica == 1
+                or (p.devices_per_node, p.nodes_per_replica, node.fabric_domain) in gang_ready
             }
             fits = [free % shape for shape in shapes if shape <= free]
             stranded += min(fits) if fits else free

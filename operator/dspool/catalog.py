@@ -86,6 +86,28 @@ class ModelSpec(_CatalogModel):
     max_context: int = Field(gt=0)
     native_precision: Precision
     checkpoint_gib: dict[Precision, float] = Field(default_factory=dict, alias="checkpointGiB")
+    # What the engines check against the parallel layout at start (docs/sizing.md, "Layouts the engines
+    # accept"): config.json's intermediate_size, moe_intermediate_size, n_routed_experts and the FP8
+    # checkpoint's quantization_config.weight_block_size.
+    intermediate_size: int | None = Field(
+        default=None, gt=0, description="dense MLP width (config.json intermediate_size); unknown = not checked"
+    )
+    moe_intermediate_size: int | None = Field(default=None, gt=0, description="one routed expert's MLP width")
+    routed_experts: int | None = Field(default=None, gt=0, description="config.json n_routed_experts")
+    weight_block_size: int | None = Field(
+        default=None, gt=0, description="block of the block-wise FP8 checkpoint (128 x 128 for DeepSeek-V3)"
+    )
+    dense_params_b: float | None = Field(
+        default=None, gt=0, description="parameters outside the routed experts, billions (replicated under EP)"
+    )
+    vocab_size: int | None = Field(default=None, gt=0, description="config.json vocab_size (the sampler's logits)")
+    experts_per_token: int = Field(default=8, gt=0, description="config.json num_experts_per_tok (MoE)")
+    replicated_params_b: float = Field(
+        default=0, ge=0, description="parameters every TP rank holds whole (vLLM's fused_qkv_a_proj and router)"
+    )
+    mtp_params_b: float = Field(
+        default=0, ge=0, description="multi-token-prediction module, billions, included in the checkpoint sizes"
+    )
 
     @model_validator(mode="after")
     def _check_attention(self) -> ModelSpec:
@@ -93,7 +115,14 @@ class ModelSpec(_CatalogModel):
             raise ValueError(f"model {self.id}: MLA needs mlaKvLoraRank and mlaRopeHeadDim")
         if self.attention == "gqa" and self.attention_heads % self.kv_heads:
             raise ValueError(f"model {self.id}: attentionHeads must be a multiple of kvHeads")
+        if self.moe and (self.moe_intermediate_size is None or self.routed_experts is None):
+            raise ValueError(f"model {self.id}: MoE models need moeIntermediateSize and routedExperts")
         return self
+
+    @property
+    def checkpoint_params_b(self) -> float:
+        """Parameters of the published checkpoint: the model plus its MTP module, if any."""
+        return self.params_b + self.mtp_params_b
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -100,6 +100,11 @@ class ReplicaRequest(BaseModel):
                 max_model_len=serving.max_model_len,
                 gpu_memory_utilization=serving.gpu_memory_utilization,
                 engine_image=serving.image or default_engine_image,
+                parallelism=serving.parallelism.value,
+                kv_cache_dtype=serving.kv_cache_dtype.value,
+                speculative_tokens=(
+                    serving.speculative_decoding.num_speculative_tokens if serving.speculative_decoding else 0
+                ),
             ),
             accelerator_types=list(spec.placement.accelerator_types),
             strategy=spec.placement.strategy,
@@ -242,7 +247,7 @@ class _TypeOutcome:
 
     @property
     def multi_node(self) -> bool:
-        return self.plan.pipeline_parallel > 1
+        return self.plan.nodes_per_replica > 1
 
     @property
     def memory_claimed(self) -> float:
@@ -367,12 +372,12 @@ def _evaluate(
     outcome = _TypeOutcome(view=view, plan=sized)
     if free_total:
         outcome.free_total = _type_free_total(view, index)
-    if sized.pipeline_parallel > 1:
+    if sized.nodes_per_replica > 1:
         outcome.choice, outcome.shortfall = _choose_gang(
-            view, sized.pipeline_parallel, sized.tensor_parallel, strategy, peer_nodes, index
+            view, sized.nodes_per_replica, sized.devices_per_node, strategy, peer_nodes, index
         )
     else:
-        outcome.choice, outcome.shortfall = _choose_single(view, sized.tensor_parallel, strategy, peer_nodes, index)
+        outcome.choice, outcome.shortfall = _choose_single(view, sized.devices_per_node, strategy, peer_nodes, index)
     return outcome
 
 
@@ -398,8 +403,8 @@ def _canonical_types(requested: Sequence[str], catalog: Catalog) -> list[str]:
 
 
 def _shape(sized: Plan) -> str:
-    if sized.pipeline_parallel > 1:
-        return f"{sized.devices_per_replica} devices over {sized.pipeline_parallel} nodes"
+    if sized.nodes_per_replica > 1:
+        return f"{sized.devices_per_replica} devices over {sized.nodes_per_replica} nodes"
     return f"{sized.devices_per_replica} device{'s' if sized.devices_per_replica != 1 else ''} on one node"
 
 
@@ -465,7 +470,7 @@ def _type_tiers(feasible: list[tuple[_TypeView, Plan]], preferred: bool) -> list
 
     def rank(item: tuple[_TypeView, Plan]) -> tuple[int, float]:
         type_view, sized = item
-        return (sized.pipeline_parallel, round(sized.devices_per_replica * type_view.device_memory_gib, 3))
+        return (sized.nodes_per_replica, round(sized.devices_per_replica * type_view.device_memory_gib, 3))
 
     tiers: list[list[tuple[_TypeView, Plan]]] = []
     for item in sorted(feasible, key=lambda i: (*rank(i), i[1].accelerator)):
@@ -487,8 +492,9 @@ def placement_from_plan(sized: Plan, nodes: Sequence[str], replica: int) -> Repl
         backend=sized.backend,
         tensor_parallel=sized.tensor_parallel,
         pipeline_parallel=sized.pipeline_parallel,
+        data_parallel=sized.data_parallel,
         max_model_len=sized.max_model_len,
-        nodes=[NodeDevices.model_construct(name=name, devices=sized.tensor_parallel) for name in nodes],
+        nodes=[NodeDevices.model_construct(name=name, devices=sized.devices_per_node) for name in nodes],
     )
 
 
@@ -553,7 +559,7 @@ def _least_cost(
             ranked.append(outcome)
             if outcome.choice is None:
                 continue
-            taken = [(n, sized.tensor_parallel) for n in outcome.choice.nodes]
+            taken = [(n, sized.devices_per_node) for n in outcome.choice.nodes]
             outcome.loss = placement_loss(shapes, type_view.accelerator, taken, request.model.id, index)
             outcome.cost = memory + outcome.loss.gib
             if winner is None or _cheaper(outcome, winner, index):
@@ -572,8 +578,8 @@ def _cost_groups(pool: Pool, feasible: list[tuple[_TypeView, Plan]]) -> _CostGro
     def compute() -> tuple[list[tuple[_TypeView, Plan]], _CostGroups]:
         groups: dict[int, list[tuple[float, _TypeView, Plan]]] = {}
         claimed = [(_memory_claimed(item), *item) for item in feasible]
-        for memory, type_view, sized in sorted(claimed, key=lambda i: (i[2].pipeline_parallel, i[0], i[2].accelerator)):
-            groups.setdefault(sized.pipeline_parallel, []).append((memory, type_view, sized))
+        for memory, type_view, sized in sorted(claimed, key=lambda i: (i[2].nodes_per_replica, i[0], i[2].accelerator)):
+            groups.setdefault(sized.nodes_per_replica, []).append((memory, type_view, sized))
         return feasible, list(groups.values())
 
     computed_for, groups = pool.memo(("cost-groups", id(feasible)), compute)

@@ -26,6 +26,14 @@ def model_fingerprint(model: ModelSpec) -> tuple[Any, ...]:
         model.native_precision,
         model.kv_bytes_per_token,
         tuple(sorted(model.checkpoint_gib.items())),
+        model.intermediate_size,
+        model.moe_intermediate_size,
+        model.routed_experts,
+        model.weight_block_size,
+        model.dense_params_b,
+        model.mtp_params_b,
+        model.vocab_size,
+        model.replicated_params_b,
     )
 
 

@@ -223,10 +223,10 @@ def _nodes_text(nodes: Iterable[NodeDevices]) -> str:
 
 def _where(placement: ReplicaPlacement, pool: Pool) -> str:
     """'2 x 8 H100-80G in rack-a' for a gang, '8 x H200-141G on h200-1' for one node."""
-    if placement.pipeline_parallel > 1:
+    if len(placement.nodes) > 1:
         fabric = pool.nodes[placement.nodes[0].name].fabric_domain if placement.nodes[0].name in pool.nodes else ""
         inside = f" in {fabric}" if fabric and fabric != NO_FABRIC else ""
-        return f"{placement.pipeline_parallel} x {placement.tensor_parallel} {placement.accelerator}{inside}"
+        return f"{len(placement.nodes)} x {placement.nodes[0].devices} {placement.accelerator}{inside}"
     return f"{placement.devices} x {placement.accelerator} on {placement.nodes[0].name}"
 
 
@@ -326,7 +326,7 @@ def _candidates(
             found[frozenset(unique)] = candidate
 
     for rank, option in enumerate(types):
-        stages, per_stage = option.plan.pipeline_parallel, option.plan.tensor_parallel
+        stages, per_stage = option.plan.nodes_per_replica, option.plan.devices_per_node
         if stages == 1:
             for node in option.nodes:
                 victims = node_option(node, per_stage)
@@ -459,8 +459,8 @@ def plan_rebalance(
     candidates = _candidates(types, movable, budget, residents)
     if not candidates:
         needs = "; ".join(
-            f"{t.accelerator} needs {t.plan.tensor_parallel} free on "
-            + (f"{t.plan.pipeline_parallel} nodes of one fabric" if t.plan.pipeline_parallel > 1 else "one node")
+            f"{t.accelerator} needs {t.plan.devices_per_node} free on "
+            + (f"{t.plan.nodes_per_replica} nodes of one fabric" if t.plan.nodes_per_replica > 1 else "one node")
             for t in types[:3]
         )
         return RebalanceOutcome(

@@ -164,8 +164,8 @@ def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
                 devices = max(n.allocatable for n in nodes)
                 sized = sized_plan(model, accelerator, SizingRequest(), memory, devices)
                 # a gang no fabric domain of the pool can ever hold is no home to protect
-                if sized.feasible and sized.pipeline_parallel <= largest_domain[accelerator_id]:
-                    plans.setdefault(model.id, {})[accelerator_id] = (sized.pipeline_parallel, sized.tensor_parallel)
+                if sized.feasible and sized.nodes_per_replica <= largest_domain[accelerator_id]:
+                    plans.setdefault(model.id, {})[accelerator_id] = (sized.nodes_per_replica, sized.devices_per_node)
         # (accelerator, stages, per_stage) -> the heaviest model with that shape: models with the same shape
         # (R1 and V3) are one home to protect, not two
         merged: dict[tuple[str, int, int], Shape] = {}

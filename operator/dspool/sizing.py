@@ -1,50 +1,38 @@
-"""The sizing planner: devices per replica, nodes, precision and TP/PP layout from a memory account.
+"""The sizing planner: devices per replica, nodes, precision and parallel layout from a memory account.
 
 Pure functions of catalog entries and a validated request; no I/O. The rules (see docs/sizing.md):
 
 - precision ``auto`` is the cheapest precision the backend runs for that checkpoint on that hardware:
   the native one where the hardware runs it; an FP8 checkpoint on NVIDIA without FP8 (Ampere) served
   weight-only (W8A16, vLLM's Marlin kernels) when the vLLM image has them; else BF16;
-- usable memory per device = device memory x gpuMemoryUtilization - the backend's runtime overhead;
-- weights (published checkpoint size, else parameters x bytes per parameter) split over TP x PP devices;
-  the largest pipeline stage holds ceil(layers / PP) layers;
+- usable memory per device = device memory x gpuMemoryUtilization - the engine's runtime reserve
+  (:mod:`dspool.headroom`: context, communication buffers, the profiled activation peak, CUDA graphs);
+- weights (published checkpoint size, else parameters x bytes per parameter; the MTP module only when
+  speculative decoding uses it) split over TP x PP devices; the largest pipeline stage holds
+  ceil(layers / PP) layers; under data-parallel attention the non-expert part is replicated on every rank;
 - KV cache for ``kvCacheTokens`` tokens: GQA splits over TP ranks (no further than the KV-head count),
-  MLA is replicated on every TP rank; both split by layers across PP stages;
-- TP divides the attention-head count and stays inside one node; more than one node means one pipeline
-  stage per node; the fewest nodes win, then the fewest devices.
+  MLA is replicated on every TP rank; both split by layers across PP stages; data-parallel ranks each hold
+  their share; an FP8 KV cache halves the bytes;
+- only layouts the backend accepts (:mod:`dspool.layouts`); TP stays inside one node; more than one node
+  means one pipeline stage per node (or whole nodes of data-parallel ranks); the fewest nodes win, then
+  the fewest devices, and a layout with little headroom (``marginal``) only when no safer one fits.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 from pydantic.alias_generators import to_camel
 
+from dspool.backends import Backend as Backend  # re-exported: callers import it from dspool.sizing
 from dspool.catalog import AcceleratorSpec, ModelSpec, Precision, Vendor
+from dspool.headroom import RuntimeReserve, runtime_reserve
+from dspool.layouts import Layout, layout_refusals
 
 GIB = 1024**3
-
-
-class Backend(StrEnum):
-    """Serving engines dspool can run."""
-
-    VLLM = "vllm"
-    MINDIE = "mindie"
-    VLLM_ASCEND = "vllm-ascend"
-
-
-# Memory a serving engine takes per device beyond weights and KV cache: CUDA/CANN context, collective
-# communication buffers, CUDA graphs and the activation peak of a prefill chunk. Defaults, overridable
-# per request; they are estimates ([U] in domain-facts), erring on the safe side.
-RUNTIME_OVERHEAD_GIB: dict[Backend, float] = {
-    Backend.VLLM: 2.5,
-    Backend.MINDIE: 3.0,
-    Backend.VLLM_ASCEND: 3.0,
-}
 
 # Bytes per parameter when no published checkpoint size is known. 8-bit formats keep embeddings,
 # norms and scales in 16 bits, hence a little over one byte.
@@ -64,10 +52,18 @@ DEFAULT_KV_CACHE_TOKENS = 32768
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_MAX_NODES = 8
 
+# A plan leaving less than this share of a device's memory free after weights, the requested KV cache
+# and the runtime reserve is "marginal": an estimate a few percent off, or a larger batch, and the engine
+# fails its start-up memory check. Such a plan is chosen only when no layout with more room fits.
+MARGINAL_FRACTION = 0.05
+
 BACKENDS_BY_VENDOR: dict[Vendor, tuple[Backend, ...]] = {
     Vendor.NVIDIA: (Backend.VLLM,),
     Vendor.ASCEND: (Backend.MINDIE, Backend.VLLM_ASCEND),
 }
+
+Parallelism = Literal["tensor", "data-expert"]
+KvCacheDtype = Literal["auto", "fp8"]
 
 
 class _Camel(BaseModel):
@@ -84,22 +80,30 @@ class SizingRequest(_Camel):
     gpu_memory_utilization: float = Field(default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
     devices_per_node: int | None = Field(default=None, ge=1, le=64)
     device_memory_gib: float | None = Field(default=None, gt=0, description="overrides the catalog (node label)")
-    overhead_gib: float | None = Field(default=None, ge=0, description="overrides the backend default")
+    overhead_gib: float | None = Field(default=None, ge=0, description="overrides the engine's runtime reserve")
     max_nodes: int = Field(default=DEFAULT_MAX_NODES, ge=1, le=64)
     allow_multi_node: bool = True
     engine_image: str | None = Field(
         default=None, description="the engine image when pinned (spec.serving.image); None = dspool's default"
     )
+    parallelism: Parallelism = Field(
+        default="tensor",
+        description="tensor: TP inside a node, PP across nodes; data-expert: data-parallel attention with "
+        "expert-parallel MoE (one MLA cache per rank)",
+    )
+    kv_cache_dtype: KvCacheDtype = "auto"
+    speculative_tokens: int = Field(default=0, ge=0, le=8, description="MTP draft tokens per step; 0 = off")
+    accept_marginal: bool = Field(default=False, description="take the smallest fitting layout even if marginal")
 
 
 class MemoryAccount(_Camel):
     """Per-device memory account of one layout, GiB."""
 
     device_memory: float
-    usable_per_device: float = Field(description="device memory x utilization - overhead")
+    usable_per_device: float = Field(description="device memory x utilization - runtime reserve")
     weights_per_device: float
     kv_cache_per_device: float
-    overhead_per_device: float
+    overhead_per_device: float = Field(description="the engine's runtime reserve (dspool.headroom)")
     free_per_device: float = Field(description="usable - weights - KV; negative when it does not fit")
     weights_total: float
 
@@ -121,33 +125,41 @@ class Plan(_Camel):
     devices_per_node: int
     tensor_parallel: int
     pipeline_parallel: int
+    data_parallel: int = 1
+    expert_parallel: bool = False
     max_model_len: int
     kv_cache_tokens: int
+    kv_cache_dtype: KvCacheDtype = "auto"
+    speculative_tokens: int = 0
     memory_gib: MemoryAccount = Field(alias="memoryGiB")
+    marginal: bool = Field(default=False, description="less than 5% of device memory left: may fail to start")
     reason: str
     precision_note: str = Field(default="", description="why this precision, when it is not the checkpoint's own")
 
     @model_validator(mode="after")
     def _check_shape(self) -> Plan:
-        if self.feasible and self.devices_per_replica != self.tensor_parallel * self.pipeline_parallel:
-            raise ValueError("devicesPerReplica must equal tensorParallel x pipelineParallel")
+        layout_devices = self.tensor_parallel * self.pipeline_parallel * self.data_parallel
+        if self.feasible and self.devices_per_replica != layout_devices:
+            raise ValueError("devicesPerReplica must equal tensorParallel x pipelineParallel x dataParallel")
+        if self.feasible and self.devices_per_replica != self.nodes_per_replica * self.devices_per_node:
+            raise ValueError("devicesPerReplica must equal nodesPerReplica x devicesPerNode")
         return self
+
+    @property
+    def shape(self) -> Layout:
+        """The parallel layout."""
+        return Layout(self.tensor_parallel, self.pipeline_parallel, self.data_parallel, self.expert_parallel)
 
     @property
     def layout(self) -> str:
         """Human-readable layout, e.g. 'TP8 x PP2'."""
         if not self.feasible:
             return "-"
-        return f"TP{self.tensor_parallel}" + (f" x PP{self.pipeline_parallel}" if self.pipeline_parallel > 1 else "")
-
-
-def tensor_parallel_choices(model: ModelSpec, devices_per_node: int) -> list[int]:
-    """TP sizes that divide the attention-head count and fit in one node, ascending."""
-    return [tp for tp in range(1, devices_per_node + 1) if model.attention_heads % tp == 0]
+        return self.shape.describe()
 
 
 def weights_total_gib(model: ModelSpec, precision: Precision) -> float:
-    """Weight bytes of the whole model at a precision (published checkpoint size when known).
+    """Weight bytes of the whole published checkpoint at a precision (MTP module included).
 
     W8A16 of an FP8 checkpoint is that checkpoint itself, its 8-bit weights dequantized on the fly.
     """
@@ -155,7 +167,17 @@ def weights_total_gib(model: ModelSpec, precision: Precision) -> float:
         return model.checkpoint_gib[precision]
     if precision == Precision.W8A16 and Precision.FP8 in model.checkpoint_gib:
         return model.checkpoint_gib[Precision.FP8]
-    return model.params_b * 1e9 * BYTES_PER_PARAM[precision] / GIB
+    return model.checkpoint_params_b * 1e9 * BYTES_PER_PARAM[precision] / GIB
+
+
+def mtp_weights_gib(model: ModelSpec, precision: Precision) -> float:
+    """The multi-token-prediction module's share of the checkpoint; engines load it only to speculate."""
+    return weights_total_gib(model, precision) * model.mtp_params_b / model.checkpoint_params_b
+
+
+def main_weights_gib(model: ModelSpec, precision: Precision) -> float:
+    """What the engine loads without speculative decoding: the checkpoint less its MTP module."""
+    return weights_total_gib(model, precision) - mtp_weights_gib(model, precision)
 
 
 def stage_fraction(model: ModelSpec, pipeline_parallel: int) -> float:
@@ -168,9 +190,20 @@ def kv_split(model: ModelSpec, tensor_parallel: int) -> int:
     return 1 if model.attention == "mla" else min(tensor_parallel, model.kv_heads)
 
 
-def kv_bytes_per_token_per_device(model: ModelSpec, tensor_parallel: int, pipeline_parallel: int) -> float:
-    """KV-cache bytes one device holds per cached token."""
-    return model.kv_bytes_per_token * stage_fraction(model, pipeline_parallel) / kv_split(model, tensor_parallel)
+def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: KvCacheDtype = "auto") -> float:
+    """KV bytes per cached token over all layers, one full copy: BF16, or one byte per element in FP8."""
+    return model.kv_bytes_per_token / (2 if kv_cache_dtype == "fp8" else 1)
+
+
+def kv_bytes_per_token_per_device(
+    model: ModelSpec, tensor_parallel: int, pipeline_parallel: int, kv_cache_dtype: KvCacheDtype = "auto"
+) -> float:
+    """KV-cache bytes one device holds per token it caches."""
+    return (
+        kv_bytes_per_token(model, kv_cache_dtype)
+        * stage_fraction(model, pipeline_parallel)
+        / kv_split(model, tensor_parallel)
+    )
 
 
 def image_version(image: str) -> tuple[int, ...] | None:
@@ -288,11 +321,33 @@ def memory_account(
     device_memory_gib: float,
     utilization: float,
     overhead_gib: float,
+    *,
+    data_parallel: int = 1,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    speculative_tokens: int = 0,
+    min_rank_tokens: int = 0,
 ) -> MemoryAccount:
-    """Per-device memory of one TP x PP layout."""
-    weights_total = weights_total_gib(model, precision)
-    weights = weights_total * stage_fraction(model, pipeline_parallel) / tensor_parallel
-    kv = kv_tokens * kv_bytes_per_token_per_device(model, tensor_parallel, pipeline_parallel) / GIB
+    """Per-device memory of one layout.
+
+    Tensor parallel: the weights split over TP x PP devices, the KV cache as :func:`kv_split` says.
+    Data-parallel attention (``data_parallel`` > 1, experts spread over every rank): each rank holds the
+    non-expert weights whole and 1/(TP x DP) of the experts, and its own share of the KV budget, never
+    less than ``min_rank_tokens`` (one longest request). The MTP module is loaded only when
+    ``speculative_tokens`` > 0, split like a layer.
+    """
+    loaded = main_weights_gib(model, precision)
+    extra = mtp_weights_gib(model, precision) / tensor_parallel if speculative_tokens else 0.0
+    # Weights every TP rank holds whole (vLLM's replicated projections): not divided by TP.
+    replicated = loaded * model.replicated_params_b / model.params_b if tensor_parallel > 1 else 0.0
+    if data_parallel > 1 and model.dense_params_b is not None:
+        dense = loaded * model.dense_params_b / model.params_b
+        weights = dense / tensor_parallel + (loaded - dense) / (tensor_parallel * data_parallel) + extra
+        tokens = max(math.ceil(kv_tokens / data_parallel), min_rank_tokens)
+    else:
+        sharded = (loaded - replicated) * stage_fraction(model, pipeline_parallel) / tensor_parallel
+        weights = sharded + replicated * stage_fraction(model, pipeline_parallel) + extra
+        tokens = kv_tokens
+    kv = tokens * kv_bytes_per_token_per_device(model, tensor_parallel, pipeline_parallel, kv_cache_dtype) / GIB
     usable = device_memory_gib * utilization - overhead_gib
     return MemoryAccount(
         device_memory=device_memory_gib,
@@ -301,14 +356,80 @@ def memory_account(
         kv_cache_per_device=kv,
         overhead_per_device=overhead_gib,
         free_per_device=usable - weights - kv,
-        weights_total=weights_total,
+        weights_total=loaded + (mtp_weights_gib(model, precision) if speculative_tokens else 0.0),
     )
 
 
-def candidate_layouts(model: ModelSpec, devices_per_node: int, max_nodes: int) -> list[tuple[int, int]]:
-    """(TP, PP) layouts in preference order: fewest nodes first, then fewest devices."""
-    tps = tensor_parallel_choices(model, devices_per_node)
-    return [(tp, pp) for pp in range(1, min(max_nodes, model.layers) + 1) for tp in tps]
+def candidate_layouts(
+    model: ModelSpec,
+    devices_per_node: int,
+    max_nodes: int,
+    parallelism: Parallelism = "tensor",
+    expert_parallel: bool | None = None,
+) -> list[Layout]:
+    """Layouts in preference order: fewest nodes first, then fewest devices (engine rules not applied).
+
+    ``tensor``: TP inside a node (1..devices_per_node), one pipeline stage per node. ``data-expert``: TP1
+    data-parallel ranks with the experts spread over all of them, 2..devices_per_node ranks on one node or
+    whole nodes of ranks. ``expert_parallel`` defaults to whether the model is a MoE.
+    """
+    experts = model.moe if expert_parallel is None else expert_parallel
+    if parallelism == "data-expert":
+        single = [Layout(1, 1, dp, expert_parallel=True) for dp in range(2, devices_per_node + 1)]
+        multi = [Layout(1, 1, nodes * devices_per_node, expert_parallel=True) for nodes in range(2, max_nodes + 1)]
+        return single + multi
+    stages = range(1, min(max_nodes, model.layers) + 1)
+    return [Layout(tp, pp, expert_parallel=experts) for pp in stages for tp in range(1, devices_per_node + 1)]
+
+
+def mindie_layouts(devices_per_node: int, max_nodes: int) -> list[Layout]:
+    """MindIE's layouts: TP over the NPUs of one server, or TP over every NPU of the rank table.
+
+    Without ``tp``/``dp``/``moe_ep`` in its config MindIE runs attention and MoE tensor-parallel over all
+    ranks (MindIE-LLM's parallelism guide: without these settings inference uses tp and moe_tp), so two Atlas 800I
+    A2 run TP16 and every NPU holds the whole MLA cache. Multi-node instances use whole servers.
+    """
+    single = [Layout(tp) for tp in range(1, devices_per_node + 1)]
+    return single + [Layout(nodes * devices_per_node) for nodes in range(2, max_nodes + 1)]
+
+
+def node_shape(layout: Layout, devices_per_node: int) -> tuple[int, int]:
+    """(nodes, devices per node) a layout occupies: a stage per node, or ranks packed in whole nodes."""
+    per_stage = layout.tensor_parallel * layout.data_parallel
+    if per_stage <= devices_per_node:
+        return layout.pipeline_parallel, per_stage
+    nodes_per_stage = math.ceil(per_stage / devices_per_node)
+    return layout.pipeline_parallel * nodes_per_stage, per_stage // nodes_per_stage
+
+
+def serving_mode_refusal(
+    model: ModelSpec, accelerator: AcceleratorSpec, backend: Backend, request: SizingRequest
+) -> str | None:
+    """Why the backend or hardware cannot run the serving modes asked (FP8 KV, MTP, DP + EP), or None."""
+    if request.kv_cache_dtype == "fp8":
+        if backend == Backend.MINDIE:
+            return (
+                "MindIE has no FP8 KV cache; its 8-bit KV cache is an INT8 ModelSlim quantization of the "
+                "checkpoint (kvCacheDtype: auto)"
+            )
+        if backend == Backend.VLLM_ASCEND:
+            return "vllm-ascend has no FP8 KV cache on Ascend NPUs (kvCacheDtype: auto)"
+        if model.attention == "mla" and not accelerator.fp8:
+            return (
+                f"an FP8 MLA cache needs FlashMLA or CUTLASS MLA (Hopper, Blackwell); on {accelerator.id} "
+                f"vLLM runs the Triton MLA backend, which has no FP8 KV cache"
+            )
+    if request.speculative_tokens:
+        if not model.mtp_params_b:
+            return f"{model.id} has no multi-token-prediction module to speculate with"
+        if backend != Backend.VLLM:
+            return f"MTP speculative decoding is planned for vLLM on NVIDIA only; {backend.value}: unverified"
+    if request.parallelism == "data-expert":
+        if not model.moe or model.dense_params_b is None:
+            return f"data-parallel attention with expert parallelism is for MoE models; {model.id} is dense"
+        if backend == Backend.MINDIE:
+            return "data-expert parallelism is planned for vLLM and vllm-ascend; MindIE's dp/moe_ep: unverified"
+    return None
 
 
 def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest | None = None) -> Plan:
@@ -321,11 +442,19 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
     precision, precision_note = resolve_precision(
         model, accelerator, str(request.precision), backend or Backend.VLLM, request.engine_image
     )
-    overhead = (
-        request.overhead_gib if request.overhead_gib is not None else RUNTIME_OVERHEAD_GIB[backend or Backend.VLLM]
-    )
+
+    def reserve_for(layout: Layout) -> RuntimeReserve:
+        return runtime_reserve(
+            model,
+            backend or Backend.VLLM,
+            layout,
+            request.overhead_gib,
+            device_memory_gib=device_memory,
+            accelerator_id=accelerator.id,
+        )
 
     def infeasible(reason: str, account: MemoryAccount | None = None) -> Plan:
+        overhead = reserve_for(Layout(1)).total_gib
         return Plan(
             model=model.id,
             accelerator=accelerator.id,
@@ -339,6 +468,8 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
             pipeline_parallel=0,
             max_model_len=0,
             kv_cache_tokens=kv_tokens,
+            kv_cache_dtype=request.kv_cache_dtype,
+            speculative_tokens=request.speculative_tokens,
             memory_gib=account or _empty_account(device_memory, request.gpu_memory_utilization, overhead),
             reason=reason,
             precision_note=precision_note if precision is not None else "",
@@ -350,59 +481,111 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
         return infeasible(precision_note)
     if request.max_model_len is not None and request.max_model_len > model.max_context:
         return infeasible(f"maxModelLen {request.max_model_len} exceeds {model.id}'s context of {model.max_context}")
+    mode_refusal = serving_mode_refusal(model, accelerator, backend, request)
+    if mode_refusal is not None:
+        return infeasible(mode_refusal)
 
     multi_node = request.allow_multi_node and accelerator.multi_node
-    max_nodes = request.max_nodes if multi_node else 1
+    max_nodes = min(request.max_nodes if multi_node else 1, max_nodes_for(backend, accelerator))
 
-    def account(tp: int, pp: int) -> MemoryAccount:
+    def account(layout: Layout) -> MemoryAccount:
         return memory_account(
-            model, precision, tp, pp, kv_tokens, device_memory, request.gpu_memory_utilization, overhead
+            model,
+            precision,
+            layout.tensor_parallel,
+            layout.pipeline_parallel,
+            kv_tokens,
+            device_memory,
+            request.gpu_memory_utilization,
+            reserve_for(layout).total_gib,
+            data_parallel=layout.data_parallel,
+            kv_cache_dtype=request.kv_cache_dtype,
+            speculative_tokens=request.speculative_tokens,
+            min_rank_tokens=request.max_model_len or 0,
         )
 
-    layouts = candidate_layouts(model, devices_per_node, max_nodes)
-    if not layouts:
-        return infeasible(f"no tensor-parallel size <= {devices_per_node} divides {model.attention_heads} heads")
-    if account(1, 1).usable_per_device <= 0:
+    expert_parallel = model.moe and backend != Backend.MINDIE  # dspool starts vLLM MoE models with EP
+    if backend == Backend.MINDIE:
+        layouts = mindie_layouts(devices_per_node, max_nodes)
+    else:
+        layouts = candidate_layouts(model, devices_per_node, max_nodes, request.parallelism, expert_parallel)
+    if account(Layout(1)).usable_per_device <= 0:
         return infeasible(
             f"{device_memory:g} GiB x {request.gpu_memory_utilization:g} leaves nothing after "
-            f"{overhead:g} GiB runtime overhead",
-            account(1, 1),
+            f"{reserve_for(Layout(1)).total_gib:.1f} GiB runtime reserve",
+            account(Layout(1)),
         )
-
-    tried: dict[tuple[int, int], MemoryAccount] = {}
-    for tp, pp in layouts:
-        current = tried[(tp, pp)] = account(tp, pp)
-        if current.free_per_device >= 0:
-            result = _feasible_plan(
-                model,
-                accelerator,
-                precision,
-                backend,
-                tp,
-                pp,
-                kv_tokens,
-                request,
-                current,
-                tried,
-                precision_note,
-            )
-            return _with_cheaper_precision_hint(model, accelerator, request, result)
+    search = _Search(model, accelerator, precision, backend, request, devices_per_node, layouts)
+    outside_budget = device_memory * (1 - request.gpu_memory_utilization)
+    for layout in layouts:
+        refusals = layout_refusals(model, precision, backend, layout)
+        current = search.tried[layout] = account(layout)
+        if refusals:
+            search.refused[layout] = refusals
+            continue
+        if current.free_per_device < 0:
+            continue
+        search.outside_short[layout] = max(0.0, reserve_for(layout).outside_gib - outside_budget)
+        tight = is_marginal(current) or search.outside_short[layout] > 0
+        if tight:
+            search.marginal.setdefault(layout, current)
+            if not request.accept_marginal:
+                continue
+        result = search.feasible(layout, current, kv_tokens, precision_note)
+        return _with_cheaper_precision_hint(model, accelerator, request, result)
+    if search.marginal:
+        layout, current = next(iter(search.marginal.items()))
+        return search.feasible(layout, current, kv_tokens, precision_note)
+    accepted = [layout for layout in layouts if layout not in search.refused]
+    if not accepted:
+        first_refusals = "; ".join(f"{layout.describe()}: {'; '.join(why)}" for layout, why in search.refused.items())
+        return infeasible(
+            f"{backend.value} accepts no layout of {model.id} within {devices_per_node} devices per node: "
+            f"{first_refusals}"
+        )
     # Nothing fits: report the largest layout tried, the closest miss.
-    tp, pp = layouts[-1]
-    largest = tried[(tp, pp)]
+    largest = accepted[-1]
+    closest = search.tried[largest]
+    backend_limit = max_nodes_for(backend, accelerator)
     limit = (
         f"{max_nodes} nodes x {devices_per_node}"
+        + (f" ({backend.value}'s limit per instance)" if max_nodes == backend_limit < request.max_nodes else "")
         if max_nodes > 1
-        else f"1 node x {devices_per_node} (multi-node {'off' if accelerator.multi_node else 'unsupported'})"
+        else f"1 node x {devices_per_node} (multi-node {_why_single_node(request, accelerator, backend)})"
     )
     notes = "; ".join(n for n in (precision_note,) if n)
     return infeasible(
-        f"{model.id} {precision.value} does not fit in {limit} {accelerator.id}: even TP{tp}"
-        f"{f' x PP{pp}' if pp > 1 else ''} needs {largest.weights_per_device:.1f} GiB weights + "
-        f"{largest.kv_cache_per_device:.1f} GiB KV ({kv_tokens} tokens) per device, "
-        f"{largest.usable_per_device:.1f} GiB usable" + (f"; {notes}" if notes else ""),
-        largest,
+        f"{model.id} {precision.value} does not fit in {limit} {accelerator.id}: even {largest.describe()} needs "
+        f"{closest.weights_per_device:.1f} GiB weights + {closest.kv_cache_per_device:.1f} GiB KV ({kv_tokens} "
+        f"tokens) per device, {closest.usable_per_device:.1f} GiB usable" + (f"; {notes}" if notes else ""),
+        closest,
     )
+
+
+# MindIE runs one instance over at most 4 Atlas 800I A2 servers / 32 NPUs (docs/sizing.md cites it).
+MINDIE_MAX_NODES = 4
+MINDIE_MAX_DEVICES = 32
+
+
+def max_nodes_for(backend: Backend, accelerator: AcceleratorSpec) -> int:
+    """The most nodes one engine instance of ``backend`` spans on ``accelerator`` ("最大支持4机32卡的多机推理",
+    MindIE-LLM's mixed-deployment guide: 4 servers / 32 NPUs; vLLM: no limit dspool knows)."""
+    if backend == Backend.MINDIE:
+        return max(1, min(MINDIE_MAX_NODES, MINDIE_MAX_DEVICES // accelerator.devices_per_node))
+    return 64
+
+
+def _why_single_node(request: SizingRequest, accelerator: AcceleratorSpec, backend: Backend) -> str:
+    if not accelerator.multi_node:
+        return "unsupported"
+    if not request.allow_multi_node or request.max_nodes == 1:
+        return "off"
+    return f"limited by {backend.value}"
+
+
+def is_marginal(account: MemoryAccount) -> bool:
+    """Whether a fitting layout leaves less than :data:`MARGINAL_FRACTION` of the device free."""
+    return 0 <= account.free_per_device < MARGINAL_FRACTION * account.device_memory
 
 
 def _empty_account(device_memory: float, utilization: float, overhead: float) -> MemoryAccount:
@@ -418,62 +601,119 @@ def _empty_account(device_memory: float, utilization: float, overhead: float) ->
     )
 
 
-def _feasible_plan(
-    model: ModelSpec,
-    accelerator: AcceleratorSpec,
-    precision: Precision,
-    backend: Backend,
-    tp: int,
-    pp: int,
-    kv_tokens: int,
-    request: SizingRequest,
-    chosen: MemoryAccount,
-    tried: dict[tuple[int, int], MemoryAccount],
-    precision_note: str,
-) -> Plan:
-    per_token = kv_bytes_per_token_per_device(model, tp, pp)
-    tokens_that_fit = int((chosen.usable_per_device - chosen.weights_per_device) * GIB // per_token)
-    max_model_len = request.max_model_len or min(model.max_context, tokens_that_fit)
-    where = f"{tp * pp} x {accelerator.id} on {pp} node{'s' if pp > 1 else ''}"
-    layout = f"TP{tp}" + (f" x PP{pp}" if pp > 1 else "")
-    parts = [
-        f"{where} ({layout}, {precision.value}, {backend.value}): {chosen.weights_per_device:.1f} GiB weights + "
-        f"{chosen.kv_cache_per_device:.1f} GiB KV ({kv_tokens} tokens) of {chosen.usable_per_device:.1f} GiB usable "
-        f"per device"
-    ]
-    for s_tp, s_pp in _next_smaller_layouts(tp, pp, tried):
-        s_account = tried[(s_tp, s_pp)]
-        s_layout = f"TP{s_tp}" + (f" x PP{s_pp}" if s_pp > 1 else "")
-        parts.append(
-            f"{s_layout} would need {s_account.weights_per_device + s_account.kv_cache_per_device:.1f} GiB per device"
+class _Search:
+    """The layouts one plan() call tried: their accounts, the engine's refusals, the marginal fits."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        accelerator: AcceleratorSpec,
+        precision: Precision,
+        backend: Backend,
+        request: SizingRequest,
+        devices_per_node: int,
+        order: list[Layout],
+    ) -> None:
+        self.model, self.accelerator, self.precision, self.backend = model, accelerator, precision, backend
+        self.request, self.devices_per_node = request, devices_per_node
+        self.order = {layout: index for index, layout in enumerate(order)}
+        self.tried: dict[Layout, MemoryAccount] = {}
+        self.refused: dict[Layout, list[str]] = {}
+        self.marginal: dict[Layout, MemoryAccount] = {}
+        self.outside_short: dict[Layout, float] = {}
+
+    def feasible(self, layout: Layout, chosen: MemoryAccount, kv_tokens: int, precision_note: str) -> Plan:
+        """The plan for ``layout`` with a reason naming the layouts below it and why they were not taken."""
+        model, request = self.model, self.request
+        per_token = kv_bytes_per_token_per_device(
+            model, layout.tensor_parallel, layout.pipeline_parallel, request.kv_cache_dtype
         )
-    if precision_note:
-        parts.append(precision_note)
-    return Plan(
-        model=model.id,
-        accelerator=accelerator.id,
-        precision=precision,
-        backend=backend,
-        feasible=True,
-        devices_per_replica=tp * pp,
-        nodes_per_replica=pp,
-        devices_per_node=tp,
-        tensor_parallel=tp,
-        pipeline_parallel=pp,
-        max_model_len=max_model_len,
-        kv_cache_tokens=kv_tokens,
-        memory_gib=chosen,
-        reason="; ".join(parts),
-        precision_note=precision_note,
-    )
+        tokens_that_fit = int((chosen.usable_per_device - chosen.weights_per_device) * GIB // per_token)
+        max_model_len = request.max_model_len or min(model.max_context, tokens_that_fit)
+        nodes, per_node = node_shape(layout, self.devices_per_node)
+        marginal = layout in self.marginal
+        where = f"{layout.devices} x {self.accelerator.id} on {nodes} node{'s' if nodes > 1 else ''}"
+        kv_what = f"{kv_tokens} tokens" + (f" over {layout.data_parallel} ranks" if layout.data_parallel > 1 else "")
+        parts = [
+            f"{where} ({layout.describe()}, {self.precision.value}, {self.backend.value}): "
+            f"{chosen.weights_per_device:.1f} GiB weights + {chosen.kv_cache_per_device:.1f} GiB KV ({kv_what}) of "
+            f"{chosen.usable_per_device:.1f} GiB usable per device after a "
+            f"{chosen.overhead_per_device:.1f} GiB runtime reserve"
+        ]
+        if marginal:
+            taken = "taken as asked (accept marginal)" if request.accept_marginal else "no layout with more room fits"
+            parts.append(f"{self._marginal_note(layout, chosen)}; {taken}")
+        parts += self._why_not_smaller(layout)
+        if precision_note:
+            parts.append(precision_note)
+        return Plan(
+            model=model.id,
+            accelerator=self.accelerator.id,
+            precision=self.precision,
+            backend=self.backend,
+            feasible=True,
+            devices_per_replica=layout.devices,
+            nodes_per_replica=nodes,
+            devices_per_node=per_node,
+            tensor_parallel=layout.tensor_parallel,
+            pipeline_parallel=layout.pipeline_parallel,
+            data_parallel=layout.data_parallel,
+            expert_parallel=layout.expert_parallel,
+            max_model_len=max_model_len,
+            kv_cache_tokens=kv_tokens,
+            kv_cache_dtype=request.kv_cache_dtype,
+            speculative_tokens=request.speculative_tokens,
+            memory_gib=chosen,
+            marginal=marginal,
+            reason="; ".join(parts),
+            precision_note=precision_note,
+        )
 
+    def _marginal_note(self, layout: Layout, account: MemoryAccount) -> str:
+        short = self.outside_short.get(layout, 0.0)
+        if short > 0:
+            return (
+                f"marginal: gpuMemoryUtilization {self.request.gpu_memory_utilization:g} leaves "
+                f"{short:.1f} GiB too little outside the engine's budget for the CUDA/CANN context, communicators "
+                f"and CUDA graphs"
+            )
+        return (
+            f"marginal: only {account.free_per_device:.1f} GiB left per device (under {MARGINAL_FRACTION:.0%} "
+            f"of {account.device_memory:g} GiB)"
+        )
 
-def _next_smaller_layouts(tp: int, pp: int, tried: dict[tuple[int, int], MemoryAccount]) -> list[tuple[int, int]]:
-    """The layouts just below the chosen one: the next smaller TP on as many nodes, the largest on one node fewer."""
-    same_nodes = [t for (t, p) in tried if p == pp and t < tp]
-    fewer_nodes = [t for (t, p) in tried if p == pp - 1]
-    smaller = [(max(same_nodes), pp)] if same_nodes else []
-    return smaller + ([(max(fewer_nodes), pp - 1)] if fewer_nodes else [])
+    def _why_not_smaller(self, chosen: Layout) -> list[str]:
+        """The layouts just below the chosen one (the next smaller on as many nodes, the largest on one
+        node fewer), and every smaller layout the engine refuses or that was skipped as marginal."""
+        nodes = node_shape(chosen, self.devices_per_node)[0]
+        below = [
+            layout
+            for layout in self.tried
+            if layout != chosen and layout not in self.refused and layout not in self.marginal
+        ]
+        same = [
+            lay for lay in below if node_shape(lay, self.devices_per_node)[0] == nodes and lay.devices < chosen.devices
+        ]
+        fewer = [lay for lay in below if node_shape(lay, self.devices_per_node)[0] == nodes - 1]
+        notes = []
+        for layout in [*same[-1:], *fewer[-1:]]:
+            need = self.tried[layout].weights_per_device + self.tried[layout].kv_cache_per_device
+            notes.append(f"{layout.describe()} would need {need:.1f} GiB per device")
+        preceding = [layout for layout in self.tried if self.order[layout] < self.order[chosen]]
+        for layout in preceding:
+            account = self.marginal.get(layout)
+            if account is not None:
+                notes.append(
+                    f"{layout.describe()} was not taken: {self._marginal_note(layout, account)} (--accept-marginal "
+                    f"or a kvCacheDtype fp8 / other gpuMemoryUtilization takes it)"
+                )
+        for layout in preceding:
+            refusals = self.refused.get(layout)
+            if refusals and self.tried[layout].free_per_device >= 0:
+                notes.append(
+                    f"{layout.describe()} would fit but {self.backend.value} refuses it: {'; '.join(refusals)}"
+                )
+        return notes
 
 
 def _with_cheaper_precision_hint(

@@ -10,6 +10,7 @@ from dspool.api import ReplicaPlacement
 from dspool.catalog import builtin_catalog
 from dspool.inventory import Pool
 from dspool.placement import DemandMix, ReplicaRequest, place_replica, release, reserve
+from dspool.sizing import SizingRequest
 
 CATALOG = builtin_catalog()
 R1 = "deepseek-r1"
@@ -17,6 +18,9 @@ QWEN32 = "deepseek-r1-distill-qwen-32b"
 LLAMA70 = "deepseek-r1-distill-llama-70b"
 SMALL = "deepseek-r1-distill-qwen-1.5b"
 DISTILLS = DemandMix.of(CATALOG.model(m) for m in (LLAMA70, QWEN32, SMALL))
+# 32B with an 8K-token KV budget: one H100 holds it (61 GiB weights + 2 GiB KV + the 8192-token activation
+# peak vLLM profiles on 80 GB GPUs), two L20s do; the scarcity tests are about which type it takes.
+QWEN32_8K = SizingRequest(kv_cache_tokens=8192)
 
 
 def test_32b_goes_to_l20_not_to_the_h100s_where_r1_fits_on_two_nodes() -> None:
@@ -24,7 +28,7 @@ def test_32b_goes_to_l20_not_to_the_h100s_where_r1_fits_on_two_nodes() -> None:
         *(node(f"h100-{i}", "H100-80G", fabric="rack-a") for i in range(2)),
         *(node(f"l20-{i}", "L20-48G", fabric="rack-b") for i in range(3)),
     )
-    decision = place_replica(pool, request(QWEN32), CATALOG)
+    decision = place_replica(pool, request(QWEN32, sizing=QWEN32_8K), CATALOG)
     assert placed_nodes(decision) == [("l20-0", 2)]
     assert "L20-48G chosen over H100-80G: H100-80G nodes are where deepseek-r1 fits on 2 nodes" in decision.reason
 
@@ -58,7 +62,7 @@ def test_a_broken_h100_is_filled_before_a_whole_l20_is_touched() -> None:
         node("h100-1", "H100-80G", fabric="a"),
         *(node(f"l20-{i}", "L20-48G", fabric="b") for i in range(3)),
     )
-    assert placed_nodes(place_replica(pool, request(QWEN32), CATALOG)) == [("h100-0", 1)]
+    assert placed_nodes(place_replica(pool, request(QWEN32, sizing=QWEN32_8K), CATALOG)) == [("h100-0", 1)]
 
 
 def test_without_a_big_model_in_the_demand_mix_the_smallest_adequate_type_wins() -> None:
@@ -66,7 +70,7 @@ def test_without_a_big_model_in_the_demand_mix_the_smallest_adequate_type_wins()
         *(node(f"h100-{i}", "H100-80G", fabric="rack-a") for i in range(2)),
         *(node(f"l20-{i}", "L20-48G", fabric="rack-b") for i in range(3)),
     )
-    decision = place_replica(pool, request(QWEN32), CATALOG, demand=DISTILLS)
+    decision = place_replica(pool, request(QWEN32, sizing=QWEN32_8K), CATALOG, demand=DISTILLS)
     assert placed_nodes(decision) == [("h100-0", 1)]
     assert "smallest adequate type" in decision.reason
 

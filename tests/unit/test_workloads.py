@@ -383,7 +383,7 @@ def test_three_stage_pipeline_spreads_workers_over_the_other_planned_nodes() -> 
 
 def test_placement_with_the_wrong_node_count_is_refused() -> None:
     placement = make_placement("H100-80G", ["a", "b"]).model_copy(update={"pipeline_parallel": 3})
-    with pytest.raises(ValueError, match="pipeline-parallel"):
+    with pytest.raises(ValueError, match="devices on its nodes for a layout of 24"):
         build(make_dsd(), placement)
 
 
@@ -475,10 +475,13 @@ def test_mindie_two_nodes_enable_multi_node_inference_with_a_rank_table() -> Non
         template = statefulset["spec"]["template"]
         assert template["metadata"]["labels"]["ring-controller.atlas"] == "ascend-910b"
         container = engine(template)
-        assert env_of(container)["RANKTABLEFILE"] == "/user/serverid/devindex/config/hccl.json"
+        env = env_of(container)
+        for name in ("RANK_TABLE_FILE", "RANKTABLEFILE", "MIES_RANKTABLEFILE"):  # every name a release reads
+            assert env[name] == "/user/serverid/devindex/config/hccl.json"
+        assert env["HCCL_CONNECT_TIMEOUT"] == "7200" and "MIES_CONTAINER_MANAGEMENT_IP" in env
         mount_paths = [m["mountPath"] for m in container["volumeMounts"]]
         assert "/user/serverid/devindex/config" in mount_paths
-    assert "RANKTABLEFILE" in only(objects, "ConfigMap")["data"]["start.sh"]
+    assert "RANK_TABLE_FILE" in only(objects, "ConfigMap")["data"]["start.sh"]
 
 
 def test_310p_runs_vllm_ascend_in_float16_and_never_multi_node() -> None:

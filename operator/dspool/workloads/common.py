@@ -201,7 +201,12 @@ class Replica:
 
     @property
     def multi_node(self) -> bool:
-        return self.placement.pipeline_parallel > 1
+        return len(self.placement.nodes) > 1
+
+    @property
+    def servers(self) -> int:
+        """Nodes (pods) of the replica: one per pipeline stage, or per server of a TP/DP group."""
+        return len(self.placement.nodes)
 
     @property
     def is_310p(self) -> bool:
@@ -254,7 +259,14 @@ def check_placement(replica: Replica) -> None:
         raise ValueError(
             f"backend {replica.backend.value} needs Ascend NPUs, {replica.accelerator.id} is {vendor.value}"
         )
-    if len(placement.nodes) != placement.pipeline_parallel:
+    layout_devices = placement.tensor_parallel * placement.pipeline_parallel * placement.data_parallel
+    if placement.devices != layout_devices:
+        raise ValueError(
+            f"replica {placement.replica}: {placement.devices} devices on its nodes for a layout of "
+            f"{layout_devices} (TP{placement.tensor_parallel} x PP{placement.pipeline_parallel} x "
+            f"DP{placement.data_parallel})"
+        )
+    if placement.pipeline_parallel > 1 and len(placement.nodes) != placement.pipeline_parallel:
         raise ValueError(
             f"replica {placement.replica}: {len(placement.nodes)} nodes for pipeline-parallel size "
             f"{placement.pipeline_parallel}; one pipeline stage per node"
@@ -339,7 +351,12 @@ class PodParts:
 
 
 def _spec_env(replica: Replica) -> list[dict[str, Any]]:
-    return [{"name": var.name, "value": var.value} for var in replica.dsd.spec.serving.env]
+    return [var.container_entry() for var in replica.dsd.spec.serving.env]
+
+
+def spec_env_from(replica: Replica) -> list[dict[str, Any]]:
+    """``serving.envFrom`` as core/v1 EnvFromSource entries (Secrets and ConfigMaps passed through)."""
+    return [source.wire() for source in replica.dsd.spec.serving.env_from]
 
 
 def _merge_env(defaults: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -401,6 +418,7 @@ def model_parts(replica: Replica, *, needs_local_weights: bool) -> PodParts:
             "env": _merge_env(
                 [{"name": "MODEL_URI", "value": uri}, {"name": "MODEL_DIR", "value": mount_path}], _spec_env(replica)
             ),
+            **({"envFrom": spec_env_from(replica)} if replica.dsd.spec.serving.env_from else {}),
             "volumeMounts": [{"name": "model", "mountPath": mount_path}],
         }
     )
@@ -477,6 +495,8 @@ def engine_container(
         [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, *parts.env, *env],
         _spec_env(replica),
     )
+    if replica.dsd.spec.serving.env_from:
+        container["envFrom"] = spec_env_from(replica)
     container["ports"] = ports
     container["resources"] = _resources(replica, devices)
     container["volumeMounts"] = parts.mounts

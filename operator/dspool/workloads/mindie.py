@@ -185,13 +185,16 @@ def build_rank_table(
     device_ips_per_server: Sequence[Sequence[str]],
     *,
     container_ips: Sequence[str] | None = None,
+    device_ids_per_server: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """An HCCL rank table (``hccl.json``) for MindIE multi-node inference, for clusters without MindCluster.
 
     ``server_ips[k]`` is server k's address (the first is the master that serves requests: put the
     leader pod first); ``device_ips_per_server[k]`` lists the RoCE addresses of its NPUs in device order
-    (``/etc/hccn.conf`` on the host, ``address_<i>``). ``container_ips`` defaults to ``server_ips`` (pod
-    IPs on a pod network). Every value is a string and rank ids run 0..N-1 over all devices, as HCCL wants.
+    (``/etc/hccn.conf`` on the host, ``address_<i>``), ``device_ids_per_server[k]`` their physical ids
+    (``device_id`` is "处理器的物理ID", the ``/dev/davinci<N>`` number, per CANN's rank-table reference;
+    default 0..n-1, a whole server). ``container_ips`` defaults to ``server_ips`` (pod IPs on a pod network).
+    Every value is a string and rank ids run 0..N-1 over all devices, as HCCL wants.
     """
     if not server_ips:
         raise ValueError("a rank table needs at least one server")
@@ -209,11 +212,20 @@ def build_rank_table(
         raise ValueError("every server needs at least one device IP")
     if len(sizes) > 1:
         raise ValueError(f"every server must contribute the same number of NPUs, got {sorted(sizes)}")
+    ids = (
+        [list(server) for server in device_ids_per_server]
+        if device_ids_per_server is not None
+        else [list(range(len(devices))) for devices in device_ips_per_server]
+    )
+    if [len(server) for server in ids] != [len(devices) for devices in device_ips_per_server]:
+        raise ValueError("every server needs one device id per device IP")
     server_list: list[dict[str, Any]] = []
     rank = 0
-    for server_ip, container_ip, device_ips in zip(server_ips, containers, device_ips_per_server, strict=True):
+    for server_ip, container_ip, device_ips, device_ids in zip(
+        server_ips, containers, device_ips_per_server, ids, strict=True
+    ):
         devices = []
-        for device_id, device_ip in enumerate(device_ips):
+        for device_id, device_ip in zip(device_ids, device_ips, strict=True):
             devices.append({"device_id": str(device_id), "device_ip": str(device_ip), "rank_id": str(rank)})
             rank += 1
         server_list.append({"server_id": str(server_ip), "container_ip": str(container_ip), "device": devices})
@@ -225,13 +237,42 @@ def build_rank_table(
     }
 
 
+# What a multi-node MindIE pod exports besides MIES_CONTAINER_IP, each from Huawei's own sources
+# (docs/workloads.md, "Multi-node MindIE environment"): the rank table under all three names the releases
+# read (MindIE-LLM's server reads RANK_TABLE_FILE, 1.0-2.0 releases and the DeepSeek READMEs RANKTABLEFILE,
+# MindIE-Motor's k8s boot.sh exports MIES_RANKTABLEFILE too), and the HCCL settings of the DeepSeek READMEs
+# and the k8s boot script.
+MULTI_NODE_ENV: tuple[tuple[str, str], ...] = (
+    ("RANK_TABLE_FILE", RANK_TABLE_PATH),
+    ("RANKTABLEFILE", RANK_TABLE_PATH),
+    ("MIES_RANKTABLEFILE", RANK_TABLE_PATH),
+    ("ATB_LLM_HCCL_ENABLE", "1"),
+    ("HCCL_CONNECT_TIMEOUT", "7200"),
+    ("HCCL_EXEC_TIMEOUT", "0"),
+    ("HCCL_RDMA_RETRY_CNT", "7"),
+    ("HCCL_RDMA_TIMEOUT", "18"),
+    ("HCCL_DETERMINISTIC", "true"),
+    ("OMP_NUM_THREADS", "1"),
+    ("PYTORCH_NPU_ALLOC_CONF", "expandable_segments:True"),
+)
+
+
+def multi_node_env() -> list[dict[str, Any]]:
+    """The environment of every pod of a multi-node MindIE replica (besides the pod IPs)."""
+    pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
+    return [
+        {"name": "MIES_CONTAINER_MANAGEMENT_IP", "valueFrom": pod_ip},
+        *({"name": name, "value": value} for name, value in MULTI_NODE_ENV),
+    ]
+
+
 def mindie_start_script(*, multi_node: bool) -> str:
     """The container's start script: set up the Ascend environment, render config.json, exec the daemon.
 
     The ConfigMap copy of ``config.json`` is read-only and holds :data:`POD_IP_PLACEHOLDER`; the script
     writes the pod's copy with ``$MIES_CONTAINER_IP`` in its place, mode 640 (MindIE refuses group- or
     world-writable configuration files). Multi-node pods first wait for a completed rank table at
-    ``$RANKTABLEFILE``: it can only be written once every pod of the group has an IP.
+    ``$RANK_TABLE_FILE``: it can only be written once every pod of the group has an IP.
     """
     sources = "\n".join(f"if [ -f {path} ]; then source {path}; fi" for path in SET_ENV_SCRIPTS)
     template = shlex.quote(f"{CONFIG_TEMPLATE_DIR}/{CONFIG_TEMPLATE_KEY}")
@@ -247,9 +288,9 @@ def mindie_start_script(*, multi_node: bool) -> str:
     ]
     if multi_node:
         lines += [
-            'echo "waiting for a completed rank table at ${RANKTABLEFILE}"',
+            'echo "waiting for a completed rank table at ${RANK_TABLE_FILE}"',
             "until python3 -c 'import json, os, sys; "
-            'sys.exit(json.load(open(os.environ["RANKTABLEFILE"])).get("status") != "completed")'
+            'sys.exit(json.load(open(os.environ["RANK_TABLE_FILE"])).get("status") != "completed")'
             "' 2>/dev/null; do sleep 5; done",
         ]
     lines += [f"cd {MINDIE_HOME}", f"exec {MINDIE_DAEMON}", ""]
@@ -276,12 +317,13 @@ def rank_table_from_pods(pods: Sequence[Mapping[str, Any]], servers: int) -> dic
 
     Servers are in pod order (the leader first: it is MindIE's master); a server's id is its host IP (the
     annotation's ``host_ip``, else the pod's ``hostIP``), its container IP the pod IP; devices in device-id
-    order. A replaced pod changes the table, so it is rebuilt from the pods every time.
+    order, with the physical ids the device plugin allocated (not renumbered). A replaced pod changes the
+    table, so it is rebuilt from the pods every time.
     """
     live = [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
     if len(live) != servers:
         return None
-    server_ips, container_ips, device_ips = [], [], []
+    server_ips, container_ips, device_ips, device_ids = [], [], [], []
     for pod in sorted(live, key=_pod_order):
         raw = (pod.get("metadata", {}).get("annotations") or {}).get(ASCEND_DEVICE_ANNOTATION)
         status = pod.get("status") or {}
@@ -295,6 +337,7 @@ def rank_table_from_pods(pods: Sequence[Mapping[str, Any]], servers: int) -> dic
         try:
             ordered = sorted(devices, key=lambda device: int(device["device_id"]))
             addresses = [str(device["device_ip"]) for device in ordered]
+            physical = [int(device["device_id"]) for device in ordered]
         except (KeyError, TypeError, ValueError):
             return None
         if not addresses:
@@ -302,8 +345,9 @@ def rank_table_from_pods(pods: Sequence[Mapping[str, Any]], servers: int) -> dic
         server_ips.append(str(allocated.get("host_ip") or status.get("hostIP") or status["podIP"]))
         container_ips.append(str(status["podIP"]))
         device_ips.append(addresses)
+        device_ids.append(physical)
     try:
-        return build_rank_table(server_ips, device_ips, container_ips=container_ips)
+        return build_rank_table(server_ips, device_ips, container_ips=container_ips, device_ids_per_server=device_ids)
     except ValueError:
         return None  # e.g. two pods reporting one host: wait for consistent annotations
 
@@ -336,7 +380,7 @@ def rank_table_config_map_name(replica_name: str) -> str:
 
 
 def _rank_table_config_map(replica: Replica, pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    table = rank_table_from_pods(pods, replica.placement.pipeline_parallel) or RANK_TABLE_PENDING
+    table = rank_table_from_pods(pods, replica.servers) or RANK_TABLE_PENDING
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -351,7 +395,7 @@ def _mindie_objects(replica: Replica) -> list[dict[str, Any]]:
     config = build_mindie_config(
         model_name=replica.model.id,
         weight_path=parts.model_path,
-        tensor_parallel=replica.placement.tensor_parallel,
+        tensor_parallel=devices_on(replica, 0),
         max_model_len=replica.placement.max_model_len,
         multi_node=replica.multi_node,
     )
@@ -381,7 +425,7 @@ def _mindie_objects(replica: Replica) -> list[dict[str, Any]]:
             }
         )
         parts.mounts.append({"name": "rank-table", "mountPath": RANK_TABLE_DIR, "readOnly": True})
-        env.append({"name": "RANKTABLEFILE", "value": RANK_TABLE_PATH})
+        env += multi_node_env()
         extra_labels[RING_CONTROLLER_LABEL] = RING_CONTROLLER_VALUE
     ports = [
         {"name": OPENAI_PORT_NAME, "containerPort": MINDIE_API_PORT, "protocol": "TCP"},
@@ -433,7 +477,7 @@ def _mindie_objects(replica: Replica) -> list[dict[str, Any]]:
             replica,
             replica.worker_name,
             WORKER,
-            replica.placement.pipeline_parallel - 1,
+            replica.servers - 1,
             template(WORKER, nodes[1:], devices_on(replica, 1)),
         ),
     ]

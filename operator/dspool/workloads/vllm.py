@@ -8,10 +8,11 @@ adds (its arguments, the NPU driver mounts) comes from :mod:`dspool.workloads.vl
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
-from dspool.api import DeepSeekDeployment, ReplicaPlacement
+from dspool.api import DeepSeekDeployment, KvCacheDtype, ReplicaPlacement
 from dspool.catalog import AcceleratorSpec, ModelSpec, Precision
 from dspool.workloads.common import (
     LEADER,
@@ -37,6 +38,9 @@ from dspool.workloads.vllm_ascend import ascend_serve_args
 
 VLLM_PORT = 8000
 RAY_PORT = 6379
+# Ray-less multi-node data parallelism: the ranks' engines talk to the leader on this port
+# (--data-parallel-rpc-port; vLLM's default, 29550, is kept as the named constant of one place).
+DP_RPC_PORT = 29550
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 
 
@@ -68,7 +72,13 @@ def vllm_serve_args(
         "--tensor-parallel-size",
         str(placement.tensor_parallel),
     ]
-    if placement.pipeline_parallel > 1:
+    if placement.data_parallel > 1:
+        local = placement.data_parallel // len(placement.nodes)
+        args += ["--data-parallel-size", str(placement.data_parallel), "--data-parallel-size-local", str(local)]
+        if len(placement.nodes) > 1:
+            # The leader's own address; workers get theirs in _dp_worker_script. $(POD_IP) is expanded by kubelet.
+            args += ["--data-parallel-address", "$(POD_IP)", "--data-parallel-rpc-port", str(DP_RPC_PORT)]
+    elif placement.pipeline_parallel > 1:
         args += ["--pipeline-parallel-size", str(placement.pipeline_parallel), "--distributed-executor-backend", "ray"]
     args += [
         "--max-model-len",
@@ -81,6 +91,13 @@ def vllm_serve_args(
         args.append("--enable-expert-parallel")
     if placement.precision == Precision.FP8 and model.native_precision == Precision.BF16:
         args += ["--quantization", "fp8"]  # dynamic FP8 of a BF16 checkpoint
+    serving = dsd.spec.serving
+    if serving.kv_cache_dtype == KvCacheDtype.FP8:
+        args += ["--kv-cache-dtype", "fp8"]
+    if serving.speculative_decoding is not None:
+        # "mtp" is v0.11's name; "deepseek_mtp" is accepted but rewritten with a deprecation warning.
+        speculative = {"method": "mtp", "num_speculative_tokens": serving.speculative_decoding.num_speculative_tokens}
+        args += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
     args += ascend_serve_args(placement, accelerator)
     return args + list(dsd.spec.serving.extra_args)
 
@@ -120,10 +137,14 @@ def _vllm_pod_template(
     serve_args = vllm_serve_args(replica.dsd, replica.placement, replica.model, replica.accelerator, parts.model_path)
     annotations: dict[str, str] = {}
     probes: dict[str, dict[str, Any]] = {}
-    if not replica.multi_node:
+    data_parallel = replica.placement.data_parallel > 1
+    if not replica.multi_node or (data_parallel and role == LEADER):
         command, args = ["vllm", "serve"], serve_args
+    elif data_parallel:
+        local = replica.placement.data_parallel // replica.servers
+        command, args = ["/bin/bash", "-c", _dp_worker_script(serve_args, leader_address, local)], None
     elif role == LEADER:
-        command, args = ["/bin/bash", "-c", _ray_leader_script(replica.placement.pipeline_parallel, serve_args)], None
+        command, args = ["/bin/bash", "-c", _ray_leader_script(replica.servers, serve_args)], None
     else:
         command, args = ["/bin/bash", "-c", _ray_worker_script(leader_address)], None
     if role == LEADER:
@@ -161,6 +182,34 @@ def _ray_leader_script(group_size: int, serve_args: list[str]) -> str:
     )
 
 
+def _dp_worker_script(serve_args: list[str], leader_address: str, local_ranks: int) -> str:
+    """A data-parallel worker node: ``vllm serve --headless`` with its first rank, reaching the leader.
+
+    LWS numbers a group's workers 1..size-1 (``LWS_WORKER_INDEX``); without LWS the worker StatefulSet's
+    pods are ordinals 0..n-2 of ``<name>-w``, hence ``+ 1``.
+    """
+    args: list[str] = []
+    skip = False
+    for arg in serve_args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--data-parallel-address":
+            skip = True  # the leader's $(POD_IP): workers name the leader instead, below
+            continue
+        args.append(arg)
+    return "\n".join(
+        [
+            "set -euo pipefail",
+            f'LEADER="{leader_address}"',
+            'INDEX="${LWS_WORKER_INDEX:-$(( ${HOSTNAME##*-} + 1 ))}"',
+            f'exec vllm serve {shlex.join(args)} --data-parallel-address "${{LEADER}}" --headless '
+            f'--data-parallel-start-rank "$(( INDEX * {local_ranks} ))"',
+            "",
+        ]
+    )
+
+
 def _ray_worker_script(leader_address: str) -> str:
     """Wait until the leader's Ray head answers, then join it and block (the pod lives as long as Ray)."""
     return "\n".join(
@@ -188,7 +237,7 @@ def _leader_worker_set(replica: Replica) -> dict[str, Any]:
             "replicas": 1,
             "startupPolicy": "LeaderCreated",
             "leaderWorkerTemplate": {
-                "size": replica.placement.pipeline_parallel,
+                "size": replica.servers,
                 "restartPolicy": "RecreateGroupOnPodRestart",
                 "leaderTemplate": leader,
                 "workerTemplate": worker,
@@ -207,7 +256,7 @@ def _vllm_statefulsets(replica: Replica) -> list[dict[str, Any]]:
     address = leader_address(replica.name, replica.dsd.namespace)
     leader = _vllm_pod_template(replica, LEADER, nodes[:1])
     worker = _vllm_pod_template(replica, WORKER, nodes[1:], leader_address=address)
-    pp = replica.placement.pipeline_parallel
+    pp = replica.servers
     return [
         headless_service(replica, [{"name": "ray", "port": RAY_PORT, "targetPort": RAY_PORT, "protocol": "TCP"}]),
         statefulset(replica, replica.name, LEADER, 1, leader),
