@@ -26,6 +26,11 @@ GFD_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GFD_MEMORY_LABEL = "nvidia.com/gpu.memory"
 ASCEND_CHIP_LABEL = "node.kubernetes.io/npu.chip.name"
 ASCEND_ACCELERATOR_LABEL = "accelerator"
+# MindCluster's device plugin (>= v7.0.RC1) labels 910-series nodes with the HBM of their NPUs, "<MiB/1024>G"
+# (component/ascend-common/api/consts.go NPUChipMemoryLabel; no such label on 310P nodes).
+ASCEND_MEMORY_LABEL = "mind-cluster/npu-chip-memory"
+# A site's own statement of a node's device memory, for nodes whose device plugin reports none (310P).
+MEMORY_OVERRIDE_LABEL = "dspool.io/device-memory-gib"
 
 # FP8 tensor cores arrived with Ada (8.9); Ampere (8.0) and every Ascend part lack them.
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
@@ -151,6 +156,13 @@ class AcceleratorSpec(_CatalogModel):
     product_pattern: str | None = None
     memory_mib_range: tuple[int, int] | None = Field(default=None, alias="memoryMiBRange")
     npu_chip_name: str | None = None
+    other_chip_names: tuple[str, ...] = Field(
+        default=(), description="further chip names the device plugin reports for this part (e.g. 910B2C)"
+    )
+    implied_by_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="when the node reports no memory, these labels (all) tell this entry from a same-chip sibling",
+    )
 
     @model_validator(mode="after")
     def _check_vendor_fields(self) -> AcceleratorSpec:
@@ -210,13 +222,17 @@ class AcceleratorSpec(_CatalogModel):
             }
         assert self.npu_chip_name is not None
         is_310p = self.architecture == "ascend-310p"
-        return {
+        labels = {
             ASCEND_ACCELERATOR_LABEL: "huawei-Ascend310P" if is_310p else "huawei-Ascend910",
             "accelerator-type": f"card-310p-{count}" if is_310p else f"module-910b-{count}",
             ASCEND_CHIP_LABEL: self.npu_chip_name,
             "host-arch": "huawei-arm",
             "servertype": f"Ascend{self.npu_chip_name}-20",
+            **self.implied_by_labels,
         }
+        if not is_310p:
+            labels[ASCEND_MEMORY_LABEL] = f"{round(self.memory_gib)}G"
+        return labels
 
     def matches_labels(self, labels: Mapping[str, str]) -> bool:
         """Whether a node with these labels carries this accelerator (ignores the override label)."""
@@ -227,14 +243,38 @@ class AcceleratorSpec(_CatalogModel):
             product = re.sub(r"(-SHARED|-MIG-.*)$", "", product, flags=re.IGNORECASE)
             if not re.search(self.product_pattern, product, flags=re.IGNORECASE):
                 return False
-            if self.memory_mib_range is not None:
-                memory = _int_or_none(labels.get(GFD_MEMORY_LABEL))
-                if memory is not None:
-                    low, high = self.memory_mib_range
-                    return low <= memory < high
+            return self._memory_matches(labels)
+        chip = labels.get(ASCEND_CHIP_LABEL, "").lower()
+        names = {name.lower() for name in (self.npu_chip_name or "", *self.other_chip_names) if name}
+        return bool(chip) and chip in names and self._memory_matches(labels)
+
+    def _memory_matches(self, labels: Mapping[str, str]) -> bool:
+        """The memory the node reports is in this entry's range; unreported: the implying labels decide."""
+        if self.memory_mib_range is None:
             return True
-        chip = labels.get(ASCEND_CHIP_LABEL, "")
-        return bool(chip) and chip.lower() == (self.npu_chip_name or "").lower()
+        memory = reported_memory_mib(labels)
+        if memory is None:
+            return all(labels.get(key) == value for key, value in self.implied_by_labels.items())
+        low, high = self.memory_mib_range
+        return low <= memory < high
+
+
+def reported_memory_mib(labels: Mapping[str, str]) -> int | None:
+    """The device memory a node reports, MiB: the site's ``dspool.io/device-memory-gib``, else GFD's
+    ``nvidia.com/gpu.memory`` (MiB), else MindCluster's ``mind-cluster/npu-chip-memory`` ("64G"); None if none."""
+    override = labels.get(MEMORY_OVERRIDE_LABEL)
+    if override:
+        try:
+            gib = float(override)
+        except ValueError:
+            gib = 0.0
+        if gib > 0:
+            return round(gib * 1024)
+    gfd = _int_or_none(labels.get(GFD_MEMORY_LABEL))
+    if gfd is not None and gfd > 0:
+        return gfd
+    ascend = re.fullmatch(r"(\d+)G", labels.get(ASCEND_MEMORY_LABEL, "").strip(), flags=re.IGNORECASE)
+    return int(ascend.group(1)) * 1024 if ascend else None
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, Field, PrivateAttr
 
 from dspool.api import DEPLOYMENT_LABEL, REPLICA_LABEL, ReplicaPlacement, deployment_label_value
-from dspool.catalog import GFD_MEMORY_LABEL, Catalog, Vendor
+from dspool.catalog import Catalog, Vendor, reported_memory_mib
 
 DEFAULT_FABRIC_LABEL = "dspool.io/fabric"
 NO_FABRIC = "<none>"
@@ -505,7 +505,8 @@ def node_from_k8s(
     None unless the node is Ready, schedulable (not cordoned), free of the unreachable/not-ready
     NoSchedule/NoExecute taints, carries an accelerator the catalog identifies from its labels, and
     advertises at least one device of that accelerator's extended resource as allocatable. Device
-    memory comes from GFD's ``nvidia.com/gpu.memory`` label (MiB) when present, else from the catalog.
+    memory is what the node reports (:func:`dspool.catalog.reported_memory_mib`: GFD's ``nvidia.com/gpu.memory``,
+    MindCluster's ``mind-cluster/npu-chip-memory`` or the site's ``dspool.io/device-memory-gib``), else the catalog's.
     """
     metadata = node.get("metadata") or {}
     spec = node.get("spec") or {}
@@ -520,8 +521,8 @@ def node_from_k8s(
     allocatable = _count((status.get("allocatable") or {}).get(accelerator.resource_name))
     if allocatable <= 0:
         return None
-    memory_mib = _count(labels.get(GFD_MEMORY_LABEL))
-    device_memory_gib = memory_mib / MIB_PER_GIB if memory_mib > 0 else accelerator.memory_gib
+    memory_mib = reported_memory_mib(labels)
+    device_memory_gib = memory_mib / MIB_PER_GIB if memory_mib else accelerator.memory_gib
     return NodeState(
         name=str(metadata.get("name", "")),
         accelerator=accelerator.id,

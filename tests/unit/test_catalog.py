@@ -110,3 +110,37 @@ def test_bad_user_file_is_a_clear_error(tmp_path: Path) -> None:
         load_catalog(extra)
     with pytest.raises(CatalogError, match="cannot read"):
         load_catalog(tmp_path / "missing.yaml")
+
+
+# Ascend servers as they report themselves (docs/sizing.md, "Ascend as the servers report it").
+CHIP = "node.kubernetes.io/npu.chip.name"
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected", "memory_gib"),
+    [
+        ({CHIP: "910B4"}, "Ascend910B4", 32),  # no memory label: the 32 GB part, never more than is there
+        ({CHIP: "910B4", "mind-cluster/npu-chip-memory": "32G"}, "Ascend910B4", 32),
+        ({CHIP: "910B4", "mind-cluster/npu-chip-memory": "64G"}, "Ascend910B4-64G", 64),
+        ({CHIP: "910B4-1"}, "Ascend910B4-64G", 64),  # the 64 GB Atlas 800I A2's chip name
+        ({CHIP: "910B2C"}, "Ascend910B2", 64),
+        ({CHIP: "310P3"}, "Ascend310P-24G", 24),  # 300I Pro, or a 310P whose card nothing reports
+        ({CHIP: "310P3", "infer-card-type": "card-300i-duo"}, "Ascend310P", 48),  # MindCluster's Duo label
+        ({CHIP: "310P3", "dspool.io/device-memory-gib": "48"}, "Ascend310P", 48),  # the site says so
+    ],
+)
+def test_ascend_nodes_are_told_apart_by_chip_name_and_the_memory_they_report(
+    labels: dict[str, str], expected: str, memory_gib: int
+) -> None:
+    accelerator = CATALOG.identify_node(labels)
+    assert accelerator is not None and accelerator.id == expected
+    assert accelerator.memory_gib == memory_gib
+
+
+def test_reported_memory_prefers_the_site_then_gfd_then_mindcluster() -> None:
+    from dspool.catalog import reported_memory_mib
+
+    assert reported_memory_mib({"mind-cluster/npu-chip-memory": "64G"}) == 65536
+    assert reported_memory_mib({"nvidia.com/gpu.memory": "81559"}) == 81559
+    assert reported_memory_mib({"dspool.io/device-memory-gib": "47.5", "nvidia.com/gpu.memory": "1"}) == 48640
+    assert reported_memory_mib({"mind-cluster/npu-chip-memory": "lots"}) is None

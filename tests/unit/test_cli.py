@@ -44,12 +44,12 @@ def test_infeasible_plan_exits_zero_with_a_reason(capsys: pytest.CaptureFixture[
 def test_plan_without_accelerator_prints_one_row_per_accelerator(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "deepseek-r1-distill-qwen-32b"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("MODEL") and len(lines) == 1 + 18
+    assert lines[0].startswith("MODEL") and len(lines) == 1 + 20
 
 
 def test_plan_all_covers_every_model_and_accelerator(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--all", "-o", "json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 8 * 18
+    assert len(json.loads(capsys.readouterr().out)) == 8 * 20
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,13 @@ def test_ascend_node_is_identified_by_chip_label_and_uses_catalog_memory() -> No
     assert state.fabric is None
 
 
+def test_an_atlas_800i_a2_reporting_64g_910b4_is_sized_with_64_gib() -> None:
+    raw = k8s_node("atlas-1", "Ascend910B4", labels={"mind-cluster/npu-chip-memory": "64G"})
+    state = node_from_k8s(raw, CATALOG)
+    assert state is not None
+    assert (state.accelerator, state.device_memory_gib) == ("Ascend910B4-64G", 64)
+
+
 def test_custom_fabric_label_is_read() -> None:
     raw = k8s_node("h100-0", "H100-80G", labels={"topology.example.com/spine": "s1"})
     state = node_from_k8s(raw, CATALOG, fabric_label="topology.example.com/spine")
