@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from dspool.api import KIND, DeepSeekDeployment, Strategy
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL
+from dspool.layouts import rules_table
 from dspool.moves import RebalanceMode
 from dspool.placement import ReplicaRequest, place_replicas
 from dspool.rebalance import MAX_MOVES_LIMIT, RebalancePolicy
@@ -72,10 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_plan.add_argument("--gpu-memory-utilization", type=_fraction, default=SizingRequest().gpu_memory_utilization)
     p_plan.add_argument("--devices-per-node", type=positive_int, help="server size (default: catalog)")
     p_plan.add_argument("--device-memory-gib", type=positive_float, help="device memory (default: catalog)")
-    p_plan.add_argument("--overhead-gib", type=non_negative_float, help="runtime overhead per device")
+    p_plan.add_argument(
+        "--overhead-gib", type=non_negative_float, help="runtime reserve per device, GiB (replaces the estimate)"
+    )
     p_plan.add_argument("--max-nodes", type=positive_int, default=SizingRequest().max_nodes)
     p_plan.add_argument("--single-node", action="store_true", help="never span nodes")
     p_plan.add_argument("--image", help="the engine image the replica runs (as spec.serving.image; default: dspool's)")
+    p_plan.add_argument(
+        "--parallelism",
+        choices=["tensor", "data-expert"],
+        default="tensor",
+        help="data-expert: data-parallel attention with expert-parallel MoE (one MLA cache per rank)",
+    )
+    p_plan.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto", help="fp8 halves the KV cache")
+    p_plan.add_argument(
+        "--mtp", type=positive_int, metavar="TOKENS", help="MTP speculative decoding with TOKENS draft tokens per step"
+    )
+    p_plan.add_argument(
+        "--accept-marginal", action="store_true", help="take the smallest fitting layout even with little headroom"
+    )
+    p_plan.add_argument("--rules", action="store_true", help="print the layout rules each backend checks, and exit")
     p_plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_plan.set_defaults(handler=_cmd_plan)
 
@@ -144,6 +161,10 @@ def _request_from_args(args: argparse.Namespace) -> SizingRequest:
         max_nodes=args.max_nodes,
         allow_multi_node=not args.single_node,
         engine_image=args.image,
+        parallelism=args.parallelism,
+        kv_cache_dtype=args.kv_cache_dtype,
+        speculative_tokens=args.mtp or 0,
+        accept_marginal=args.accept_marginal,
     )
     try:
         return SizingRequest.model_validate(fields)
@@ -154,6 +175,13 @@ def _request_from_args(args: argparse.Namespace) -> SizingRequest:
 
 
 def _cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.rules:
+        rows = rules_table()
+        if args.output == "json":
+            print(json.dumps(rows, indent=2))
+        else:
+            print(format_table(["RULE", "BACKENDS", "CONSTRAINT", "SOURCE"], [list(row.values()) for row in rows]))
+        return 0
     if args.filename:
         return _cmd_plan_file(args, catalog)
     if args.cluster:
@@ -197,10 +225,12 @@ def format_plan_detail(result: Plan) -> str:
             f"layout:       {result.layout}",
             f"maxModelLen:  {result.max_model_len}",
         ]
+        if result.marginal:
+            lines.append(f"marginal:     yes, {result.memory_gib.free_per_device:.1f} GiB left per device")
     lines += [
         f"memory/device (GiB): device {mem.device_memory:.1f}, usable {mem.usable_per_device:.1f}, "
         f"weights {mem.weights_per_device:.1f}, KV {mem.kv_cache_per_device:.1f}, "
-        f"overhead {mem.overhead_per_device:.1f}, free {mem.free_per_device:.1f}",
+        f"runtime reserve {mem.overhead_per_device:.1f}, free {mem.free_per_device:.1f}",
         f"reason:       {result.reason}",
     ]
     return "\n".join(lines)
@@ -234,8 +264,10 @@ def format_plan_table(plans: Sequence[Plan]) -> str:
 
 
 def _short_note(result: Plan) -> str:
-    """The first clause of the precision note (e.g. "FP8 checkpoint converted to BF16: ...")."""
-    return result.precision_note.split("; ")[0].split(": vLLM's")[0]
+    """ "marginal" when the plan has little headroom, then the first clause of the precision note."""
+    precision = result.precision_note.split("; ")[0].split(": vLLM's")[0]
+    marginal = f"marginal ({result.memory_gib.free_per_device:.1f} GiB left)" if result.marginal else ""
+    return "; ".join(part for part in (marginal, precision) if part)
 
 
 def _cmd_models(args: argparse.Namespace, catalog: Catalog) -> int:

@@ -50,7 +50,7 @@ from dspool.api import (
     placement_fingerprint,
     placements_from_status,
 )
-from dspool.catalog import Catalog, ModelSpec, UnknownIdError
+from dspool.catalog import Catalog, ModelSpec, UnknownIdError, Vendor
 from dspool.inventory import Pool
 from dspool.moves import MovesOutcome, advance_moves, moves_from_status
 from dspool.placement import (
@@ -61,7 +61,15 @@ from dspool.placement import (
     scale_down_victims,
 )
 from dspool.rebalance import RebalancePolicy
-from dspool.workloads import ImageDefaults, build_replica_objects, build_service, endpoint_url, service_selector
+from dspool.workloads import (
+    NO_INTERCONNECT,
+    ImageDefaults,
+    Interconnect,
+    build_replica_objects,
+    build_service,
+    endpoint_url,
+    service_selector,
+)
 
 DEFAULT_STUCK_AFTER_SECONDS = 120.0
 
@@ -76,6 +84,7 @@ class ReconcileSettings:
     mindcluster: bool = False  # MindCluster's ascend-operator writes MindIE rank tables; dspool does not
     demand: DemandMix | None = None  # the models to keep room for (those of the DSDs in the cluster)
     rebalance_policy: RebalancePolicy = field(default_factory=RebalancePolicy)
+    interconnect: Interconnect = NO_INTERCONNECT  # the site's RDMA resource for multi-node NVIDIA replicas
 
 
 @dataclass
@@ -408,6 +417,7 @@ def _build_status(
     phase, conditions, message = _summarize(
         dsd, len(state.current), ready_count, state.refusal, old.conditions, state.now, rolling=bool(state.outdated),
         rebalancing=rebalancing if state.refusal is not None else None,
+        interconnect=interconnect_condition(final, state.catalog, state.settings.interconnect),
     )  # fmt: skip
     return DeepSeekDeploymentStatus(
         phase=phase,
@@ -430,7 +440,7 @@ def _build_objects(state: _Pass, model: ModelSpec, final: Sequence[ReplicaPlacem
     objects: list[dict[str, Any]] = []
     for placement in final:
         accelerator = state.catalog.accelerator(placement.accelerator)
-        kwargs: dict[str, Any] = {"lws_available": settings.lws_available}
+        kwargs: dict[str, Any] = {"lws_available": settings.lws_available, "interconnect": settings.interconnect}
         if settings.images is not None:
             kwargs["images"] = settings.images
         if not settings.mindcluster:
@@ -512,6 +522,7 @@ def _summarize(
     now: datetime,
     rolling: bool = False,
     rebalancing: str | None = None,
+    interconnect: Condition | None = None,
 ) -> tuple[Phase, list[Condition], str]:
     desired, bounded = dsd.spec.bounded_replicas()
     if refusal is not None and rolling:
@@ -555,5 +566,37 @@ def _summarize(
                 type="Scaling", status="False", reason="WithinBounds", message=f"{desired} replicas asked and run"
             )
         )
+    if interconnect is not None:
+        conditions.append(interconnect)
     stamped = _stamp(conditions, old_conditions, dsd.metadata.get("generation"), now)
     return phase, stamped, message
+
+
+def interconnect_condition(
+    placements: Sequence[ReplicaPlacement], catalog: Catalog, interconnect: Interconnect
+) -> Condition | None:
+    """The ``Interconnect`` condition of a DSD with multi-node replicas (None without any): whether their
+    collectives have RDMA. NVIDIA replicas need the site's RDMA resource (``--rdma-resource``); Ascend NPUs
+    carry their own RoCE ports, which HCCL uses through the rank table."""
+    spanning = [p for p in placements if len(p.nodes) > 1]
+    if not spanning:
+        return None
+    nvidia = [p for p in spanning if catalog.accelerator(p.accelerator).vendor == Vendor.NVIDIA]
+    if not nvidia:
+        return Condition(
+            type="Interconnect",
+            status="True",
+            reason="NPURoCE",
+            message="multi-node Ascend replicas: HCCL runs over the NPUs' own RoCE ports (rank table)",
+        )
+    if interconnect.rdma_resource is None:
+        replicas = ", ".join(str(p.replica) for p in nvidia)
+        return Condition(
+            type="Interconnect", status="False", reason="NoRDMA",
+            message=f"replicas {replicas} span nodes without an RDMA resource: NCCL falls back to TCP on the pod "
+            "network, far too slow for a model split over nodes; set the operator's --rdma-resource (chart value "
+            "operator.rdmaResource) to the resource your RDMA device plugin advertises",
+        )  # fmt: skip
+    return Condition(type="Interconnect", status="True", reason="RDMA",
+                     message=f"multi-node replicas request {interconnect.rdma_count} x {interconnect.rdma_resource} "
+                     "per pod")  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from dspool.moves import RebalanceMode
 from dspool.rebalance import RebalancePolicy
 from dspool.reconcile import DEFAULT_STUCK_AFTER_SECONDS
 from dspool.views import parse_selector
+from dspool.workloads import Interconnect
 
 ENV_PREFIX = "DSPOOL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -65,6 +67,14 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535; 0 = off)")
     return value
+
+
+def env_assignment(text: str) -> str:
+    """``NAME=VALUE`` with a valid variable name (an argparse type)."""
+    name, sep, _ = text.partition("=")
+    if not sep or not re.fullmatch(r"[-._a-zA-Z][-._a-zA-Z0-9]*", name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return text
 
 
 def selector(text: str) -> dict[str, str]:
@@ -195,12 +205,35 @@ class OperatorSettings:
             parse=positive_float,
         ),
     )
+    rdma_resource: str | None = field(
+        default=None,
+        metadata=flag(
+            "extended resource of the RDMA device plugin (e.g. rdma/rdma_shared_device_a); multi-node NVIDIA "
+            "replicas request it (unset: NCCL uses TCP and the DSD's Interconnect condition warns)",
+            "rdmaResource",
+        ),
+    )
+    rdma_env: list[str] = field(
+        default_factory=list,
+        metadata=flag(
+            "NAME=VALUE set in multi-node pods, e.g. NCCL_IB_HCA=mlx5 (repeatable)",
+            "rdmaEnv",
+            parse=env_assignment,
+            repeat=True,
+        ),
+    )
     log_level: str = field(
         default="info", metadata=flag("log verbosity (JSON lines on stderr)", "logLevel", choices=LOG_LEVELS)
     )
     catalog_path: str | None = None  # the top-level --catalog option, shared by every command
     debounce_seconds: float = 0.3  # a burst of watch events becomes one pass
     pass_delay_seconds: float = 0.0  # tests only ($DSPOOL_TEST_PASS_DELAY_SECONDS): a slow pass on purpose
+
+    @property
+    def interconnect(self) -> Interconnect:
+        """What multi-node replicas add for the site's RDMA fabric."""
+        pairs = tuple((name, value) for name, _, value in (item.partition("=") for item in self.rdma_env))
+        return Interconnect(rdma_resource=self.rdma_resource or None, env=pairs)
 
     @property
     def rebalance_mode(self) -> RebalanceMode:

@@ -98,6 +98,7 @@ class OperatorRuntime:
             stuck_after_seconds=self.settings.stuck_after_seconds,
             mindcluster=mindcluster,
             rebalance_policy=self.settings.rebalance_policy,
+            interconnect=self.settings.interconnect,
         )
         self.runner = PassRunner(self.settings, self.catalog, self.writer, self.metrics)
         self.keeper = LeaseKeeper(self.lease, max(1.0, self.settings.lease_seconds / 5), self._leadership_changed)

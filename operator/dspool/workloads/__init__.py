@@ -36,10 +36,12 @@ from dspool.workloads.common import (
     MAX_OBJECT_NAME,
     METRICS_SERVICE_PORT,
     MODEL_MOUNT_PATH,
+    NO_INTERCONNECT,
     SERVICE_PORT,
     SPEC_HASH_ANNOTATION,
     WORKER,
     ImageDefaults,
+    Interconnect,
     Replica,
     build_service,
     check_placement,
@@ -70,12 +72,14 @@ __all__ = [
     "MAX_OBJECT_NAME",
     "METRICS_SERVICE_PORT",
     "MODEL_MOUNT_PATH",
+    "NO_INTERCONNECT",
     "RAY_PORT",
     "SERVICE_PORT",
     "SPEC_HASH_ANNOTATION",
     "VLLM_PORT",
     "WORKER",
     "ImageDefaults",
+    "Interconnect",
     "build_replica_objects",
     "build_service",
     "endpoint_url",
@@ -113,6 +117,7 @@ def build_replica_objects(
     lws_available: bool,
     images: ImageDefaults = DEFAULT_IMAGES,
     rank_table_pods: Sequence[Mapping[str, Any]] | None = None,
+    interconnect: Interconnect = NO_INTERCONNECT,
 ) -> list[dict[str, Any]]:
     """The objects that run one replica on its planned nodes, in apply order (ConfigMaps and Services first).
 
@@ -120,12 +125,13 @@ def build_replica_objects(
     installed. For a multi-node MindIE replica dspool then writes its HCCL rank table into the ConfigMap
     ``rings-config-<name>``, built from the Ascend device plugin's annotations on those pods (``status:
     completed`` once every pod carries its NPUs' addresses, ``initializing`` before); other replicas ignore
-    them. None writes no rank table: MindCluster's ascend-operator does.
+    them. None writes no rank table: MindCluster's ascend-operator does. ``interconnect``: the site's RDMA
+    resource and NCCL variables, for multi-node NVIDIA replicas.
 
     Raises ValueError for a placement that cannot be served as given: a backend on the wrong vendor,
     a node count that is not the pipeline-parallel size, or a multi-node replica on Ascend 310P.
     """
-    replica = Replica(dsd, placement, model, accelerator, images)
+    replica = Replica(dsd, placement, model, accelerator, images, interconnect)
     check_placement(replica)
     if replica.backend == Backend.MINDIE:
         return mindie_objects(replica, rank_table_pods)

@@ -7,7 +7,7 @@ The engine modules (:mod:`dspool.workloads.vllm`, :mod:`dspool.workloads.vllm_as
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib.resources import files
 from typing import Any
 
@@ -82,6 +82,26 @@ class ImageDefaults:
 
 
 DEFAULT_IMAGES = ImageDefaults()
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """How multi-node NVIDIA replicas reach the RDMA fabric: the extended resource the site's RDMA device
+    plugin advertises (e.g. ``rdma/rdma_shared_device_a`` of the NVIDIA Network Operator's shared device
+    plugin) and the NCCL variables the site sets (``NCCL_IB_HCA``, ``NCCL_SOCKET_IFNAME``...). Without a
+    resource, NCCL falls back to TCP on the pod network. Ascend replicas need none: HCCL runs over the NPUs'
+    own RoCE ports (``device_ip`` in the rank table)."""
+
+    rdma_resource: str | None = None
+    rdma_count: int = 1
+    env: tuple[tuple[str, str], ...] = ()
+
+    def applies_to(self, replica: Replica) -> bool:
+        """Whether ``replica``'s pods request the RDMA resource: multi-node NVIDIA replicas, when one is named."""
+        return self.rdma_resource is not None and replica.multi_node and not replica.ascend
+
+
+NO_INTERCONNECT = Interconnect()
 IMAGE_ENV_PREFIX = "DSPOOL_IMAGE_"
 
 
@@ -186,6 +206,7 @@ class Replica:
     model: ModelSpec
     accelerator: AcceleratorSpec
     images: ImageDefaults
+    interconnect: Interconnect = field(default_factory=Interconnect)
 
     @property
     def name(self) -> str:
@@ -296,8 +317,9 @@ def startup_failure_threshold(model: ModelSpec) -> int:
     return minutes * 60 // PROBE_PERIOD_SECONDS
 
 
-def _resources(replica: Replica, devices: int) -> dict[str, Any]:
-    """Devices exactly as planned (request = limit), CPU/memory from the spec or per-device defaults."""
+def _resources(replica: Replica, devices: int, interconnect: Interconnect = NO_INTERCONNECT) -> dict[str, Any]:
+    """Devices exactly as planned (request = limit), CPU/memory from the spec or per-device defaults, and the
+    site's RDMA resource for a multi-node NVIDIA replica."""
     spec_resources = replica.dsd.spec.serving.resources
     requests: dict[str, str] = {
         "cpu": str(max(MIN_DEFAULT_CPU, DEFAULT_CPU_PER_DEVICE * devices)),
@@ -309,9 +331,10 @@ def _resources(replica: Replica, devices: int) -> dict[str, Any]:
             requests.update(spec_resources.requests.model_dump(exclude_none=True))
         if spec_resources.limits is not None:
             limits.update(spec_resources.limits.model_dump(exclude_none=True))
-    device_count = str(devices)
-    resource = replica.accelerator.resource_name
-    return {"requests": {**requests, resource: device_count}, "limits": {**limits, resource: device_count}}
+    extended = {replica.accelerator.resource_name: str(devices)}
+    if interconnect.applies_to(replica) and interconnect.rdma_resource is not None:
+        extended[interconnect.rdma_resource] = str(interconnect.rdma_count)
+    return {"requests": {**requests, **extended}, "limits": {**limits, **extended}}
 
 
 def _tolerations(replica: Replica) -> list[dict[str, Any]]:
@@ -491,14 +514,15 @@ def engine_container(
     container: dict[str, Any] = {"name": ENGINE_CONTAINER, "image": replica.image(), "command": command}
     if args is not None:
         container["args"] = args
+    fabric_env = [{"name": n, "value": v} for n, v in replica.interconnect.env] if replica.multi_node else []
     container["env"] = _merge_env(
-        [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, *parts.env, *env],
+        [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, *parts.env, *env, *fabric_env],
         _spec_env(replica),
     )
     if replica.dsd.spec.serving.env_from:
         container["envFrom"] = spec_env_from(replica)
     container["ports"] = ports
-    container["resources"] = _resources(replica, devices)
+    container["resources"] = _resources(replica, devices, replica.interconnect)
     container["volumeMounts"] = parts.mounts
     container.update(probes)
     return container
