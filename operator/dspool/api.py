@@ -402,6 +402,22 @@ SPEC_RULES: list[JsonValue] = [
         "message": "precision fp8 cannot run on Ascend backends (mindie, vllm-ascend)",
     },
     {
+        "rule": "!(self.backend in ['mindie', 'vllm-ascend'] && has(self.serving) && has(self.serving.kvCacheDtype) "
+        "&& self.serving.kvCacheDtype == 'fp8')",
+        "message": "serving.kvCacheDtype fp8 runs on vLLM (NVIDIA Hopper or newer) only; MindIE and vllm-ascend have "
+        "no FP8 KV cache",
+    },
+    {
+        "rule": "!(self.backend in ['mindie', 'vllm-ascend'] && has(self.serving) "
+        "&& has(self.serving.speculativeDecoding))",
+        "message": "serving.speculativeDecoding is planned for vLLM on NVIDIA only",
+    },
+    {
+        "rule": "!(self.backend == 'mindie' && has(self.serving) && has(self.serving.parallelism) "
+        "&& self.serving.parallelism == 'data-expert')",
+        "message": "serving.parallelism data-expert is planned for vLLM and vllm-ascend, not MindIE",
+    },
+    {
         "rule": "!has(self.serving) || !has(self.serving.maxModelLen) || !has(self.serving.kvCacheTokens) "
         "|| self.serving.maxModelLen <= self.serving.kvCacheTokens",
         "message": "serving.maxModelLen must not exceed serving.kvCacheTokens (one request must fit the KV cache)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -133,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_reb.add_argument("--fabric-label", default=DEFAULT_FABRIC_LABEL)
     p_reb.add_argument("--max-moves", type=positive_int, default=RebalancePolicy().max_moves)
     p_reb.set_defaults(handler=_cmd_rebalance)
+
+    p_render = sub.add_parser(
+        "render", help="the objects dspool would create for DSD manifests placed on a pool file (like helm template)"
+    )
+    p_render.add_argument("-f", "--filename", required=True, metavar="DSD.yaml", help="DeepSeekDeployment manifest(s)")
+    p_render.add_argument("--pool", required=True, metavar="POOL.yaml", help="a pool file (examples/pools/ format)")
+    p_render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    p_render.add_argument(
+        "--lws", action=argparse.BooleanOptionalAction, default=True, help="the cluster has LeaderWorkerSet"
+    )
+    p_render.add_argument("--rdma-resource", help="as the operator's --rdma-resource")
+    p_render.set_defaults(handler=_cmd_render)
 
     p_pool = sub.add_parser("pool", help="print the pool: nodes by accelerator, devices used/free, replicas")
     p_pool.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
@@ -403,6 +416,67 @@ def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
         rows.append([f"{dsd.name}/{index}", placed.accelerator if placed else "-", nodes, decision.reason])
     print(format_table(["REPLICA", "ACCELERATOR", "NODES:DEVICES", "WHY"], rows))
     return 0
+
+
+def _load_manifests(path: str) -> list[dict[str, Any]]:
+    """Every DeepSeekDeployment document of a YAML file, validated; a bad file is one UsageError line."""
+    try:
+        with open(path) as handle:
+            documents = [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not documents:
+        raise UsageError(f"{path}: no DeepSeekDeployment in the file")
+    for index, doc in enumerate(documents):
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise UsageError(f"{path}: document {index + 1} is not a {KIND}")
+        try:
+            DeepSeekDeployment.model_validate(
+                {k: doc[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in doc}
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise UsageError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    return documents
+
+
+def _cmd_render(args: argparse.Namespace, catalog: Catalog) -> int:
+    """Print the objects of each DSD in the file, placed on the pool file with the operator's own code."""
+    from dspool.reconcile import ReconcileSettings
+    from dspool.render import render_deployment
+    from dspool.sim.inputs import InputError, load_pool_file
+    from dspool.sim.simulate import pool_from_file
+    from dspool.workloads import Interconnect, images_from_env
+
+    manifests = _load_manifests(args.filename)
+    try:
+        pool = pool_from_file(load_pool_file(args.pool, catalog), catalog)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    settings = ReconcileSettings(
+        lws_available=args.lws,
+        images=images_from_env(os.environ),
+        interconnect=Interconnect(rdma_resource=args.rdma_resource),
+    )
+    rendered = [render_deployment(doc, pool, catalog, settings) for doc in manifests]
+    incomplete = [r for r in rendered if r.placed < r.desired or not r.objects]
+    for result in incomplete:
+        print(
+            f"dspool: {result.name}: {result.placed} of {result.desired} replicas placed: {result.message}",
+            file=sys.stderr,
+        )
+    objects = [obj for result in rendered for obj in result.objects]
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        for result in rendered:
+            print(f"# {result.name}: {result.phase}; " + "; ".join(result.reasons or [result.message]))
+            for obj in result.objects:
+                print("---")
+                print(yaml.safe_dump(obj, sort_keys=False).rstrip())
+    return 1 if incomplete else 0
 
 
 def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:

@@ -257,6 +257,15 @@ def test_malformed_specs_are_rejected_at_apply(
         ({"model": "deepseek-r1", "serving": {"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "1"}}}},
          "requests.cpu must not exceed limits.cpu"),
         ({"model": "deepseek-r1", "serving": {"image": " engine image"}}, "serving.image"),
+        ({"model": "deepseek-r1", "serving": {"env": [{"name": "T", "value": "x",
+          "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}}, "value or valueFrom"),
+        ({"model": "deepseek-r1", "serving": {"env": [{"name": "T", "valueFrom": {}}]}}, "exactly one of secretKeyRef"),
+        ({"model": "deepseek-r1",
+          "serving": {"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]}},
+         "exactly one of secretRef"),
+        ({"model": "deepseek-r1", "backend": "mindie", "serving": {"kvCacheDtype": "fp8"}}, "no FP8 KV cache"),
+        ({"model": "deepseek-r1", "backend": "mindie", "serving": {"speculativeDecoding": {}}}, "vLLM on NVIDIA"),
+        ({"model": "deepseek-r1", "backend": "mindie", "serving": {"parallelism": "data-expert"}}, "not MindIE"),
     ]  # fmt: skip
     for index, (spec, expected) in enumerate(cases):
         with pytest.raises(ApiException) as raised:

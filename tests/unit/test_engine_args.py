@@ -29,6 +29,10 @@ CASES = [
     ("vllm-ascend 310P", "Ascend310P", ["a"], dict(precision="bf16", backend="vllm-ascend",
                                                     model="deepseek-r1-distill-qwen-7b", tp=2)),
     ("mindie", "Ascend910B3", ["a", "b"], dict(precision="w8a8", backend="mindie")),
+    ("vllm FP8 KV cache and MTP", "H200-141G", ["a"],
+     dict(precision="fp8", serving={"kvCacheDtype": "fp8", "speculativeDecoding": {"numSpeculativeTokens": 1}})),
+    ("vllm data-expert over two nodes", "H100-80G", ["a", "b"],
+     dict(precision="fp8", tp=1, dp=16, serving={"parallelism": "data-expert"})),
 ]  # fmt: skip
 
 
@@ -63,9 +67,10 @@ def test_generated_engine_flags_are_documented_for_the_pinned_versions(
     case: str, accelerator: str, nodes: list[str], options: dict[str, Any]
 ) -> None:
     model = options.pop("model", "deepseek-r1")
+    serving = options.pop("serving", {})
     placement = make_placement(accelerator, nodes, **options)
-    flags = generated_flags(build(make_dsd(model=model), placement, model, lws=False))
-    flags |= generated_flags(build(make_dsd(model=model), placement, model, lws=True))
+    flags = generated_flags(build(make_dsd(model=model, serving=serving), placement, model, lws=False))
+    flags |= generated_flags(build(make_dsd(model=model, serving=serving), placement, model, lws=True))
     assert flags or options.get("backend") == "mindie", case  # MindIE takes no flags: config.json below
     assert flags <= DOCUMENTED_FLAGS, f"{case}: undocumented {sorted(flags - DOCUMENTED_FLAGS)}"
 
@@ -90,4 +95,4 @@ def test_generated_mindie_config_keys_are_documented() -> None:
 
 
 def test_an_undocumented_flag_would_be_caught() -> None:
-    assert "--kv-cache-dtype" not in DOCUMENTED_FLAGS  # so a builder adding it fails the test above
+    assert "--enable-prefix-caching" not in DOCUMENTED_FLAGS  # so a builder adding it fails the test above

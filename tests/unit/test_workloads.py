@@ -57,6 +57,7 @@ def make_placement(
     precision: str = "fp8",
     replica: int = 0,
     max_model_len: int = 32768,
+    dp: int = 1,
 ) -> ReplicaPlacement:
     return ReplicaPlacement(
         replica=replica,
@@ -64,9 +65,10 @@ def make_placement(
         precision=precision,
         backend=backend,
         tensor_parallel=tp,
-        pipeline_parallel=len(nodes),
+        pipeline_parallel=len(nodes) if dp == 1 else 1,
+        data_parallel=dp,
         max_model_len=max_model_len,
-        nodes=[{"name": node, "devices": tp} for node in nodes],
+        nodes=[{"name": node, "devices": tp * dp // len(nodes) if dp > 1 else tp} for node in nodes],
         spec_hash="hash-123",
     )
 
