@@ -56,6 +56,7 @@ DEFAULT_MAX_NODES = 8
 # and the runtime reserve is "marginal": an estimate a few percent off, or a larger batch, and the engine
 # fails its start-up memory check. Such a plan is chosen only when no layout with more room fits.
 MARGINAL_FRACTION = 0.05
+MAX_SUGGESTED_UTILIZATION = 0.95  # above it, CUDA graphs and the context may not fit outside vLLM's budget
 
 BACKENDS_BY_VENDOR: dict[Vendor, tuple[Backend, ...]] = {
     Vendor.NVIDIA: (Backend.VLLM,),
@@ -554,11 +555,16 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
         else f"1 node x {devices_per_node} (multi-node {_why_single_node(request, accelerator, backend)})"
     )
     notes = "; ".join(n for n in (precision_note,) if n)
-    return infeasible(
-        f"{model.id} {precision.value} does not fit in {limit} {accelerator.id}: even {largest.describe()} needs "
-        f"{closest.weights_per_device:.1f} GiB weights + {closest.kv_cache_per_device:.1f} GiB KV ({kv_tokens} "
-        f"tokens) per device, {closest.usable_per_device:.1f} GiB usable" + (f"; {notes}" if notes else ""),
-        closest,
+    return _with_cheaper_precision_hint(
+        model,
+        accelerator,
+        request,
+        infeasible(
+            f"{model.id} {precision.value} does not fit in {limit} {accelerator.id}: even {largest.describe()} needs "
+            f"{closest.weights_per_device:.1f} GiB weights + {closest.kv_cache_per_device:.1f} GiB KV ({kv_tokens} "
+            f"tokens) per device, {closest.usable_per_device:.1f} GiB usable" + (f"; {notes}" if notes else ""),
+            closest,
+        ),
     )
 
 
@@ -669,6 +675,15 @@ class _Search:
             precision_note=precision_note,
         )
 
+    def _how_to_take(self, layout: Layout) -> str:
+        """What makes a skipped marginal layout acceptable: the utilization that leaves enough, or the flag."""
+        account = self.marginal[layout]
+        missing = MARGINAL_FRACTION * account.device_memory - account.free_per_device
+        utilization = math.ceil((self.request.gpu_memory_utilization + missing / account.device_memory) * 100) / 100
+        if self.outside_short.get(layout, 0.0) == 0 and utilization <= MAX_SUGGESTED_UTILIZATION:
+            return f"gpuMemoryUtilization {utilization:.2f} or --accept-marginal takes {layout.describe()}"
+        return f"--accept-marginal takes {layout.describe()}"
+
     def _marginal_note(self, layout: Layout, account: MemoryAccount) -> str:
         short = self.outside_short.get(layout, 0.0)
         if short > 0:
@@ -678,8 +693,8 @@ class _Search:
                 f"and CUDA graphs"
             )
         return (
-            f"marginal: only {account.free_per_device:.1f} GiB left per device (under {MARGINAL_FRACTION:.0%} "
-            f"of {account.device_memory:g} GiB)"
+            f"marginal: {account.free_per_device:.1f} GiB left per device, under {MARGINAL_FRACTION:.0%} "
+            f"of {account.device_memory:g} GiB"
         )
 
     def _why_not_smaller(self, chosen: Layout) -> list[str]:
@@ -700,19 +715,21 @@ class _Search:
             need = self.tried[layout].weights_per_device + self.tried[layout].kv_cache_per_device
             notes.append(f"{layout.describe()} would need {need:.1f} GiB per device")
         preceding = [layout for layout in self.tried if self.order[layout] < self.order[chosen]]
-        for layout in preceding:
-            account = self.marginal.get(layout)
-            if account is not None:
-                notes.append(
-                    f"{layout.describe()} was not taken: {self._marginal_note(layout, account)} (--accept-marginal "
-                    f"or a kvCacheDtype fp8 / other gpuMemoryUtilization takes it)"
-                )
-        for layout in preceding:
-            refusals = self.refused.get(layout)
-            if refusals and self.tried[layout].free_per_device >= 0:
-                notes.append(
-                    f"{layout.describe()} would fit but {self.backend.value} refuses it: {'; '.join(refusals)}"
-                )
+        skipped = [
+            f"{layout.describe()} ({self._marginal_note(layout, self.marginal[layout]).removeprefix('marginal: ')})"
+            for layout in preceding
+            if layout in self.marginal
+        ]
+        if skipped:
+            first = next(layout for layout in preceding if layout in self.marginal)
+            notes.append(f"not taken as marginal: {', '.join(skipped)}; {self._how_to_take(first)}")
+        refused = [
+            f"{layout.describe()} ({self.refused[layout][0]})"
+            for layout in preceding
+            if layout in self.refused and self.tried[layout].free_per_device >= 0
+        ]
+        if refused:
+            notes.append(f"{self.backend.value} refuses the smaller layouts that would fit: {', '.join(refused)}")
         return notes
 
 
@@ -723,7 +740,7 @@ def _with_cheaper_precision_hint(
     if request.precision != "auto" or result.precision != Precision.BF16 or model.native_precision == Precision.BF16:
         return result
     alternative = plan(model, accelerator, request.model_copy(update={"precision": Precision.W8A8}))
-    if not alternative.feasible or alternative.devices_per_replica >= result.devices_per_replica:
+    if not alternative.feasible or (result.feasible and alternative.devices_per_replica >= result.devices_per_replica):
         return result
     hint = (
         f"--precision w8a8 needs {alternative.devices_per_replica} devices on "

@@ -53,13 +53,14 @@ def test_32b_on_rtx4090_with_a_large_kv_budget_gets_tp8_not_tp5() -> None:
         SizingRequest(kv_cache_tokens=100000),
     )
     assert (result.tensor_parallel, result.nodes_per_replica) == (8, 1)
-    assert "TP5 would fit but vllm refuses it: 8 KV heads and TP5: neither divides the other" in result.reason
+    assert "vllm refuses the smaller layouts that would fit: TP5 (8 KV heads and TP5: neither divides" in result.reason
 
 
 def test_r1_on_h20_96g_takes_two_nodes_because_one_is_marginal() -> None:
     result = plan(CATALOG.model("deepseek-r1"), CATALOG.accelerator("H20-96G"))
     assert (result.devices_per_replica, result.nodes_per_replica) == (16, 2) and not result.marginal
-    assert "TP8 was not taken: marginal: only" in result.reason
+    assert "not taken as marginal: TP8 (0.7 GiB left per device" in result.reason
+    assert "gpuMemoryUtilization 0.95 or --accept-marginal takes TP8" in result.reason
     # The same node with the engine given 95% of memory (or fp8 KV plus accept) holds it with room.
     roomy = plan(
         CATALOG.model("deepseek-r1"), CATALOG.accelerator("H20-96G"), SizingRequest(gpu_memory_utilization=0.95)

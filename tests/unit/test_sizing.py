@@ -142,7 +142,7 @@ def test_qwen7b_never_gets_tp7_or_tp8_because_28_heads_and_4_kv_heads() -> None:
     )
     assert tiny.feasible and tiny.tensor_parallel not in (3, 5, 6, 7, 8)
     assert tiny.nodes_per_replica == 2
-    assert "TP7 would fit but vllm refuses it: 4 KV heads and TP7" in tiny.reason
+    assert "TP7 (4 KV heads and TP7: neither divides the other)" in tiny.reason
 
 
 def test_vendor_table_errors_are_corrected() -> None:
