@@ -176,6 +176,23 @@ def mtp_weights_gib(model: ModelSpec, precision: Precision) -> float:
     return weights_total_gib(model, precision) * model.mtp_params_b / model.checkpoint_params_b
 
 
+def mtp_weights_per_device_gib(
+    model: ModelSpec, precision: Precision, tensor_parallel: int, data_parallel: int
+) -> float:
+    """One device's share of the MTP module, which vLLM shards like the model's own layers.
+
+    The module is one MoE decoder layer (its routed experts: 3 x hidden x expert width x experts
+    parameters) plus projections: under tensor parallelism all of it splits by TP; under data-parallel
+    attention the experts split over every rank and the rest stays whole on each.
+    """
+    total = mtp_weights_gib(model, precision)
+    if data_parallel == 1 or not model.moe or model.moe_intermediate_size is None or model.routed_experts is None:
+        return total / tensor_parallel
+    experts_b = 3 * model.hidden_size * model.moe_intermediate_size * model.routed_experts / 1e9
+    expert_share = min(1.0, experts_b / model.mtp_params_b)
+    return total * ((1 - expert_share) / tensor_parallel + expert_share / (tensor_parallel * data_parallel))
+
+
 def main_weights_gib(model: ModelSpec, precision: Precision) -> float:
     """What the engine loads without speculative decoding: the checkpoint less its MTP module."""
     return weights_total_gib(model, precision) - mtp_weights_gib(model, precision)
@@ -337,7 +354,7 @@ def memory_account(
     ``speculative_tokens`` > 0, split like a layer.
     """
     loaded = main_weights_gib(model, precision)
-    extra = mtp_weights_gib(model, precision) / tensor_parallel if speculative_tokens else 0.0
+    extra = mtp_weights_per_device_gib(model, precision, tensor_parallel, data_parallel) if speculative_tokens else 0.0
     # Weights every TP rank holds whole (vLLM's replicated projections): not divided by TP.
     replicated = loaded * model.replicated_params_b / model.params_b if tensor_parallel > 1 else 0.0
     if data_parallel > 1 and model.dense_params_b is not None:
