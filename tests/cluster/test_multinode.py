@@ -178,7 +178,7 @@ def start_script_wait_ends(core_v1: client.CoreV1Api, namespace: str, table: dic
     start = next(i for i, line in enumerate(lines) if "waiting for a completed rank table" in line)
     wait = "\n".join(lines[start : start + 2])  # the echo and the until loop
     (tmp / "hccl.json").write_text(json.dumps(table))
-    done = subprocess.run(["timeout", "8", "bash", "-c", wait], env={"RANKTABLEFILE": str(tmp / "hccl.json"),
+    done = subprocess.run(["timeout", "8", "bash", "-c", wait], env={"RANK_TABLE_FILE": str(tmp / "hccl.json"),
                           "PATH": "/usr/bin:/bin"}, capture_output=True)  # fmt: skip
     return done.returncode == 0
 
