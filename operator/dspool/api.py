@@ -47,6 +47,22 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def cel_config(*rules: tuple[str, str]) -> ConfigDict:
+    """The API models' config plus CEL rules (rule, message) the API server checks at ``kubectl apply``."""
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]},
+    )
+
+
+def exactly_one(model: BaseModel, first: str, second: str, message: str) -> None:
+    """Raise ``message`` unless exactly one of the two fields is set (the Python twin of a CEL rule)."""
+    if (getattr(model, first) is None) == (getattr(model, second) is None):
+        raise ValueError(message)
+
+
 class Strategy(StrEnum):
     """How replicas are laid over the pool."""
 
@@ -153,28 +169,21 @@ class KeySelector(ApiModel):
     optional: bool | None = None
 
 
+_ONE_KEY_REF = "valueFrom needs exactly one of secretKeyRef, configMapKeyRef"
+_ONE_OBJECT_REF = "envFrom entries need exactly one of secretRef, configMapRef"
+
+
 class EnvVarSource(ApiModel):
     """Where a variable's value comes from: a Secret key or a ConfigMap key (exactly one)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
-                 "message": "valueFrom needs exactly one of secretKeyRef, configMapKeyRef"}
-            ]
-        },
-    )  # fmt: skip
+    model_config = cel_config(("has(self.secretKeyRef) != has(self.configMapKeyRef)", _ONE_KEY_REF))
 
     secret_key_ref: KeySelector | None = None
     config_map_key_ref: KeySelector | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EnvVarSource:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError("valueFrom needs exactly one of secretKeyRef, configMapKeyRef")
+        exactly_one(self, "secret_key_ref", "config_map_key_ref", _ONE_KEY_REF)
         return self
 
 
@@ -182,17 +191,9 @@ class EnvVar(ApiModel):
     """An extra environment variable for the serving (and weight-fetching) containers: a plain value, or
     ``valueFrom`` a Secret or ConfigMap key, so that tokens stay out of the DSD."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "!(has(self.value) && has(self.valueFrom))",
-                 "message": "an env entry takes value or valueFrom, not both"}
-            ]
-        },
-    )  # fmt: skip
+    model_config = cel_config(
+        ("!(has(self.value) && has(self.valueFrom))", "an env entry takes value or valueFrom, not both")
+    )
 
     name: str = Field(min_length=1, max_length=253, pattern=ENV_NAME_PATTERN)
     value: str | None = None
@@ -221,17 +222,7 @@ class ObjectReference(ApiModel):
 class EnvFromSource(ApiModel):
     """core/v1 EnvFromSource: all keys of a Secret or a ConfigMap, optionally prefixed (exactly one source)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "has(self.secretRef) != has(self.configMapRef)",
-                 "message": "envFrom entries need exactly one of secretRef, configMapRef"}
-            ]
-        },
-    )  # fmt: skip
+    model_config = cel_config(("has(self.secretRef) != has(self.configMapRef)", _ONE_OBJECT_REF))
 
     prefix: str | None = Field(default=None, max_length=253, pattern=ENV_NAME_PATTERN)
     secret_ref: ObjectReference | None = None
@@ -239,8 +230,7 @@ class EnvFromSource(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EnvFromSource:
-        if (self.secret_ref is None) == (self.config_map_ref is None):
-            raise ValueError("envFrom entries need exactly one of secretRef, configMapRef")
+        exactly_one(self, "secret_ref", "config_map_ref", _ONE_OBJECT_REF)
         return self
 
 
@@ -359,18 +349,11 @@ class HostPathSource(ApiModel):
 class ModelSource(ApiModel):
     """Where the weights are: exactly one of pvc, hostPath, uri (downloaded on start)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "(has(self.pvc) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
-                    "message": "modelSource needs exactly one of pvc, hostPath, uri",
-                }
-            ]
-        },
+    model_config = cel_config(
+        (
+            "(has(self.pvc) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
+            "modelSource needs exactly one of pvc, hostPath, uri",
+        )
     )
 
     pvc: PvcSource | None = None
@@ -429,18 +412,11 @@ class ScalingSpec(ApiModel):
     """Bounds on the replica count, whoever sets it (kubectl scale, an HPA): dspool runs replicas
     clamped to [minReplicas, maxReplicas] and says so in the Scaling condition."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
-                    "message": "scaling.minReplicas must not exceed scaling.maxReplicas",
-                }
-            ]
-        },
+    model_config = cel_config(
+        (
+            "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+            "scaling.minReplicas must not exceed scaling.maxReplicas",
+        )
     )
 
     min_replicas: int | None = Field(default=None, ge=0, le=256, description="never fewer replicas than this")

@@ -90,18 +90,9 @@ def test_every_built_object_passes_strict_validation(
         dsd, placement, catalog.model(model), catalog.accelerator(accelerator), lws_available=False
     )
     objects.append(build_service(dsd))
-    resources = DynamicClient(api_client).resources
     for obj in objects:
         obj["metadata"].pop("ownerReferences", None)  # the owner does not exist in this test
-        path = resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).path(namespace=namespace)
-        try:
-            api_client.call_api(
-                path, "POST", body=obj, query_params=[("dryRun", "All"), ("fieldValidation", "Strict")],
-                header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
-            )  # fmt: skip
-        except ApiException as exc:
-            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} rejected: {exc.body}")
+    dry_run_create_all(api_client, namespace, objects)
 
 
 def test_dspool_render_of_a_multi_node_mindie_dsd_is_accepted_by_the_api_server(
@@ -137,6 +128,11 @@ def test_dspool_render_of_a_multi_node_mindie_dsd_is_accepted_by_the_api_server(
             env = {var["name"]: var for var in container.get("env", [])}
             assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
             assert {"RANK_TABLE_FILE", "RANKTABLEFILE", "MIES_RANKTABLEFILE", "HCCL_CONNECT_TIMEOUT"} <= set(env)
+    dry_run_create_all(api_client, namespace, objects)
+
+
+def dry_run_create_all(api_client: client.ApiClient, namespace: str, objects: list[dict[str, Any]]) -> None:
+    """Create every object as a server-side dry run with strict field validation; fail on the first refusal."""
     resources = DynamicClient(api_client).resources
     for obj in objects:
         path = resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).path(namespace=namespace)
