@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from dspool.api import KIND, DeepSeekDeployment, Strategy
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
+from dspool.doctor_cli import add_doctor_command
 from dspool.inventory import DEFAULT_FABRIC_LABEL
 from dspool.moves import RebalanceMode
 from dspool.placement import ReplicaRequest, place_replicas
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_pool.add_argument("--nodes", action="store_true", help="list every node, not only the totals")
     p_pool.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_pool.set_defaults(handler=_cmd_pool)
+    add_doctor_command(sub)
     return parser
 
 

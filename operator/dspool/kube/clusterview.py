@@ -27,13 +27,16 @@ class ClusterView:
     pods: list[dict[str, Any]]
 
 
-def api_client_from(kubeconfig: str | None) -> client.ApiClient:
-    """An API client from a kubeconfig path, $KUBECONFIG / ~/.kube/config, or the in-cluster account."""
+def api_client_from(kubeconfig: str | None, context: str | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig path, $KUBECONFIG / ~/.kube/config, or the in-cluster account;
+    ``context``: a context of that kubeconfig instead of its current one (kubectl's --context)."""
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
     try:
-        return config.new_client_from_config()
+        return config.new_client_from_config(context=context)
     except config.ConfigException:
+        if context:
+            raise
         config.load_incluster_config()
         return client.ApiClient()
 
