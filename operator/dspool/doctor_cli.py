@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from typing import Any
 
 from dspool.catalog import Catalog
@@ -26,6 +27,7 @@ def add_doctor_command(sub: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--lease-name", default="dspool-operator", help="the operator's Lease (operator.leaseName)")
     parser.add_argument("--lease-namespace", help="the Lease's namespace (default: look in every namespace)")
+    parser.add_argument("--node-selector", default="", help="only check nodes with these labels (k=v,...)")
     parser.add_argument("--fabric-label", default=DEFAULT_FABRIC_LABEL)
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.set_defaults(handler=run_doctor)
@@ -36,11 +38,18 @@ def run_doctor(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.doctor import diagnose, exit_status, format_findings
     from dspool.kube.clusterview import api_client_from
     from dspool.kube.doctor_probe import probe
+    from dspool.views import parse_selector
+
+    try:
+        selector = parse_selector(args.node_selector)
+    except ValueError as exc:
+        print(f"dspool: error: --node-selector: {exc}", file=sys.stderr)
+        return 2
 
     api_client = api_client_from(args.kubeconfig, getattr(args, "context", None))
     facts = probe(
         api_client, lease_name=args.lease_name, lease_namespace=args.lease_namespace, namespace=args.namespace,
-        fabric_label=args.fabric_label,
+        fabric_label=args.fabric_label, node_selector=selector,
     )  # fmt: skip
     findings = diagnose(facts, catalog)
     if args.output == "json":

@@ -607,14 +607,14 @@ def test_the_crd_upgrade_hook_is_scoped_to_dspool_crds_and_removable(helm: Calla
 
 
 def _older_crd() -> dict[str, Any]:
-    """The CRD as an older release shipped it: a printer column and a spec field fewer."""
+    """The CRD as an older release shipped it: a printer column and a spec field (scaling) fewer."""
     from dspool.crdgen import build_crd
 
     crd = build_crd()
     version = crd["spec"]["versions"][0]
     version["additionalPrinterColumns"] = version["additionalPrinterColumns"][:-1]
     spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    spec_schema["properties"].pop("serving", None)
+    spec_schema["properties"].pop("scaling", None)
     return crd
 
 
@@ -691,7 +691,7 @@ def test_helm_upgrade_applies_a_changed_crd_through_the_hook(
         older["metadata"]["resourceVersion"] = current.metadata.resource_version
         ext.replace_custom_resource_definition(CRD_NAME, older)
         stored = api_client.sanitize_for_serialization(ext.read_custom_resource_definition(CRD_NAME))
-        assert "serving" not in stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        assert "scaling" not in stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
             "properties"]  # fmt: skip
 
         upgrade = subprocess.Popen(
@@ -729,6 +729,6 @@ def test_helm_upgrade_applies_a_changed_crd_through_the_hook(
     expected = build_crd()["spec"]["versions"][0]
     version = applied["spec"]["versions"][0]
     assert version["additionalPrinterColumns"] == expected["additionalPrinterColumns"]
-    assert "serving" in version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert "scaling" in version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     managers = {entry["manager"] for entry in applied["metadata"]["managedFields"]}
     assert "dspool-crd-upgrade" in managers

@@ -107,9 +107,10 @@ def probe(
     lease_namespace: str | None = None,
     namespace: str = "",
     fabric_label: str = DEFAULT_FABRIC_LABEL,
+    node_selector: dict[str, str] | None = None,
 ) -> ClusterFacts:
     """Read the facts :func:`dspool.doctor.diagnose` checks. ``namespace``: where the operator writes (its
-    watchNamespaces), for the access checks; empty = cluster-wide."""
+    watchNamespaces), for the access checks; empty = cluster-wide. ``node_selector``: only these nodes."""
     unreadable: list[str] = []
     expected = build_crd()
     stored = _crd(api_client, expected["metadata"]["name"])
@@ -126,7 +127,8 @@ def probe(
         unreadable.append(f"cannot list leases: {_reason(error)}")
     nodes: list[dict[str, Any]] = []
     try:
-        nodes = list(_json(api_client, "/api/v1/nodes")["items"])
+        selector = ",".join(f"{k}={v}" if v else k for k, v in (node_selector or {}).items())
+        nodes = list(_json(api_client, "/api/v1/nodes", [("labelSelector", selector)] if selector else None)["items"])
     except ApiException as error:
         unreadable.append(f"cannot list nodes: {_reason(error)}")
     service_account: tuple[str, str] | None = None
