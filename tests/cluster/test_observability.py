@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -393,8 +394,22 @@ def test_every_panel_and_alert_query_runs_on_a_real_prometheus_and_agrees_with_d
     wait_for(scraped, 90, "Prometheus to scrape the operators and the fixtures through the chart's monitors")
     time.sleep(25)  # enough samples for rate() and histogram_quantile() over the rate window
 
-    # Two operators, one series per DSD: the standby exports its leadership only.
+    # Two operators, one series per DSD: the standby exports its leadership only, and so does a leader that
+    # lost the Lease (frozen past the Lease's duration while the standby took over, then thawed): its last
+    # pass must not stay on display next to the new leader's.
     assert prometheus.value("count(dspool_leader)") == 2 and prometheus.value("sum(dspool_leader)") == 1
+    leader, standby = sorted(monitored.operators, key=lambda o: "dspool_leader 1.0" not in o.metrics())
+    assert leader.process is not None
+    leader.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: "dspool_leader 1.0" in standby.metrics(), 60, "the standby to take the Lease")
+    finally:
+        leader.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: "dspool_leader 0.0" in leader.metrics(), 30, "the old leader to notice it lost the Lease")
+    assert "dspool_deployment_replicas{" not in leader.metrics()
+    wait_for(lambda: prometheus.value("count(dspool_leader)") == 2, 30, "Prometheus to scrape both again")
+    time.sleep(3 * SCRAPE_SECONDS)
+    assert prometheus.value("sum(dspool_leader)") == 1
     duplicated = prometheus.query("count by (namespace, deployment, state) (dspool_deployment_replicas) > 1")
     assert not duplicated, duplicated
     assert not prometheus.query("count by (namespace, pod) (dspool_replica_info) > 1")
