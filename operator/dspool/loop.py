@@ -38,7 +38,13 @@ from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
 from dspool.placement import DemandMix
 from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
-from dspool.refusals import WORKLOAD_KINDS, newly_refused, refusals_by_deployment, with_workload_refusals
+from dspool.refusals import (
+    WORKLOAD_KINDS,
+    newly_refused,
+    pods_wanted,
+    refusals_by_deployment,
+    with_workload_refusals,
+)
 from dspool.report import demand_of
 from dspool.settings import OperatorSettings
 from dspool.views import present_nodes
@@ -333,7 +339,8 @@ class PassRunner:
                 for obj in result.objects:
                     if obj["kind"] in WORKLOAD_KINDS:
                         self._workload_owners[(namespace, obj["metadata"]["name"])] = label
-                refusals = refused.get((namespace, label), []) if result.status.phase != Phase.READY else []
+                missing_pods = len(own_pods) < pods_wanted(result.objects)
+                refusals = refused.get((namespace, label), []) if missing_pods else []
                 status = with_workload_refusals(status, old_status, refusals, now)
                 if newly_refused(old_status, refusals):
                     result.events.append(Event("Warning", "WorkloadRefused", status["message"]))

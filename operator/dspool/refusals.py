@@ -16,11 +16,13 @@ ReplicaSet or an LWS's StatefulSet is named after its owner plus a suffix); :fun
 puts condition ``WorkloadRefused`` (status True, reason ``QuotaExceeded``, ``WebhookDenied``,
 ``LimitRangeViolated``, ``PodSecurityViolated`` or ``PodCreateFailed``; message: the API server's words) on
 the status. An event counts while it is recent (:data:`EVENT_FRESH_SECONDS`: the controllers retry with a
-back-off and repeat the event while the refusal lasts) and while the DSD has fewer pods than it asks for.
+back-off and repeat the event while the refusal lasts) and while the DSD has fewer pods than its objects ask for
+(:func:`pods_wanted`); a ReplicaSet's events are left to its Deployment's condition, which clears itself.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,13 +63,22 @@ def classify(message: str) -> str:
     return "PodCreateFailed"
 
 
+def normalized(message: str) -> str:
+    """The API server's refusal without what changes at every retry (the generated pod name, the event
+    recorder's "(combined from similar events)", the controller's "Error creating:"), so a refusal that
+    lasts reads the same each time: one condition, one event, no status write per retry."""
+    text = re.sub(r"^\(combined from similar events\):\s*", "", message.strip())
+    text = re.sub(r"^Error creating:\s*", "", text)
+    return re.sub(r'^pods "[^"]*" is forbidden', "pods are forbidden", text)
+
+
 def compact_workload(body: Mapping[str, Any]) -> dict[str, Any] | None:
     """What a pass keeps of one of dspool's Deployments: its ``ReplicaFailure`` message (None: none)."""
     metadata = body.get("metadata") or {}
     label = (metadata.get("labels") or {}).get(DEPLOYMENT_LABEL)
     for condition in (body.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True" and label:
-            message = str(condition.get("message") or "")
+            message = normalized(str(condition.get("message") or ""))
             return {"namespace": metadata.get("namespace"), "name": metadata.get("name"), "label": label,
                     "kind": body.get("kind") or "Deployment", "message": message}  # fmt: skip
     return None
@@ -80,7 +91,8 @@ def compact_failed_create(body: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     when = body.get("lastTimestamp") or body.get("eventTime") or (body.get("metadata") or {}).get("creationTimestamp")
     return {"namespace": involved.get("namespace") or (body.get("metadata") or {}).get("namespace"),
-            "kind": involved.get("kind"), "name": involved.get("name"), "message": str(body.get("message") or ""),
+            "kind": involved.get("kind"), "name": involved.get("name"),
+            "message": normalized(str(body.get("message") or "")),
             "at": when or ""}  # fmt: skip
 
 
@@ -127,9 +139,24 @@ def refusals_by_deployment(
         owner = _owner(str(event["name"]), by_namespace.get(str(event["namespace"]), {}))
         if owner is None:
             continue
+        if event["kind"] == "ReplicaSet":
+            continue  # a ReplicaSet of one of dspool's Deployments: their ReplicaFailure condition says it, and clears
         refusal = WorkloadRefusal(event["kind"], event["name"], classify(event["message"]), event["message"])
         found.setdefault((event["namespace"], owner), {})[(refusal.kind, refusal.name)] = refusal  # the latest
     return {key: sorted(values.values(), key=lambda r: (r.kind, r.name)) for key, values in found.items()}
+
+
+def pods_wanted(objects: Iterable[Mapping[str, Any]]) -> int:
+    """How many pods a DSD's objects ask for (Deployments, StatefulSets, LeaderWorkerSets: groups x size)."""
+    total = 0
+    for obj in objects:
+        spec = obj.get("spec") or {}
+        replicas = int(spec.get("replicas", 1) or 0)
+        if obj.get("kind") in ("Deployment", "StatefulSet"):
+            total += replicas
+        elif obj.get("kind") == "LeaderWorkerSet":
+            total += replicas * int((spec.get("leaderWorkerTemplate") or {}).get("size", 1) or 1)
+    return total
 
 
 def with_workload_refusals(

@@ -10,6 +10,7 @@ from dspool.refusals import (
     compact_failed_create,
     compact_workload,
     newly_refused,
+    pods_wanted,
     refusals_by_deployment,
     with_workload_refusals,
 )
@@ -53,7 +54,7 @@ def test_a_deployment_with_replica_failure_and_fresh_events_map_to_their_dsds() 
     events = [
         compact_failed_create(event("StatefulSet", "big-0-w", WEBHOOK, timedelta(seconds=30))),
         compact_failed_create(event("StatefulSet", "big-0-3", WEBHOOK, timedelta(seconds=20))),  # an LWS group
-        compact_failed_create(event("ReplicaSet", "r1-0-0-5d9f8", QUOTA, timedelta(seconds=10))),  # DSD "r1-0"
+        compact_failed_create(event("StatefulSet", "r1-0-0-w", QUOTA, timedelta(seconds=10))),  # DSD "r1-0"
         compact_failed_create(event("StatefulSet", "old-0", QUOTA, timedelta(hours=1))),  # stale
         compact_failed_create({"reason": "Pulled", "involvedObject": {"kind": "Pod", "name": "x"}}),
     ]
@@ -62,7 +63,7 @@ def test_a_deployment_with_replica_failure_and_fresh_events_map_to_their_dsds() 
     found = refusals_by_deployment(workloads, [e for e in events if e], owners, NOW)
     assert set(found) == {("ai", "r1"), ("ai", "r1-0"), ("ai", "big")}
     assert [r.reason for r in found[("ai", "r1")]] == ["QuotaExceeded"]
-    assert [r.name for r in found[("ai", "r1-0")]] == ["r1-0-0-5d9f8"]
+    assert [r.name for r in found[("ai", "r1-0")]] == ["r1-0-0-w"]
     assert {r.name for r in found[("ai", "big")]} == {"big-0-w", "big-0-3"}
     assert {r.reason for r in found[("ai", "big")]} == {"WebhookDenied"}
 
@@ -81,3 +82,35 @@ def test_the_condition_names_the_refusal_keeps_its_start_and_an_event_is_news_on
     assert later["conditions"][-1]["lastTransitionTime"] == condition["lastTransitionTime"]
     assert not newly_refused(status, [refusal])
     assert with_workload_refusals({"phase": "Ready"}, status, [], NOW) == {"phase": "Ready"}
+
+
+REPLICA_SET = {"kind": "ReplicaSet", "namespace": "ai", "name": "r1-0-84659f7b4b"}
+
+
+def test_a_lasting_refusal_reads_the_same_at_every_retry_and_a_deployments_replicaset_is_not_repeated() -> None:
+    first = compact_failed_create({
+        "reason": "FailedCreate", "lastTimestamp": stamp(NOW), "involvedObject": REPLICA_SET,
+        "message": f'Error creating: pods "r1-0-84659f7b4b-n7v5g" is forbidden: {QUOTA.split("forbidden: ")[1]}',
+    })  # fmt: skip
+    again = compact_failed_create({
+        "reason": "FailedCreate", "lastTimestamp": stamp(NOW), "involvedObject": REPLICA_SET,
+        "message": f'(combined from similar events): Error creating: pods "r1-0-84659f7b4b-94jg6" is forbidden: '
+        f'{QUOTA.split("forbidden: ")[1]}',
+    })  # fmt: skip
+    assert first is not None and again is not None and first["message"] == again["message"]
+    assert first["message"].startswith("pods are forbidden: exceeded quota: gpus")
+    deployment = {"namespace": "ai", "name": "r1-0", "label": "r1", "kind": "Deployment", "message": "x"}
+    found = refusals_by_deployment([deployment], [first], {("ai", "r1-0"): "r1"}, NOW)
+    assert [r.kind for r in found[("ai", "r1")]] == ["Deployment"]  # its ReplicaSet's events add nothing
+    # once the Deployment's condition clears, its ReplicaSet's old events do not keep the refusal alive
+    assert refusals_by_deployment([], [first], {("ai", "r1-0"): "r1"}, NOW) == {}
+
+
+def test_pods_wanted_counts_deployments_statefulsets_and_lws_groups() -> None:
+    objects = [
+        {"kind": "Deployment", "spec": {"replicas": 1}},
+        {"kind": "StatefulSet", "spec": {"replicas": 3}},
+        {"kind": "LeaderWorkerSet", "spec": {"replicas": 1, "leaderWorkerTemplate": {"size": 2}}},
+        {"kind": "Service", "spec": {}},
+    ]
+    assert pods_wanted(objects) == 6
