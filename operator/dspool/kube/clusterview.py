@@ -37,7 +37,12 @@ def api_client_from(kubeconfig: str | None, context: str | None = None) -> clien
     except config.ConfigException:
         if context:
             raise
-        config.load_incluster_config()
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise config.ConfigException(
+                "no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a pod"
+            ) from None
         return client.ApiClient()
 
 
