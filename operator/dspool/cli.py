@@ -12,8 +12,10 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
+from dspool import kubectl_conventions
 from dspool.api import KIND, DeepSeekDeployment, Strategy
 from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, load_catalog
+from dspool.doctor_cli import add_doctor_command
 from dspool.inventory import DEFAULT_FABRIC_LABEL
 from dspool.layouts import rules_table
 from dspool.moves import RebalanceMode
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_reb.add_argument("--node-selector", default="", help="only nodes with these labels (k=v,...)")
     p_reb.add_argument("--fabric-label", default=DEFAULT_FABRIC_LABEL)
     p_reb.add_argument("--max-moves", type=positive_int, default=RebalancePolicy().max_moves)
+    p_reb.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_reb.set_defaults(handler=_cmd_rebalance)
 
     p_render = sub.add_parser(
@@ -154,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_pool.add_argument("--nodes", action="store_true", help="list every node, not only the totals")
     p_pool.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_pool.set_defaults(handler=_cmd_pool)
+    add_doctor_command(sub)
+    kubectl_conventions.apply(sub)  # --context, -n/-A, -o table|wide|json|yaml
     return parser
 
 
@@ -354,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         catalog = load_catalog(args.catalog)
         handler: Handler = args.handler
-        return handler(args, catalog)
+        return kubectl_conventions.run_handler(handler, args, catalog)
     except (UsageError, UnknownIdError, CatalogError) as exc:
         print(f"dspool: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -404,7 +409,7 @@ def _cmd_plan_file(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.kube.clusterview import api_client_from, read_cluster
 
     selector = _node_selector(args)
-    view = read_cluster(api_client_from(args.kubeconfig), catalog, node_selector=selector)
+    view = read_cluster(api_client_from(args.kubeconfig, args.context), catalog, node_selector=selector)
     requests = [
         ReplicaRequest.from_spec(dsd.namespace, dsd.name, i, dsd.spec, catalog) for i in range(dsd.spec.replicas)
     ]
@@ -552,11 +557,16 @@ def _cmd_rebalance(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.report import demand_of
 
     _check_max_moves(args)
-    api_client = api_client_from(args.kubeconfig)
+    api_client = api_client_from(args.kubeconfig, args.context)
     view = read_cluster(api_client, catalog, args.fabric_label, _node_selector(args))
+    only = kubectl_conventions.namespace_filter(args)
     refused = [r for r in (refused_replica(b, catalog, None) for b in view.deployments) if r is not None]
+    refused = [r for r in refused if only is None or r.deployment.startswith(f"{only}/")]
     if not refused:
-        print("no DeepSeekDeployment is waiting for room: nothing to rebalance")
+        if args.output == "json":
+            print("[]")
+        else:
+            print("no DeepSeekDeployment is waiting for room: nothing to rebalance")
         return 0
     by_deployment: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in view.pods:
@@ -576,6 +586,9 @@ def _cmd_rebalance(args: argparse.Namespace, catalog: Catalog) -> int:
             if found.plan else "-"
         )  # fmt: skip
         rows.append([f"{found.deployment}#{found.replica}", moves, found.reason])
+    if args.output == "json":
+        print(json.dumps([dict(zip(("waiting", "wouldMove", "why"), row, strict=True)) for row in rows], indent=2))
+        return 0
     print(format_table(["WAITING", "WOULD MOVE", "WHY"], rows))
     return 0
 
@@ -596,8 +609,10 @@ def _cmd_pool(args: argparse.Namespace, catalog: Catalog) -> int:
     from dspool.report import format_pool, pool_summary
 
     selector = _node_selector(args)
-    view = read_cluster(api_client_from(args.kubeconfig), catalog, args.fabric_label, selector)
-    summary = pool_summary(view.pool, view.reservations, view.deployments, catalog)
+    view = read_cluster(api_client_from(args.kubeconfig, args.context), catalog, args.fabric_label, selector)
+    only = kubectl_conventions.namespace_filter(args)
+    reservations = [r for r in view.reservations if only is None or r.deployment.startswith(f"{only}/")]
+    summary = pool_summary(view.pool, reservations, view.deployments, catalog)
     if args.output == "json":
         print(json.dumps(summary, indent=2))
     else:

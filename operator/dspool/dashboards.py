@@ -92,6 +92,9 @@ class Panel:
     height: int = 8
     source: str = "dspool"  # dspool | engine | devices
     stacked: bool = False
+    # (warning, critical) values: the panel turns orange, then red (lines on time series). The critical value
+    # is the threshold of the alert watching the same quantity (tests/unit/test_dashboards.py holds them equal).
+    thresholds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ POOL = Dashboard(
             kind="stat",
             unit="s",
             width=12,
+            thresholds=(300, 600),  # DspoolReplicasUnschedulable: 10 minutes
         ),
         Panel(
             "Per-node allocation",
@@ -278,6 +282,7 @@ DEPLOYMENTS = Dashboard(
             unit="percentunit",
             source="engine",
             width=8,
+            thresholds=(0.8, 0.9),  # DspoolKVCacheSaturated: 90%
         ),
         Panel(
             "Time to first token p50 / p99",
@@ -431,6 +436,7 @@ OPERATOR = Dashboard(
                 ),
             ),
             unit="s",
+            thresholds=(10, 30),  # DspoolReconcileSlow: p99 above 30 s
         ),
         Panel(
             "Placement decision latency p50 / p99",
@@ -551,10 +557,21 @@ def _panel_json(panel: Panel, panel_id: int, grid: dict[str, int]) -> dict[str, 
         "targets": targets,
         "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
     }
+    if panel.thresholds is not None:
+        warning, critical = panel.thresholds
+        result["fieldConfig"]["defaults"]["thresholds"] = {
+            "mode": "absolute",
+            "steps": [
+                {"color": "green", "value": None},
+                {"color": "orange", "value": warning},
+                {"color": "red", "value": critical},
+            ],
+        }
     if panel.kind == "timeseries":
         result["fieldConfig"]["defaults"]["custom"] = {
             "stacking": {"mode": "normal" if panel.stacked else "none"},
             "fillOpacity": 20 if panel.stacked else 0,
+            **({"thresholdsStyle": {"mode": "dashed"}} if panel.thresholds else {}),
         }
         result["options"] = {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
     elif panel.kind == "table":

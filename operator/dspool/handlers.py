@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from dspool.kube.runtime import LWS_API, MINDCLUSTER_API, OperatorRuntime
+from dspool.kubectl_conventions import quiet_connection_tracebacks
 from dspool.settings import OperatorSettings
 from dspool.workloads.mindie import MINDCLUSTER_CRD
 
@@ -70,6 +71,7 @@ def run(settings: OperatorSettings) -> None:
     """Run the operator until interrupted (``dspool run``)."""
     level = settings.log_level
     kopf.configure(debug=level == "debug", quiet=level in ("warning", "error"), log_format=kopf.LogFormat.JSON)
+    quiet_connection_tracebacks()  # an unreachable API server: one line per retry, no traceback
     if level == "error":
         logging.getLogger().setLevel(logging.ERROR)
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None

@@ -38,6 +38,13 @@ from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
 from dspool.placement import DemandMix
 from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
+from dspool.refusals import (
+    WORKLOAD_KINDS,
+    newly_refused,
+    pods_wanted,
+    refusals_by_deployment,
+    with_workload_refusals,
+)
 from dspool.report import demand_of
 from dspool.settings import OperatorSettings
 from dspool.views import present_nodes
@@ -55,6 +62,9 @@ class Snapshot:
     pods: list[dict[str, Any]]
     deployments: list[dict[str, Any]]
     pdbs: list[dict[str, Any]] = field(default_factory=list)
+    # dspool's workloads whose pod creation the cluster refuses, and FailedCreate events (dspool.refusals)
+    failing_workloads: list[dict[str, Any]] = field(default_factory=list)
+    failed_creates: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Writer(Protocol):
@@ -197,6 +207,7 @@ class PassRunner:
         self._in_flight = 0  # follow-up writes in flight
         self._busy_lock = threading.Lock()
         self._steady: dict[str, _Steady] = {}  # uid -> a decision that left it Ready
+        self._workload_owners: dict[tuple[str, str], str] = {}  # (namespace, workload name) -> DSD label
         # Statuses and the writes that follow them run on separate threads, so a status never waits behind
         # another DSD's objects, and a DSD's objects and events go out at once.
         self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-status")
@@ -255,6 +266,9 @@ class PassRunner:
             pool, bodies, pods_by_deployment, snapshot.pdbs, now, settings
         )
 
+        refused = refusals_by_deployment(
+            snapshot.failing_workloads, snapshot.failed_creates, self._workload_owners, now
+        )
         outcome = PassOutcome()
         pending: list[tuple[str, Future[bool | None]]] = []
         samples: list[DeploymentSample] = []
@@ -321,6 +335,15 @@ class PassRunner:
                     self.sleep(self.settings.pass_delay_seconds)  # tests: a slow pass, between deciding and writing
                 old_status = current.get("status") or {}
                 status = with_refusals(result.status.wire(), old_status, ledger.rejections(metadata["uid"]), now)
+                label = api.deployment_label_value(name)
+                for obj in result.objects:
+                    if obj["kind"] in WORKLOAD_KINDS:
+                        self._workload_owners[(namespace, obj["metadata"]["name"])] = label
+                missing_pods = len(own_pods) < pods_wanted(result.objects)
+                refusals = refused.get((namespace, label), []) if missing_pods else []
+                status = with_workload_refusals(status, old_status, refusals, now)
+                if newly_refused(old_status, refusals):
+                    result.events.append(Event("Warning", "WorkloadRefused", status["message"]))
                 decided += self.monotonic() - decision_started
                 job = self.executor.submit(self._write_one, dict(metadata), status, old_status, result)
                 pending.append((key, job))

@@ -17,6 +17,7 @@ Two kinds of families, both served at ``/metrics`` of ``dspool run --metrics-por
   ``dspool_replica_info{namespace,deployment,replica,pod,node,accelerator,backend}`` = 1 per serving pod,
   to join GPU/NPU exporter and engine series to DSDs on ``namespace`` and ``pod``;
   ``dspool_reconcile_passes_total``, ``dspool_reconcile_pass_seconds`` (last pass), ``dspool_leader``.
+  Pool, node and DSD families come from the Lease holder only (a standby's would duplicate them).
 - **Cumulative** (:class:`OperatorMetrics`): ``dspool_reconcile_pass_duration_seconds`` and
   ``dspool_placement_decision_seconds`` (histograms), ``dspool_api_write_errors_total{verb,kind,code}``
   (409 = a conflict), ``dspool_api_requests_total{verb,kind}`` (every write and list the operator makes;
@@ -218,13 +219,20 @@ def _deployment_families(sample: PassSample) -> list[Metric]:
 
 
 def metric_families(sample: PassSample, passes: int) -> list[Metric]:
-    """The state families of one pass (pure)."""
+    """The state families of one pass (pure).
+
+    Only the Lease holder exports the pool and DSD families: a standby (or a demoted operator, whose last
+    pass would otherwise stay on display) exports its leadership and pass counters only, so two operator
+    pods never give two series per DSD (``sum`` counting every DSD twice, joins failing on duplicates).
+    """
     total = CounterMetricFamily("dspool_reconcile_passes", "Reconcile passes run by this operator")
     total.add_metric([], passes)
     seconds = _gauge("dspool_reconcile_pass_seconds", "Duration of the last reconcile pass")
     seconds.add_metric([], sample.seconds)
     leader = _gauge("dspool_leader", "1 when this operator holds the Lease and decides")
     leader.add_metric([], 1.0 if sample.leader else 0.0)
+    if not sample.leader:
+        return [total, seconds, leader]
     return [*_pool_families(sample), *_deployment_families(sample), total, seconds, leader]
 
 

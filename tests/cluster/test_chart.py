@@ -54,6 +54,7 @@ VALUE_SETS: dict[str, list[str]] = {
     ],
     "watch-namespaces": ["--set", "watchNamespaces={WATCHED}", "--set", "replicaCount=2"],
     "custom-catalog": ["-f", str(REPO_ROOT / "tests" / "cluster" / "data" / "site-catalog-values.yaml")],
+    "overrides": ["-f", str(REPO_ROOT / "tests" / "cluster" / "data" / "enterprise-overrides-values.yaml")],
 }  # fmt: skip
 
 
@@ -181,7 +182,7 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
         if value_set == "monitoring":
             assert {"ServiceMonitor", "PrometheusRule"} <= kinds
         if value_set == "custom-catalog":
-            [catalog] = [o for o in objects if o["kind"] == "ConfigMap"]
+            [catalog] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-catalog")]
             assert "H20-141G-site" in catalog["data"]["catalog.yaml"]
     finally:
         for name in (release_ns, watched_a, watched_b):
@@ -225,7 +226,8 @@ def test_helm_install_creates_the_crd_and_an_admitted_operator_pod_under_restric
     }
     core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels=labels)))
     try:
-        done = helm("install", release, str(CHART), "-n", ns, "--wait=false")
+        # (the CRD upgrade hook's pod cannot run on kwok's nodes: test_helm_upgrade_applies_a_changed_crd_... runs it)
+        done = helm("install", release, str(CHART), "-n", ns, "--wait=false", "--set", "crdUpgrade.enabled=false")
         assert "kubectl get crd deepseekdeployments.dspool.io" in done.stdout  # NOTES.txt
         crd = ext.read_custom_resource_definition(CRD_NAME)
         assert crd.spec.names.short_names == ["dsd"]
@@ -350,7 +352,8 @@ def install(helm: Callable[..., Any], core_v1: client.CoreV1Api) -> Iterator[Cal
         if namespace is None:
             namespace = unique_name("dspool-system")
             core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-        helm("install", release, str(CHART), "-n", namespace, "--set", "replicaCount=0", *args)
+        helm("install", release, str(CHART), "-n", namespace, "--set", "replicaCount=0",
+             "--set", "crdUpgrade.enabled=false", *args)  # fmt: skip
         installed = Installed(release, namespace, release)
         releases.append(installed)
         return installed
@@ -501,3 +504,231 @@ def test_uninstall_keeps_the_crd_and_dsds_and_a_reinstall_moves_nothing(
         operator.stop()
     assert placed_nodes(after) == before, "a reinstall moved replicas"
     assert "Forbidden" not in operator.log()
+
+
+# ------------------------------------------------------------------------------ enterprise overrides
+
+
+def test_the_enterprise_overrides_render_names_security_pull_secrets_pdb_spread_and_alert_options(
+    helm: Callable[..., Any],
+) -> None:
+    objects = rendered(helm, "overrides", "dspool-system")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+    [deployment] = by_kind["Deployment"]
+    assert deployment["metadata"]["name"] == "llm-pool-operator"
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "llm-pool"
+    pod = deployment["spec"]["template"]["spec"]
+    # OpenShift: no UID, GID or fsGroup of the chart's; the rest stays restricted
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    [container] = pod["containers"]
+    assert "runAsUser" not in container["securityContext"] and container["securityContext"]["readOnlyRootFilesystem"]
+    assert pod["imagePullSecrets"] == [{"name": "mirror-creds"}]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DSPOOL_IMAGE_PULL_SECRETS"] == "mirror-creds,ngc-creds"  # the engine and fetch pods'
+    assert env["DSPOOL_IMAGE_VLLM"] == "mirror.example.internal/vllm/vllm-openai:v0.11.0"
+    assert env["HTTPS_PROXY"] == "http://proxy.example.internal:3128"
+    [spread] = pod["topologySpreadConstraints"]
+    assert spread["labelSelector"] == {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}
+    [pdb] = by_kind["PodDisruptionBudget"]
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+    [rule] = by_kind["PrometheusRule"]
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert "DspoolStrandedDevicesWhileReplicasWait" not in alerts
+    assert alerts["DspoolDeploymentStuck"]["for"] == "30m"
+    assert alerts["DspoolKVCacheSaturated"]["labels"] == {"severity": "warning", "team": "ml-platform"}
+    assert alerts["DspoolKVCacheSaturated"]["annotations"]["runbook_url"] == (
+        "https://wiki.example.internal/runbooks/dspool#dspoolkvcachesaturated"
+    )
+    [monitor] = by_kind["ServiceMonitor"]
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["honorLabels"] is True and endpoint["scrapeTimeout"] == "10s"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    # no PDB with a single operator; the defaults keep the restricted UID
+    defaults = rendered(helm, "defaults", "dspool-system")
+    assert not [o for o in defaults if o["kind"] == "PodDisruptionBudget"]
+    [default_deployment] = [o for o in defaults if o["kind"] == "Deployment"]
+    assert default_deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 65532
+
+
+def test_the_overrides_install_and_the_operator_pod_is_admitted_in_a_restricted_namespace(
+    helm: Callable[..., Any], core_v1: client.CoreV1Api, apps_v1: client.AppsV1Api, monitoring_crds: None,
+) -> None:  # fmt: skip
+    release, ns = unique_name("ent"), unique_name("dspool-system")
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels=labels)))
+    try:
+        helm("install", release, str(CHART), "-n", ns, "--wait=false", "--set", "crdUpgrade.enabled=false",
+             *value_args("overrides"))  # fmt: skip
+        assert apps_v1.read_namespaced_deployment("llm-pool-operator", ns).spec.replicas == 2
+        assert client.PolicyV1Api(core_v1.api_client).read_namespaced_pod_disruption_budget("llm-pool-operator", ns)
+
+        def pods() -> list[client.V1Pod]:
+            found: list[client.V1Pod] = core_v1.list_namespaced_pod(
+                ns, label_selector="app.kubernetes.io/name=llm-pool"
+            ).items
+            return found if len(found) == 2 else []
+
+        admitted = wait_for(pods, 60, "both operator pods to be admitted under restricted Pod Security")
+        assert all(p.spec.security_context.run_as_user is None for p in admitted)
+    finally:
+        helm("uninstall", release, "-n", ns, check=False)
+        core_v1.delete_namespace(ns)
+
+
+# ------------------------------------------------------------------------------ CRD upgrades on helm upgrade
+
+
+def test_the_crd_upgrade_hook_is_scoped_to_dspool_crds_and_removable(helm: Callable[..., Any]) -> None:
+    objects = rendered(helm, "defaults", "dspool-system")
+    hooks = [o for o in objects if (o["metadata"].get("annotations") or {}).get("helm.sh/hook")]
+    assert {o["kind"] for o in hooks} == {"ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Job"}
+    assert all(o["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade" for o in hooks)
+    [role] = [o for o in hooks if o["kind"] == "ClusterRole"]
+    assert role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                              "resourceNames": [CRD_NAME], "verbs": ["get", "create", "patch"]}]  # fmt: skip
+    [config_map] = [o for o in hooks if o["kind"] == "ConfigMap"]
+    assert yaml.safe_load(config_map["data"]["deepseekdeployments.yaml"]) == yaml.safe_load(
+        (CHART / "crds" / "deepseekdeployments.yaml").read_text()
+    )
+    [job] = [o for o in hooks if o["kind"] == "Job"]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "dspool/operator:0.1.0"  # dspool's own image: nothing to download
+    assert container["command"] == ["python", "-m", "dspool.crd_upgrade", "/etc/dspool/crds"]
+    done = helm("template", "t", str(CHART), "--set", "crdUpgrade.enabled=false")
+    assert "crd-upgrade" not in done.stdout
+
+
+def _older_crd() -> dict[str, Any]:
+    """The CRD as an older release shipped it: a printer column and a spec field (scaling) fewer."""
+    from dspool.crdgen import build_crd
+
+    crd = build_crd()
+    version = crd["spec"]["versions"][0]
+    version["additionalPrinterColumns"] = version["additionalPrinterColumns"][:-1]
+    spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["properties"].pop("scaling", None)
+    return crd
+
+
+class PlayedKubelet:
+    """Runs the hook Job's pod the way a kubelet would, against the local cluster: its command from the dspool
+    wheel (what the image holds), its ConfigMap volume as files, its ServiceAccount's token; then reports the
+    pod's exit in its status (kwok's nodes run nothing, so the pod is kept Pending by a nodeSelector no node
+    matches)."""
+
+    def __init__(self, core_v1: client.CoreV1Api, namespace: str, venv: Path, workdir: Path) -> None:
+        self.core_v1, self.namespace, self.venv, self.workdir = core_v1, namespace, venv, workdir
+        self.output = ""
+        self.token = ""
+
+    def pending_pod(self) -> client.V1Pod | None:
+        pods = self.core_v1.list_namespaced_pod(
+            self.namespace, label_selector="app.kubernetes.io/component=crd-upgrade"
+        ).items
+        return pods[0] if pods and pods[0].status.phase == "Pending" else None
+
+    def run(self, pod: client.V1Pod) -> int:
+        [container] = pod.spec.containers
+        mounts = {m.mount_path: m.name for m in container.volume_mounts}
+        volumes = {v.name: v for v in pod.spec.volumes}
+        files = self.workdir / "crds"
+        files.mkdir(exist_ok=True)
+        config_map = self.core_v1.read_namespaced_config_map(volumes[mounts["/etc/dspool/crds"]].config_map.name,
+                                                             self.namespace)  # fmt: skip
+        for name, text in config_map.data.items():
+            (files / name).write_text(text)
+        installed = Installed("", self.namespace, pod.spec.service_account_name)
+        self.token = mint_token(self.core_v1, installed)
+        kubeconfig = self.workdir / "hook-kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "hook",
+            "clusters": [{"name": "local", "cluster": {
+                "server": f"https://127.0.0.1:{api_server_port()}",
+                "certificate-authority": str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")}}],
+            "users": [{"name": "hook", "user": {"token": self.token}}],
+            "contexts": [{"name": "hook", "context": {"cluster": "local", "user": "hook"}}],
+        }))  # fmt: skip
+        assert container.command[:3] == ["python", "-m", "dspool.crd_upgrade"]
+        args = [str(files) if a == "/etc/dspool/crds" else a for a in container.command[3:]]
+        done = subprocess.run([str(self.venv / "bin" / "python"), "-m", "dspool.crd_upgrade", *args,
+                               "--kubeconfig", str(kubeconfig)], capture_output=True, text=True)  # fmt: skip
+        self.output = done.stdout + done.stderr
+        return done.returncode
+
+    def report(self, pod: client.V1Pod, exit_code: int) -> None:
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                      "startedAt": now, "finishedAt": now}  # fmt: skip
+        status = {"status": {"phase": phase, "containerStatuses": [
+            {"name": "crd-upgrade", "image": pod.spec.containers[0].image, "imageID": "", "ready": False,
+             "restartCount": 0, "state": {"terminated": terminated}}]}}  # fmt: skip
+        self.core_v1.patch_namespaced_pod_status(pod.metadata.name, self.namespace, status)
+
+
+@pytest.mark.skipif(not can_unshare(), reason="builds the dspool wheel like the RBAC tests")
+def test_helm_upgrade_applies_a_changed_crd_through_the_hook(
+    helm: Callable[..., Any], api_client: client.ApiClient, core_v1: client.CoreV1Api, wheel_venv: Path,
+    tmp_path: Path, kubeconfig: str,
+) -> None:  # fmt: skip
+    ext = client.ApiextensionsV1Api(api_client)
+    release, ns = unique_name("crdup"), unique_name("dspool-system")
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    hook_values = ["--set", "replicaCount=0", "--set", "crdUpgrade.nodeSelector.dspool\\.io/hook-runner=none"]
+    try:
+        helm("install", release, str(CHART), "-n", ns, "--no-hooks", *hook_values)
+        # The cluster holds the CRD of an older release.
+        older = _older_crd()
+        current = ext.read_custom_resource_definition(CRD_NAME)
+        older["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(CRD_NAME, older)
+        stored = api_client.sanitize_for_serialization(ext.read_custom_resource_definition(CRD_NAME))
+        assert "scaling" not in stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+            "properties"]  # fmt: skip
+
+        upgrade = subprocess.Popen(
+            [str(TOOLS.binary("helm")), "--kubeconfig", kubeconfig, "upgrade", release, str(CHART), "-n", ns,
+             "--timeout", "180s", *hook_values], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        kubelet = PlayedKubelet(core_v1, ns, wheel_venv, tmp_path)
+        pod = wait_for(kubelet.pending_pod, 90, "helm upgrade to create the hook Job's pod")
+        exit_code = kubelet.run(pod)
+        assert exit_code == 0, kubelet.output
+        assert f"updated {CRD_NAME}" in kubelet.output, kubelet.output
+        # The hook's identity may touch dspool's CRDs only.
+        as_hook = client.Configuration()
+        as_hook.host = f"https://127.0.0.1:{api_server_port()}"
+        as_hook.ssl_ca_cert = str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")
+        as_hook.api_key = {"authorization": f"Bearer {kubelet.token}"}
+        hook_ext = client.ApiextensionsV1Api(client.ApiClient(as_hook))
+        with pytest.raises(ApiException) as refused:
+            hook_ext.patch_custom_resource_definition("leaderworkersets.leaderworkerset.x-k8s.io",
+                                                      {"metadata": {"labels": {"x": "y"}}})  # fmt: skip
+        assert refused.value.status == 403
+        kubelet.report(pod, exit_code)
+        output, _ = upgrade.communicate(timeout=180)
+        assert upgrade.returncode == 0, output
+        # the hook's objects are gone once it succeeded (hook-delete-policy hook-succeeded)
+        assert not [c for c in core_v1.list_namespaced_config_map(ns).items if "crd-upgrade" in c.metadata.name]
+        assert not client.BatchV1Api(api_client).list_namespaced_job(ns).items
+    finally:
+        helm("uninstall", release, "-n", ns, check=False)
+        core_v1.delete_namespace(ns)
+
+    from dspool.crdgen import build_crd
+
+    applied = api_client.sanitize_for_serialization(ext.read_custom_resource_definition(CRD_NAME))
+    expected = build_crd()["spec"]["versions"][0]
+    version = applied["spec"]["versions"][0]
+    assert version["additionalPrinterColumns"] == expected["additionalPrinterColumns"]
+    assert "scaling" in version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    managers = {entry["manager"] for entry in applied["metadata"]["managedFields"]}
+    assert "dspool-crd-upgrade" in managers

@@ -1,17 +1,23 @@
 """Alerts and dashboards proven on a real Prometheus (built from its pinned Go module by e2e/tools.py).
 
 - ``promtool check rules`` and ``promtool test rules`` on the chart's rules file;
-- the operator runs on a simulated pool with several DSDs; Prometheus scrapes it, and a fixture exporter
-  that serves, for dspool's (fake) serving pods, series with the names and labels current vLLM, MindIE,
-  DCGM exporter and Ascend npu-exporter emit. Then every panel query of the shipped dashboards and every
-  alert expression is evaluated through Prometheus' HTTP API: each parses, each panel returns data, and
-  the numbers agree with ``dspool pool`` and with the placement engine (placeable R1 replicas are placed).
+- two operators (one holds the Lease, one stands by) run on a simulated pool with several DSDs. Prometheus
+  scrapes them with the scrape configuration prometheus-operator generates from the chart's own rendered
+  ServiceMonitor (target labels ``namespace``/``pod``/``service``/``endpoint``/``container`` of the operator
+  pod added, ``honor_labels`` only if the object says so: tests/cluster/prometheus_operator.py), the engines
+  of dspool's (fake) serving pods through the chart's PodMonitor (one fixture endpoint per pod, serving the
+  series vLLM and MindIE emit, without namespace or pod labels, as the engines do), and a fixture exporter
+  with the DCGM exporter and Ascend npu-exporter series (``honor_labels``, as their own ServiceMonitors set).
+  Then every panel query of the shipped dashboards and every alert expression is evaluated through
+  Prometheus' HTTP API: each parses, each panel returns data, the KV-cache alert fires for the DSD whose
+  fixture engines are full, no series is exported twice, and the numbers agree with ``dspool pool`` and with
+  the placement engine (placeable R1 replicas are placed).
 """
 
 from __future__ import annotations
 
 import json
-import random
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +25,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,14 @@ from kubernetes import client
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from test_chart import TOOLS
+from prometheus_operator import (
+    pod_monitor_scrape_configs,
+    pod_targets,
+    service_endpoint_target,
+    service_monitor_scrape_configs,
+    write_targets,
+)
+from test_chart import CHART, TOOLS
 from test_operator import create_dsd, get_dsd, wait_phase
 
 from dspool import api
@@ -41,13 +55,15 @@ RULE_TESTS = REPO_ROOT / "tests" / "prometheus" / "dspool.rules.test.yaml"
 DASHBOARDS = REPO_ROOT / "charts" / "dspool" / "dashboards"
 RATE_WINDOW = "20s"
 SCRAPE_SECONDS = 1
+RELEASE_NAMESPACE = "dspool-system"  # the operator pods' namespace: not the DSDs'
+SATURATED_DEPLOYMENT = "qwen-1-5b"  # its fixture engines report a full KV cache
 
 
 def test_alert_rules_check_and_pass_their_unit_tests() -> None:
     promtool = str(TOOLS.binary("promtool"))
     checked = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 8 rules found" in checked.stdout
+    assert "SUCCESS: 9 rules found" in checked.stdout
     tested = subprocess.run([promtool, "test", "rules", str(RULE_TESTS)], capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
@@ -58,110 +74,186 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class EngineAndDeviceFixtures(Collector):
-    """Series of the exporters dspool's dashboards join, for the serving pods of one namespace.
+class Families:
+    """Gauges, counters and histograms under construction, by name."""
 
-    Names, types and labels as the exporters emit them (docs/observability.md): vLLM (``model_name``,
-    ``engine``), MindIE (``model_name``; histograms and ``_total`` counters), DCGM exporter with pod mapping
-    (``gpu``, ``UUID``, ``modelName``, ``Hostname``, ``pod``, ``namespace``, ``container``) and the Ascend
-    npu-exporter (``id``, ``model_name``, ``vdie_id``, ``pcie_bus_info``, ``namespace``, ``pod_name``,
-    ``container_name``). The ``namespace``/``pod`` labels are what a PodMonitor (engines) or a
-    ServiceMonitor with honorLabels (exporters) gives.
+    def __init__(self, elapsed: float) -> None:
+        self.elapsed = elapsed
+        self.gauges: dict[str, GaugeMetricFamily] = {}
+        self.counters: dict[str, CounterMetricFamily] = {}
+        self.histograms: dict[str, HistogramMetricFamily] = {}
+
+    def gauge(self, name: str, labels: dict[str, str], value: float) -> None:
+        family = self.gauges.setdefault(name, GaugeMetricFamily(name, name, labels=list(labels)))
+        family.add_metric(list(labels.values()), value)
+
+    def counter(self, name: str, labels: dict[str, str], value: float) -> None:
+        family = self.counters.setdefault(name, CounterMetricFamily(name, name, labels=list(labels)))
+        family.add_metric(list(labels.values()), value)
+
+    def histogram(self, name: str, labels: dict[str, str], typical: float) -> None:
+        family = self.histograms.setdefault(name, HistogramMetricFamily(name, name, labels=list(labels)))
+        count = int(self.elapsed * 5) + 1
+        bounds = [typical / 4, typical / 2, typical, typical * 2, typical * 4]
+        shares = [0.05, 0.3, 0.7, 0.95, 1.0]
+        buckets = [(f"{b:g}", int(count * s)) for b, s in zip(bounds, shares, strict=True)] + [("+Inf", count)]
+        family.add_metric(list(labels.values()), buckets, sum_value=count * typical)
+
+    def all(self) -> Iterator[Metric]:
+        yield from self.gauges.values()
+        yield from self.counters.values()
+        yield from self.histograms.values()
+
+
+def _is_mindie(pod: client.V1Pod) -> bool:
+    resources = pod.spec.containers[0].resources.requests or {}
+    ascend = any(key.startswith("huawei.com/") for key in resources)
+    return ascend and (pod.metadata.annotations or {}).get("prometheus.io/port") == "1027"
+
+
+class EngineFixture(Collector):
+    """What one serving pod's engine serves at /metrics: vLLM's or MindIE's series, names, types and labels
+    as they emit them (vLLM ``model_name``, ``engine``; MindIE ``model_name``), no namespace or pod label
+    (the PodMonitor's target labels add them)."""
+
+    def __init__(self, pod: client.V1Pod) -> None:
+        self.model = (pod.metadata.labels or {}).get("app.kubernetes.io/name", "")
+        self.mindie = _is_mindie(pod)
+        self.kv_cache = 0.95 if (pod.metadata.labels or {}).get(api.DEPLOYMENT_LABEL) == SATURATED_DEPLOYMENT else 0.6
+        self.started = time.monotonic()
+
+    def collect(self) -> Iterator[Metric]:
+        elapsed = time.monotonic() - self.started
+        out = Families(elapsed)
+        if self.mindie:
+            engine = {"model_name": self.model}
+            out.gauge("num_requests_running", engine, 3)
+            out.gauge("num_requests_waiting", engine, 1)
+            out.gauge("npu_cache_usage_perc", engine, self.kv_cache)
+            out.counter("prompt_tokens", engine, 900 * elapsed)
+            out.counter("generation_tokens", engine, 300 * elapsed)
+            out.histogram("time_to_first_token_seconds", engine, 0.4)
+            out.histogram("time_per_output_token_seconds", engine, 0.05)
+            out.histogram("e2e_request_latency_seconds", engine, 8)
+        else:
+            engine = {"model_name": self.model, "engine": "0"}
+            out.gauge("vllm:num_requests_running", engine, 5)
+            out.gauge("vllm:num_requests_waiting", engine, 2)
+            out.gauge("vllm:kv_cache_usage_perc", engine, self.kv_cache)
+            out.counter("vllm:prompt_tokens", engine, 1200 * elapsed)
+            out.counter("vllm:generation_tokens", engine, 400 * elapsed)
+            out.histogram("vllm:time_to_first_token_seconds", engine, 0.25)
+            out.histogram("vllm:inter_token_latency_seconds", engine, 0.03)
+            out.histogram("vllm:e2e_request_latency_seconds", engine, 6)
+        yield from out.all()
+
+
+class DeviceFixtures(Collector):
+    """Series of the device exporters dspool's dashboards join, for the serving pods of one namespace.
+
+    DCGM exporter with pod mapping (``gpu``, ``UUID``, ``modelName``, ``Hostname``, ``pod``, ``namespace``,
+    ``container``) and the Ascend npu-exporter (``id``, ``model_name``, ``vdie_id``, ``pcie_bus_info``,
+    ``namespace``, ``pod_name``, ``container_name``): the namespace/pod labels are the workload's, which their
+    ServiceMonitors keep with honorLabels (docs/observability.md).
     """
 
     def __init__(self, core_v1: client.CoreV1Api, namespace: str) -> None:
         self.core_v1 = core_v1
         self.namespace = namespace
-        self.started = time.monotonic()
-        self.random = random.Random(7)
-
-    def _pods(self) -> list[client.V1Pod]:
-        pods = self.core_v1.list_namespaced_pod(self.namespace, label_selector=api.DEPLOYMENT_LABEL).items
-        return [p for p in pods if p.spec.node_name and p.metadata.deletion_timestamp is None]
 
     def collect(self) -> Iterator[Metric]:
-        elapsed = time.monotonic() - self.started
-        gauges: dict[str, GaugeMetricFamily] = {}
-        counters: dict[str, CounterMetricFamily] = {}
-        histograms: dict[str, HistogramMetricFamily] = {}
-
-        def gauge(name: str, labels: dict[str, str], value: float) -> None:
-            family = gauges.setdefault(name, GaugeMetricFamily(name, name, labels=list(labels)))
-            family.add_metric(list(labels.values()), value)
-
-        def counter(name: str, labels: dict[str, str], value: float) -> None:
-            family = counters.setdefault(name, CounterMetricFamily(name, name, labels=list(labels)))
-            family.add_metric(list(labels.values()), value)
-
-        def histogram(name: str, labels: dict[str, str], typical: float) -> None:
-            family = histograms.setdefault(name, HistogramMetricFamily(name, name, labels=list(labels)))
-            count = int(elapsed * 5) + 1
-            bounds = [typical / 4, typical / 2, typical, typical * 2, typical * 4]
-            shares = [0.05, 0.3, 0.7, 0.95, 1.0]
-            buckets = [(f"{b:g}", int(count * s)) for b, s in zip(bounds, shares, strict=True)] + [("+Inf", count)]
-            family.add_metric(list(labels.values()), buckets, sum_value=count * typical)
-
-        for pod in self._pods():
-            labels = pod.metadata.labels or {}
-            model = labels.get("app.kubernetes.io/name", "")
-            where = {"namespace": self.namespace, "pod": pod.metadata.name}
-            annotations = pod.metadata.annotations or {}
-            leader = annotations.get("prometheus.io/scrape") == "true"
+        out = Families(0)
+        for pod in serving_pods(self.core_v1, self.namespace):
             resources = pod.spec.containers[0].resources.requests or {}
             ascend = any(key.startswith("huawei.com/") for key in resources)
             devices = int(next((v for k, v in resources.items() if "/" in k), 1))
-            mindie = ascend and annotations.get("prometheus.io/port") == "1027"
-            if leader and mindie:
-                engine = {**where, "model_name": model}
-                gauge("num_requests_running", engine, 3)
-                gauge("num_requests_waiting", engine, 1)
-                gauge("npu_cache_usage_perc", engine, 0.42)
-                counter("prompt_tokens", engine, 900 * elapsed)
-                counter("generation_tokens", engine, 300 * elapsed)
-                histogram("time_to_first_token_seconds", engine, 0.4)
-                histogram("time_per_output_token_seconds", engine, 0.05)
-                histogram("e2e_request_latency_seconds", engine, 8)
-            elif leader:
-                engine = {**where, "model_name": model, "engine": "0"}
-                gauge("vllm:num_requests_running", engine, 5)
-                gauge("vllm:num_requests_waiting", engine, 2)
-                gauge("vllm:kv_cache_usage_perc", engine, 0.61)
-                counter("vllm:prompt_tokens", engine, 1200 * elapsed)
-                counter("vllm:generation_tokens", engine, 400 * elapsed)
-                histogram("vllm:time_to_first_token_seconds", engine, 0.25)
-                histogram("vllm:inter_token_latency_seconds", engine, 0.03)
-                histogram("vllm:e2e_request_latency_seconds", engine, 6)
             for index in range(devices):
                 if ascend:
                     chip = {"id": str(index), "model_name": "Ascend910B3", "vdie_id": "",
                             "pcie_bus_info": f"0000:c{index}:00.0", "namespace": self.namespace,
                             "pod_name": pod.metadata.name, "container_name": "engine"}  # fmt: skip
-                    gauge("npu_chip_info_utilization", chip, 70 + index)
-                    gauge("npu_chip_info_hbm_used_memory", chip, 52000)
-                    gauge("npu_chip_info_hbm_total_memory", chip, 65536)
+                    out.gauge("npu_chip_info_utilization", chip, 70 + index)
+                    out.gauge("npu_chip_info_hbm_used_memory", chip, 52000)
+                    out.gauge("npu_chip_info_hbm_total_memory", chip, 65536)
                 else:
                     gpu = {"gpu": str(index), "UUID": f"GPU-{pod.metadata.name}-{index}", "modelName": "NVIDIA H100",
-                           "Hostname": pod.spec.node_name, **where, "container": "engine"}  # fmt: skip
-                    gauge("DCGM_FI_DEV_GPU_UTIL", gpu, 80 + index)
-                    gauge("DCGM_FI_DEV_FB_USED", gpu, 70000)
-                    gauge("DCGM_FI_DEV_FB_FREE", gpu, 11000)
-        yield from gauges.values()
-        yield from counters.values()
-        yield from histograms.values()
+                           "Hostname": pod.spec.node_name, "namespace": self.namespace, "pod": pod.metadata.name,
+                           "container": "engine"}  # fmt: skip
+                    out.gauge("DCGM_FI_DEV_GPU_UTIL", gpu, 80 + index)
+                    out.gauge("DCGM_FI_DEV_FB_USED", gpu, 70000)
+                    out.gauge("DCGM_FI_DEV_FB_FREE", gpu, 11000)
+        yield from out.all()
+
+
+def serving_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
+    """dspool's pods in the namespace that are bound and not being deleted."""
+    pods = core_v1.list_namespaced_pod(namespace, label_selector=api.DEPLOYMENT_LABEL).items
+    return [p for p in pods if p.spec.node_name and p.metadata.deletion_timestamp is None]
+
+
+class EngineEndpoints:
+    """One fixture /metrics endpoint per serving pod, published as pod-discovery targets (every declared
+    container port of the real pod, its labels and annotations) for the chart's PodMonitor to select from."""
+
+    def __init__(self, core_v1: client.CoreV1Api, namespace: str, targets_file: Path) -> None:
+        self.core_v1 = core_v1
+        self.namespace = namespace
+        self.targets_file = targets_file
+        self.servers: dict[str, tuple[int, Any]] = {}
+        write_targets(targets_file, [])
+
+    def refresh(self) -> None:
+        """Start endpoints for new pods and rewrite the targets file."""
+        groups = []
+        api_client = self.core_v1.api_client
+        for pod in serving_pods(self.core_v1, self.namespace):
+            name = pod.metadata.name
+            if name not in self.servers:
+                registry = CollectorRegistry()
+                registry.register(EngineFixture(pod))
+                port = free_port()
+                server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+                self.servers[name] = (port, server)
+            groups += pod_targets(f"127.0.0.1:{self.servers[name][0]}", api_client.sanitize_for_serialization(pod))
+        write_targets(self.targets_file, groups)
+
+    def stop(self) -> None:
+        for _port, server in self.servers.values():
+            server.shutdown()
+
+
+def chart_monitors() -> dict[str, dict[str, Any]]:
+    """The Service, ServiceMonitor and PodMonitor the chart renders with monitoring on (scraping every second)."""
+    values = ["--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=true",
+              "--set", f"monitoring.serviceMonitor.interval={SCRAPE_SECONDS}s",
+              "--set", f"monitoring.podMonitor.interval={SCRAPE_SECONDS}s"]  # fmt: skip
+    done = subprocess.run([str(TOOLS.binary("helm")), "template", "dspool", str(CHART), "-n", RELEASE_NAMESPACE,
+                           *values], capture_output=True, text=True, check=True)  # fmt: skip
+    objects = [o for o in yaml.safe_load_all(done.stdout) if o]
+    return {kind: next(o for o in objects if o["kind"] == kind) for kind in ("Service", "ServiceMonitor", "PodMonitor")}
+
+
+def rules_without_delays(tmp_path: Path) -> Path:
+    """The chart's rules with every ``for`` at 0s: the firing conditions are promtool-tested with their
+    delays; here they run against live series, which cannot wait 15 minutes."""
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    path = tmp_path / "dspool.rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    return path
 
 
 class Prometheus:
-    """A real Prometheus scraping the operator and the fixtures every second."""
+    """A real Prometheus with the given scrape configurations and the chart's alerts."""
 
-    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+    def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]], rules: Path) -> None:
         self.port = free_port()
         config = {
             "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
-            "rule_files": [str(RULES)],
-            "scrape_configs": [
-                {"job_name": job, "honor_labels": True, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-                for job, port in targets.items()
-            ],
+            "rule_files": [str(rules)],
+            "scrape_configs": scrape_configs,
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = (workdir / "prometheus.log").open("wb")
@@ -220,26 +312,54 @@ def substitute(expr: str, namespace: str) -> str:
     )
 
 
+@dataclass
+class Monitored:
+    """The pool, both operators, the engine endpoints and Prometheus."""
+
+    pool: PoolHandle
+    operators: list[OperatorProcess]
+    engines: EngineEndpoints
+    prometheus: Prometheus
+
+
 @pytest.fixture
 def monitored(
     kubeconfig: str, namespace: str, fake_pool: Callable[[str], PoolHandle], core_v1: client.CoreV1Api,
     tmp_path: Path, crd_installed: None,
-) -> Iterator[tuple[PoolHandle, OperatorProcess, Prometheus]]:  # fmt: skip
-    """The enterprise pool, an operator on it with several DSDs, fixtures and Prometheus scraping both."""
+) -> Iterator[Monitored]:  # fmt: skip
+    """The enterprise pool, two operators on it (one leads, one stands by), the engines' and device exporters'
+    fixtures, and Prometheus scraping them through the chart's ServiceMonitor and PodMonitor."""
     pool = fake_pool("enterprise-mixed.yaml")
-    operator = OperatorProcess(kubeconfig, namespace, pool.name, tmp_path / "operator.log")
-    operator.start()
+    operators = [OperatorProcess(kubeconfig, namespace, pool.name, tmp_path / f"operator-{i}.log") for i in (0, 1)]
+    for operator in operators:
+        operator.start()
+    monitors = chart_monitors()
+    operator_targets = tmp_path / "operator-targets.json"
+    write_targets(operator_targets, [
+        service_endpoint_target(f"127.0.0.1:{operator.metrics_port}", monitors["Service"], "metrics",
+                                f"dspool-7d4f9c6b8-{suffix}", "operator")
+        for operator, suffix in zip(operators, ("x2k9p", "q7w3z"), strict=True)
+    ])  # fmt: skip
+    engines = EngineEndpoints(core_v1, namespace, tmp_path / "engine-targets.json")
     registry = CollectorRegistry()
-    registry.register(EngineAndDeviceFixtures(core_v1, namespace))
-    fixtures_port = free_port()
-    server, _thread = start_http_server(fixtures_port, addr="127.0.0.1", registry=registry)
-    prometheus = Prometheus(tmp_path, {"dspool": operator.metrics_port, "exporters": fixtures_port})
+    registry.register(DeviceFixtures(core_v1, namespace))
+    devices_port = free_port()
+    server, _thread = start_http_server(devices_port, addr="127.0.0.1", registry=registry)
+    scrape_configs = [
+        *service_monitor_scrape_configs(monitors["ServiceMonitor"], operator_targets),
+        *pod_monitor_scrape_configs(monitors["PodMonitor"], engines.targets_file),
+        {"job_name": "device-exporters", "honor_labels": True,
+         "static_configs": [{"targets": [f"127.0.0.1:{devices_port}"]}]},
+    ]  # fmt: skip
+    prometheus = Prometheus(tmp_path, scrape_configs, rules_without_delays(tmp_path))
     try:
-        yield pool, operator, prometheus
+        yield Monitored(pool, operators, engines, prometheus)
     finally:
         prometheus.stop()
         server.shutdown()
-        operator.stop()
+        engines.stop()
+        for operator in operators:
+            operator.stop()
 
 
 DEPLOYMENTS: dict[str, dict[str, Any]] = {
@@ -252,10 +372,9 @@ DEPLOYMENTS: dict[str, dict[str, Any]] = {
 
 
 def test_every_panel_and_alert_query_runs_on_a_real_prometheus_and_agrees_with_dspool(
-    monitored: tuple[PoolHandle, OperatorProcess, Prometheus], api_client: client.ApiClient,
-    kubeconfig: str, namespace: str,
+    monitored: Monitored, api_client: client.ApiClient, kubeconfig: str, namespace: str,
 ) -> None:  # fmt: skip
-    pool, _operator, prometheus = monitored
+    pool, prometheus = monitored.pool, monitored.prometheus
     custom = client.CustomObjectsApi(api_client)
     for name, spec in DEPLOYMENTS.items():
         create_dsd(custom, namespace, name, spec)
@@ -264,13 +383,40 @@ def test_every_panel_and_alert_query_runs_on_a_real_prometheus_and_agrees_with_d
     wait_phase(custom, namespace, "r1-ampere", "Degraded", 60)  # 2 x 2 A100 nodes asked, 3 in the pool
 
     def scraped() -> bool:
+        monitored.engines.refresh()
+        # dspool's own namespace/pod labels survive the chart's ServiceMonitor (honorLabels): the DSDs'
+        # namespace, not the operator pod's
         infos = prometheus.query(f'dspool_replica_info{{namespace="{namespace}"}}')
         engines = prometheus.query(f'vllm:num_requests_running{{namespace="{namespace}"}}')
         mindie = prometheus.query(f'num_requests_running{{namespace="{namespace}"}}')
         return len(infos) >= 8 and len(engines) >= 5 and len(mindie) >= 1
 
-    wait_for(scraped, 90, "Prometheus to scrape the operator and the fixtures")
+    wait_for(scraped, 90, "Prometheus to scrape the operators and the fixtures through the chart's monitors")
     time.sleep(25)  # enough samples for rate() and histogram_quantile() over the rate window
+
+    # Two operators, one series per DSD: the standby exports its leadership only, and so does a leader that
+    # lost the Lease (frozen past the Lease's duration while the standby took over, then thawed): its last
+    # pass must not stay on display next to the new leader's.
+    assert prometheus.value("count(dspool_leader)") == 2 and prometheus.value("sum(dspool_leader)") == 1
+    leader, standby = sorted(monitored.operators, key=lambda o: "dspool_leader 1.0" not in o.metrics())
+    assert leader.process is not None
+    leader.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: "dspool_leader 1.0" in standby.metrics(), 60, "the standby to take the Lease")
+    finally:
+        leader.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: "dspool_leader 0.0" in leader.metrics(), 30, "the old leader to notice it lost the Lease")
+    assert "dspool_deployment_replicas{" not in leader.metrics()
+    wait_for(lambda: prometheus.value("count(dspool_leader)") == 2, 30, "Prometheus to scrape both again")
+    time.sleep(3 * SCRAPE_SECONDS)
+    assert prometheus.value("sum(dspool_leader)") == 1
+    duplicated = prometheus.query("count by (namespace, deployment, state) (dspool_deployment_replicas) > 1")
+    assert not duplicated, duplicated
+    assert not prometheus.query("count by (namespace, pod) (dspool_replica_info) > 1")
+    assert not prometheus.query('{exported_namespace!=""} or {exported_pod!=""}'), "target labels overwrote dspool's"
+    [leader_target] = prometheus.query("dspool_leader == 1")
+    assert leader_target["metric"]["namespace"] == RELEASE_NAMESPACE  # the target labels, where the series has none
+    assert leader_target["metric"]["service"] == "dspool-metrics" and leader_target["metric"]["endpoint"] == "metrics"
 
     empty = []
     for uid, title, expr in panel_queries():
@@ -279,6 +425,13 @@ def test_every_panel_and_alert_query_runs_on_a_real_prometheus_and_agrees_with_d
     assert not empty, "panels without data:\n" + "\n".join(empty)
     for _alert, expr in alert_expressions():
         prometheus.query(expr)  # parses and evaluates (whether it fires depends on the pool)
+
+    # The KV-cache alert fires for the DSD whose engines are full, with the DSD's namespace.
+    def kv_cache_alert() -> list[dict[str, Any]]:
+        return prometheus.query('ALERTS{alertname="DspoolKVCacheSaturated", alertstate="firing"}')
+
+    [alert] = wait_for(kv_cache_alert, 30, "DspoolKVCacheSaturated to fire")
+    assert (alert["metric"]["namespace"], alert["metric"]["deployment"]) == (namespace, SATURATED_DEPLOYMENT)
 
     # The numbers agree with `dspool pool` ...
     selector = f"dspool.io/pool={pool.name}"

@@ -53,3 +53,26 @@ def test_the_observability_doc_names_every_metric_panel_and_alert() -> None:
     ]
     missing += [alert for alert in alerts if f"### {alert}" not in doc]
     assert not missing, f"docs/observability.md does not describe: {missing}"
+
+
+def test_panel_thresholds_turn_red_where_the_matching_alert_fires() -> None:
+    import yaml
+
+    rules = yaml.safe_load((CHART / "rules" / "dspool.rules.yaml").read_text())
+    alert_expr = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    panels = {panel.title: panel for dashboard in DASHBOARDS for panel in dashboard.panels}
+    watched = {
+        "KV-cache usage": "DspoolKVCacheSaturated",
+        "Longest wait": "DspoolReplicasUnschedulable",
+        "Reconcile pass duration p50 / p99": "DspoolReconcileSlow",
+    }
+    for title, alert in watched.items():
+        thresholds = panels[title].thresholds
+        assert thresholds is not None, title
+        warning, critical = thresholds
+        assert warning < critical
+        assert alert_expr[alert].rstrip().endswith(f"> {critical:g}"), (title, alert_expr[alert])
+    model = next(render(d) for d in DASHBOARDS if d.uid == "dspool-deployments")
+    [kv] = [p for p in model["panels"] if p["title"] == "KV-cache usage"]
+    assert kv["fieldConfig"]["defaults"]["thresholds"]["steps"][-1] == {"color": "red", "value": 0.9}
+    assert kv["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] == {"mode": "dashed"}

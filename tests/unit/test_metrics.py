@@ -71,7 +71,7 @@ def test_capacity_pending_replicas_and_serving_pods_are_exported() -> None:
     pod = {"metadata": {"name": "small-0-abc", "namespace": "ai", "labels": {"dspool.io/replica": "0"}},
            "spec": {"nodeName": "rtx-0"}}  # fmt: skip
     metrics = OperatorMetrics()
-    sample = PassSample(pool, [DeploymentSample("ai", "small", 3, status, [pod])], 0.05, catalog=CATALOG,
+    sample = PassSample(pool, [DeploymentSample("ai", "small", 3, status, [pod])], 0.05, catalog=CATALOG, leader=True,
                         at=datetime(2026, 12, 1, 10, 5, tzinfo=UTC))  # fmt: skip
     metrics.record_pass(sample, [0.0004, 0.002])
     text = scrape(metrics)
@@ -96,7 +96,7 @@ def test_capacity_pending_replicas_and_serving_pods_are_exported() -> None:
 def test_node_metrics_can_be_switched_off_and_write_errors_are_counted() -> None:
     pool = build_pool([node("h200-0", "H200-141G")], [], [], CATALOG)
     metrics = OperatorMetrics()
-    metrics.record_pass(PassSample(pool, [], 0.01, catalog=CATALOG, node_metrics=False))
+    metrics.record_pass(PassSample(pool, [], 0.01, catalog=CATALOG, node_metrics=False, leader=True))
     metrics.write_errors.labels("patch", "DeepSeekDeployment", "409").inc()
     text = scrape(metrics)
     assert "dspool_node_devices{" not in text
@@ -106,8 +106,28 @@ def test_node_metrics_can_be_switched_off_and_write_errors_are_counted() -> None
 def test_every_exported_family_is_listed_in_metric_names() -> None:
     pool = build_pool([node("h200-0", "H200-141G")], [], [], CATALOG)
     metrics = OperatorMetrics()
-    metrics.record_pass(PassSample(pool, [], 0.01, catalog=CATALOG))
+    metrics.record_pass(PassSample(pool, [], 0.01, catalog=CATALOG, leader=True))
     metrics.write_errors.labels("patch", "X", "500").inc()
     metrics.events_posted.labels("Normal", "Placed").inc()
     exported = {m.name + ("_total" if m.type == "counter" else "") for m in metrics.registry.collect()}
     assert exported == METRIC_NAMES
+
+
+def test_a_standby_exports_its_leadership_only_and_a_demoted_leader_drops_its_pool_and_dsd_series() -> None:
+    pool = build_pool([node("h200-0", "H200-141G")], [], [], CATALOG)
+    status = DeepSeekDeploymentStatus(phase=Phase.READY, ready_replicas=1)
+    pod = {"metadata": {"name": "r1-0-abc", "namespace": "ai", "labels": {"dspool.io/replica": "0"}}}
+    metrics = OperatorMetrics()
+    metrics.record_pass(PassSample(pool, [DeploymentSample("ai", "r1", 1, status, [pod])], 0.01, catalog=CATALOG,
+                                   leader=True))  # fmt: skip
+    leading = scrape(metrics)
+    assert "dspool_leader 1.0" in leading and 'dspool_pool_devices{accelerator="H200-141G"' in leading
+    assert 'dspool_deployment_replicas{deployment="r1"' in leading
+    metrics.state.set_leader(False)  # the Lease was lost: the last pass must not stay on display
+    standby = scrape(metrics)
+    assert "dspool_leader 0.0" in standby and "dspool_reconcile_passes_total 1.0" in standby
+    for family in ("dspool_pool_", "dspool_node_devices", "dspool_deployment_", "dspool_replica_info"):
+        assert f"\n{family}" not in standby, family
+    assert "dspool_reconcile_pass_duration_seconds_count 1.0" in standby  # process metrics stay
+    metrics.state.set_leader(True)
+    assert 'dspool_pool_devices{accelerator="H200-141G"' in scrape(metrics)

@@ -740,3 +740,21 @@ def test_the_example_in_the_docs_is_what_the_builder_prints() -> None:
     documented = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     result = subprocess.run([sys.executable, "-c", script], text=True, capture_output=True, check=True)
     assert list(yaml.safe_load_all(documented)) == list(yaml.safe_load_all(result.stdout))
+
+
+def test_engine_and_fetch_pods_pull_with_the_configured_secrets() -> None:
+    images = images_from_env({"DSPOOL_IMAGE_PULL_SECRETS": "mirror-creds, second ,"})
+    assert images.pull_secrets == ("mirror-creds", "second")
+    dsd = make_dsd(modelSource={"uri": "s3://bucket/r1"})  # a fetch init container in every pod
+    objects = [
+        *build(dsd, make_placement("H200-141G", ["a"]), images=images),
+        *build(dsd, make_placement("H100-80G", ["a", "b"]), lws=False, images=images),
+        *build(dsd, make_placement("H100-80G", ["a", "b"]), lws=True, images=images),
+        *build(dsd, make_placement("Ascend910B3", ["a"], backend="mindie", precision="w8a8"), images=images),
+    ]
+    templates = [template for obj in objects for template in pod_templates(obj)]
+    assert len(templates) >= 6
+    for template in templates:
+        assert template["spec"]["imagePullSecrets"] == [{"name": "mirror-creds"}, {"name": "second"}]
+        assert template["spec"]["initContainers"]  # the fetch container pulls with them too
+    assert "imagePullSecrets" not in build(dsd, make_placement("H200-141G", ["a"]))[0]["spec"]["template"]["spec"]

@@ -27,14 +27,22 @@ class ClusterView:
     pods: list[dict[str, Any]]
 
 
-def api_client_from(kubeconfig: str | None) -> client.ApiClient:
-    """An API client from a kubeconfig path, $KUBECONFIG / ~/.kube/config, or the in-cluster account."""
+def api_client_from(kubeconfig: str | None, context: str | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig path, $KUBECONFIG / ~/.kube/config, or the in-cluster account;
+    ``context``: a context of that kubeconfig instead of its current one (kubectl's --context)."""
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
     try:
-        return config.new_client_from_config()
+        return config.new_client_from_config(context=context)
     except config.ConfigException:
-        config.load_incluster_config()
+        if context:
+            raise
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise config.ConfigException(
+                "no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a pod"
+            ) from None
         return client.ApiClient()
 
 

@@ -37,6 +37,7 @@ from dspool.ledger import NotLeadingError
 from dspool.loop import PassRunner, Snapshot
 from dspool.metrics import OperatorMetrics
 from dspool.reconcile import ReconcileSettings
+from dspool.refusals import compact_failed_create, compact_workload
 from dspool.settings import OperatorSettings
 from dspool.views import compact_deployment, compact_node, compact_pdb, compact_pod, selector_matches
 from dspool.workloads import images_from_env
@@ -117,6 +118,21 @@ class OperatorRuntime:
                 "poddisruptionbudgets",
                 policy.list_pod_disruption_budget_for_all_namespaces,
                 _by_uid(compact_pdb),
+                self.notify,
+            ),
+            # Pods the cluster refuses to create for dspool's workloads (quota, webhooks): dspool.refusals
+            "failingworkloads": Informer(
+                "deployments",
+                functools.partial(
+                    client.AppsV1Api(api_client).list_deployment_for_all_namespaces, label_selector=api.DEPLOYMENT_LABEL
+                ),
+                _by_uid(compact_workload),
+                self.notify,
+            ),
+            "failedcreates": Informer(
+                "events",
+                functools.partial(core.list_event_for_all_namespaces, field_selector="reason=FailedCreate"),
+                _by_uid(compact_failed_create),
                 self.notify,
             ),
         }
@@ -203,6 +219,8 @@ class OperatorRuntime:
             pods=self.informers["pods"].values(),
             deployments=self.informers["deepseekdeployments"].values(),
             pdbs=self.informers["poddisruptionbudgets"].values(),
+            failing_workloads=self.informers["failingworkloads"].values(),
+            failed_creates=self.informers["failedcreates"].values(),
         )
 
     def run_pass(self) -> None:

@@ -79,6 +79,8 @@ class ImageDefaults:
     mindie: str = "ascendhub/mindie:2.1.RC1-800I-A2-py311-openeuler24.03-lts"
     mindie_310p: str = "ascendhub/mindie:2.1.RC1-300I-Duo-py311-openeuler24.03-lts"
     downloader: str = "python:3.12-slim"
+    # Secrets every engine and fetch pod pulls its images with (a private registry or mirror).
+    pull_secrets: tuple[str, ...] = ()
 
 
 DEFAULT_IMAGES = ImageDefaults()
@@ -103,15 +105,19 @@ class Interconnect:
 
 NO_INTERCONNECT = Interconnect()
 IMAGE_ENV_PREFIX = "DSPOOL_IMAGE_"
+PULL_SECRETS_ENV = "DSPOOL_IMAGE_PULL_SECRETS"  # comma-separated Secret names
 
 
 def images_from_env(env: Mapping[str, str], base: ImageDefaults = DEFAULT_IMAGES) -> ImageDefaults:
-    """``base`` with each image overridden by ``DSPOOL_IMAGE_<FIELD>`` (e.g. ``DSPOOL_IMAGE_VLLM_ASCEND``) when set."""
-    overrides = {
+    """``base`` with each image overridden by ``DSPOOL_IMAGE_<FIELD>`` (e.g. ``DSPOOL_IMAGE_VLLM_ASCEND``) when set,
+    and the pull secrets by ``DSPOOL_IMAGE_PULL_SECRETS`` (comma-separated names)."""
+    overrides: dict[str, Any] = {
         field.name: env[key]
         for field in fields(ImageDefaults)
         if (key := IMAGE_ENV_PREFIX + field.name.upper()) in env and env[key].strip()
     }
+    if "pull_secrets" in overrides:
+        overrides["pull_secrets"] = tuple(name.strip() for name in env[PULL_SECRETS_ENV].split(",") if name.strip())
     return ImageDefaults(**{**{f.name: getattr(base, f.name) for f in fields(ImageDefaults)}, **overrides})
 
 
@@ -486,6 +492,8 @@ def pod_template(
         spec["initContainers"] = parts.init_containers
     spec["containers"] = [container]
     spec["volumes"] = parts.volumes
+    if replica.images.pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in replica.images.pull_secrets]
     return {
         "metadata": {"labels": labels, "annotations": {**replica.annotations(), **(annotations or {})}},
         "spec": spec,
