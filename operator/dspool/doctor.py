@@ -32,7 +32,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from dspool.catalog import ASCEND_ACCELERATOR_LABEL, ASCEND_CHIP_LABEL, GFD_PRODUCT_LABEL, OVERRIDE_LABEL, Catalog
+from dspool.catalog import (
+    ASCEND_ACCELERATOR_LABEL,
+    ASCEND_CHIP_LABEL,
+    ASCEND_MEMORY_LABEL,
+    GFD_PRODUCT_LABEL,
+    MEMORY_OVERRIDE_LABEL,
+    OVERRIDE_LABEL,
+    Catalog,
+    reported_memory_mib,
+)
 from dspool.inventory import DEFAULT_FABRIC_LABEL, node_from_k8s
 
 NVIDIA_RESOURCE = "nvidia.com/gpu"
@@ -254,6 +263,24 @@ def check_ascend(nodes: Sequence[Mapping[str, Any]]) -> Finding:
     return Finding("ascend", Level.OK, f"{len(with_resource)} Ascend node(s) carry the device plugin's labels")
 
 
+def check_device_memory(nodes: Sequence[Mapping[str, Any]], catalog: Catalog) -> Finding:
+    """Nodes whose part dspool tells from a same-chip sibling by memory, but which report none: it assumes."""
+    assumed = []
+    for node in nodes:
+        labels = _labels(node)
+        accelerator = catalog.identify_node(labels)
+        if accelerator is not None and accelerator.memory_mib_range is not None and reported_memory_mib(labels) is None:
+            assumed.append(f"{_name(node)} as {accelerator.id} ({accelerator.memory_gib:g} GiB)")
+    if assumed:
+        return Finding(
+            "device-memory", Level.WARN,
+            f"{len(assumed)} node(s) report no device memory, so dspool assumes it: {_sample(assumed)}",
+            f"label them {MEMORY_OVERRIDE_LABEL}=<GiB per device> (or run MindCluster's device plugin >= v7.0.RC1, "
+            f"which labels {ASCEND_MEMORY_LABEL} on 910 nodes)",
+        )  # fmt: skip
+    return Finding("device-memory", Level.OK, "every node whose part depends on its memory reports it")
+
+
 def _why_unusable(node: Mapping[str, Any], catalog: Catalog) -> str:
     spec, labels = node.get("spec") or {}, _labels(node)
     ready = any(c.get("type") == "Ready" and c.get("status") == "True"
@@ -338,6 +365,7 @@ def diagnose(facts: ClusterFacts, catalog: Catalog) -> list[Finding]:
         check_lws(facts.lws_installed),
         check_gpu_labels(facts.nodes),
         check_ascend(facts.nodes),
+        check_device_memory(facts.nodes, catalog),
         check_classification(facts.nodes, catalog, facts.fabric_label),
         check_fabric(facts.nodes, catalog, facts.fabric_label),
         check_monitoring(facts.monitoring_crds),

@@ -94,3 +94,14 @@ def test_no_lease_and_no_crd_are_failures() -> None:
     facts.leases = []
     got = levels(facts)
     assert got["crd"] == Level.FAIL and got["operator"] == Level.FAIL
+
+
+def test_a_310p_node_reporting_no_memory_is_flagged_with_what_dspool_assumes() -> None:
+    facts = healthy()
+    pro = node("atlas-300i", None, {"node.kubernetes.io/npu.chip.name": "310P3", "accelerator": "huawei-Ascend310P"})
+    pro["status"]["allocatable"] = {"huawei.com/Ascend310P": "4"}
+    facts.nodes.append(pro)
+    finding = next(f for f in diagnose(facts, CATALOG) if f.check == "device-memory")
+    assert finding.level == Level.WARN
+    assert "atlas-300i as Ascend310P-24G (24 GiB)" in finding.detail and "dspool.io/device-memory-gib" in finding.fix
+    assert next(f for f in diagnose(healthy(), CATALOG) if f.check == "device-memory").level == Level.OK
