@@ -36,8 +36,8 @@ def apply(subparsers: argparse._SubParsersAction[Any]) -> None:
     for name, parser in subparsers.choices.items():
         options = {option: action for action in parser._actions for option in action.option_strings}
         output = options.get("--output")
-        if output is not None and output.choices is not None and {"table", "json"} <= set(output.choices):
-            output.choices = list(OUTPUTS)  # table and json exist: wide is the table, yaml the json
+        if output is not None and output.choices is not None and "table" in output.choices:  # not render's
+            output.choices = list(OUTPUTS)
             output.help = "output format: table, wide (every column and row), json or yaml"
         if "--kubeconfig" in options and "--context" not in options:
             parser.add_argument("--context", help="the kubeconfig context to use (default: its current context)")
