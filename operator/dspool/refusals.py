@@ -14,7 +14,8 @@ records these refusals in two places, and dspool reads both (the watches are in 
 :func:`refusals_by_deployment` maps them to the DSD owning the workload (by dspool's workload names: a
 ReplicaSet or an LWS's StatefulSet is named after its owner plus a suffix); :func:`with_workload_refusals`
 puts condition ``WorkloadRefused`` (status True, reason ``QuotaExceeded``, ``WebhookDenied``,
-``LimitRangeViolated``, ``PodSecurityViolated`` or ``PodCreateFailed``; message: the API server's words) on
+``AdmissionPolicyDenied``, ``LimitRangeViolated``, ``PodSecurityViolated`` or ``PodCreateFailed``; message: the
+API server's words) on
 the status. An event counts while it is recent (:data:`EVENT_FRESH_SECONDS`: the controllers retry with a
 back-off and repeat the event while the refusal lasts) and while the DSD has fewer pods than its objects ask for
 (:func:`pods_wanted`); a ReplicaSet's events are left to its Deployment's condition, which clears itself.
@@ -56,6 +57,8 @@ def classify(message: str) -> str:
         return "QuotaExceeded"
     if "admission webhook" in lowered and "denied" in lowered:
         return "WebhookDenied"
+    if "validatingadmissionpolicy" in lowered and "denied" in lowered:
+        return "AdmissionPolicyDenied"
     if "violates podsecurity" in lowered:
         return "PodSecurityViolated"
     if "limitrange" in lowered or " per container is " in lowered or " per pod is " in lowered:

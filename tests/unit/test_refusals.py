@@ -30,6 +30,9 @@ def stamp(when: datetime) -> str:
 def test_refusals_are_named_by_what_refused() -> None:
     assert classify(QUOTA) == "QuotaExceeded"
     assert classify(WEBHOOK) == "WebhookDenied"
+    assert classify("pods \"x\" is forbidden: ValidatingAdmissionPolicy 'p' with binding 'b' denied request: no") == (
+        "AdmissionPolicyDenied"
+    )
     assert classify('pods "x" is forbidden: maximum cpu usage per Container is 4, but limit is 8') == (
         "LimitRangeViolated"
     )
