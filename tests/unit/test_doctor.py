@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,10 +98,9 @@ def test_no_lease_and_no_crd_are_failures() -> None:
 
 
 def test_a_310p_node_reporting_no_memory_is_flagged_with_what_dspool_assumes() -> None:
-    facts = healthy()
     pro = node("atlas-300i", None, {"node.kubernetes.io/npu.chip.name": "310P3", "accelerator": "huawei-Ascend310P"})
     pro["status"]["allocatable"] = {"huawei.com/Ascend310P": "4"}
-    facts.nodes.append(pro)
+    facts = dataclasses.replace(healthy(), nodes=[*healthy().nodes, pro])
     finding = next(f for f in diagnose(facts, CATALOG) if f.check == "device-memory")
     assert finding.level == Level.WARN
     assert "atlas-300i as Ascend310P-24G (24 GiB)" in finding.detail and "dspool.io/device-memory-gib" in finding.fix
