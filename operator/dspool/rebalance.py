@@ -378,6 +378,8 @@ def _try_candidate(
         for victim in sorted(candidate.victims, key=lambda v: (-v.devices, v.key)):
             resident = residents[victim.resident]
             taken = new_indexes.setdefault(victim.resident, {p.replica for p in resident.placements})
+            if resident.deployment == waiting.deployment:
+                taken.add(waiting.replica)  # the waiting replica of the same DSD holds its index in this plan
             index = _fresh_index(taken)
             namespace, _, name = resident.deployment.partition("/")
             try:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dspool.api import DeepSeekDeploymentSpec, PlacementSpec, RebalanceConsent, Strategy
@@ -244,7 +244,23 @@ arrivals = st.lists(
 )
 
 
+# Found by this test: an instant move gave its new copy the index of a queued replica of the same DSD.
+MOVED_INTO_A_QUEUED_INDEX = [
+    (0.0, 1.0, "deepseek-r1", 1, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 1.0, "deepseek-r1", 1, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 1.0, "deepseek-r1", 1, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 2.0, "deepseek-r1-distill-llama-70b", 2, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 2.0, "deepseek-r1-distill-llama-70b", 3, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 1.0, "deepseek-r1-distill-qwen-32b", 2, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 1.0, "deepseek-r1", 1, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 1.0, "deepseek-r1", 1, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 1.0, "deepseek-r1-distill-llama-70b", 1, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+    (0.0, 1.0, "deepseek-r1-distill-qwen-32b", 2, RebalanceConsent.ALLOWED, Strategy.BINPACK),
+]
+
+
 @settings(max_examples=60, deadline=None)
+@example(trace_spec=MOVED_INTO_A_QUEUED_INDEX, move_seconds=0.0, queue=True, max_moves=1)
 @given(
     trace_spec=arrivals,
     move_seconds=st.sampled_from([0.0, 30.0, 2000.0]),

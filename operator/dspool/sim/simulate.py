@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -473,11 +473,21 @@ class Simulation:
         self._retry_queue(now)
 
     def _retry_queue(self, now: float) -> None:
-        """Try every waiting replica again, oldest first; those that still do not fit keep their turn."""
+        """Try every waiting replica again, oldest first; those that still do not fit keep their turn.
+
+        A move may have given its new copy the index a waiting replica of the same DSD had (indexes of
+        replicas not placed are free, as in the operator, where a DSD's missing replicas are counted): the
+        waiter then takes the lowest index its DSD does not use."""
         still: list[_Waiter] = []
         for waiter in self.queue:
             deployment = self.live.get(waiter.key)
-            if deployment is not None and not self._try_place(deployment, waiter.replica, now, waiter.since):
+            if deployment is None:
+                continue
+            if waiter.replica in deployment.placements:
+                queued = {w.replica for w in [*still, *self.queue] if w.key == waiter.key and w is not waiter}
+                used = set(deployment.placements) | queued
+                waiter = replace(waiter, replica=next(i for i in range(len(used) + 1) if i not in used))
+            if not self._try_place(deployment, waiter.replica, now, waiter.since):
                 still.append(waiter)
         self.queue = still
 
