@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dspool.backends import Backend
 from dspool.catalog import ModelSpec, Precision
@@ -21,10 +22,10 @@ ALL_BACKENDS = frozenset(Backend)
 VLLM_BACKENDS = frozenset({Backend.VLLM, Backend.VLLM_ASCEND})
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """How one replica's devices split the model: TP ranks per stage, PP stages, DP ranks, and whether
-    the MoE experts are spread over ranks (expert parallelism, EP size = TP x DP as in vLLM)."""
+    the MoE experts are spread over ranks (expert parallelism, EP size = TP x DP as in vLLM). A tuple:
+    the planner hashes thousands of them per second."""
 
     tensor_parallel: int
     pipeline_parallel: int = 1

@@ -461,15 +461,19 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
         model, accelerator, str(request.precision), backend or Backend.VLLM, request.engine_image
     )
 
+    reserves: dict[Layout, RuntimeReserve] = {}
+
     def reserve_for(layout: Layout) -> RuntimeReserve:
-        return runtime_reserve(
-            model,
-            backend or Backend.VLLM,
-            layout,
-            request.overhead_gib,
-            device_memory_gib=device_memory,
-            accelerator_id=accelerator.id,
-        )
+        if layout not in reserves:
+            reserves[layout] = runtime_reserve(
+                model,
+                backend or Backend.VLLM,
+                layout,
+                request.overhead_gib,
+                device_memory_gib=device_memory,
+                accelerator_id=accelerator.id,
+            )
+        return reserves[layout]
 
     def infeasible(reason: str, account: MemoryAccount | None = None) -> Plan:
         overhead = reserve_for(Layout(1)).total_gib
