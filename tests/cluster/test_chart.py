@@ -87,6 +87,11 @@ def helm(kubeconfig: str) -> Callable[..., subprocess.CompletedProcess[str]]:
 @pytest.fixture(scope="session")
 def monitoring_crds(kubeconfig: str) -> None:
     """The ServiceMonitor, PodMonitor and PrometheusRule CRDs of the pinned prometheus-operator."""
+    apply_monitoring_crds(kubeconfig)
+
+
+def apply_monitoring_crds(kubeconfig: str) -> None:
+    """Apply the pinned prometheus-operator's CRDs (ServiceMonitor, PodMonitor, PrometheusRule), Established."""
     for path in TOOLS.prometheus_operator_crds():
         subprocess.run([kubectl_path(), "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", str(path)],
                        check=True, capture_output=True)  # fmt: skip

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from conftest import REPO_ROOT, OperatorProcess, unique_name, wait_for, write_pool
 from kubernetes import client
-from test_chart import CHART, CRD_NAME, TOOLS, _older_crd
-from test_operator import kubectl_path
+from test_chart import CHART, CRD_NAME, TOOLS, _older_crd, apply_monitoring_crds
 
 from dspool.sim.apply import install_crd
 from dspool.sim.fleet import PoolHandle
@@ -31,17 +30,6 @@ def doctor(kubeconfig: str, pool: PoolHandle, lease_name: str, namespace: str) -
     findings = {f["check"]: f for f in json.loads(done.stdout)}
     assert done.returncode == (1 if any(f["level"] == "FAIL" for f in findings.values()) else 0)
     return findings
-
-
-def apply_monitoring_crds(kubeconfig: str) -> None:
-    """The prometheus-operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule), as test_chart installs them."""
-    for path in TOOLS.prometheus_operator_crds():
-        subprocess.run([kubectl_path(), "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", str(path)],
-                       check=True, capture_output=True)  # fmt: skip
-    for name in ("servicemonitors", "podmonitors", "prometheusrules"):
-        crd = f"crd/{name}.monitoring.coreos.com"
-        wait = [kubectl_path(), "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", crd, "--timeout=60s"]
-        subprocess.run(wait, check=True, capture_output=True)
 
 
 def helm(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
