@@ -109,13 +109,7 @@ def service_monitor_scrape_configs(monitor: dict[str, Any], targets_file: Path) 
         relabelings.append(
             {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"}
         )
-        if endpoint.get("port"):
-            relabelings.append({"target_label": "endpoint", "replacement": endpoint["port"]})
-        relabelings += [_relabel(r) for r in endpoint.get("relabelings", [])]
-        config["relabel_configs"] = relabelings
-        if endpoint.get("metricRelabelings"):
-            config["metric_relabel_configs"] = [_relabel(r) for r in endpoint["metricRelabelings"]]
-        configs.append(config)
+        configs.append(_with_endpoint_relabelings(config, relabelings, endpoint))
     return configs
 
 
@@ -140,13 +134,7 @@ def pod_monitor_scrape_configs(monitor: dict[str, Any], targets_file: Path) -> l
         ]
         relabelings += _pod_target_labels(spec.get("podTargetLabels", []))
         relabelings.append({"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"})
-        if endpoint.get("port"):
-            relabelings.append({"target_label": "endpoint", "replacement": endpoint["port"]})
-        relabelings += [_relabel(r) for r in endpoint.get("relabelings", [])]
-        config["relabel_configs"] = relabelings
-        if endpoint.get("metricRelabelings"):
-            config["metric_relabel_configs"] = [_relabel(r) for r in endpoint["metricRelabelings"]]
-        configs.append(config)
+        configs.append(_with_endpoint_relabelings(config, relabelings, endpoint))
     return configs
 
 
@@ -203,3 +191,16 @@ def write_targets(path: Path, groups: list[dict[str, Any]]) -> None:
     scratch = path.with_suffix(".tmp")
     scratch.write_text(json.dumps(groups))
     scratch.replace(path)
+
+
+def _with_endpoint_relabelings(
+    config: dict[str, Any], relabelings: list[dict[str, Any]], endpoint: dict[str, Any]
+) -> dict[str, Any]:
+    """The end both monitor kinds share: the endpoint label, the object's own relabelings, metric relabelings."""
+    if endpoint.get("port"):
+        relabelings.append({"target_label": "endpoint", "replacement": endpoint["port"]})
+    relabelings += [_relabel(r) for r in endpoint.get("relabelings", [])]
+    config["relabel_configs"] = relabelings
+    if endpoint.get("metricRelabelings"):
+        config["metric_relabel_configs"] = [_relabel(r) for r in endpoint["metricRelabelings"]]
+    return config
