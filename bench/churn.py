@@ -165,6 +165,8 @@ class RulePlacer:
         self.rule = rule
         self.repack = repack
         self.popularity = {m: w for m, w in ARRIVAL_MIX}
+        self._needs_pool: Pool | None = None
+        self._needs_by_type: dict[str, list[tuple[int | None, float]]] = {}
 
     def _choose(self, pool: Pool, request: ReplicaRequest) -> tuple[TypeCandidate, list[NodeState]] | None:
         options = feasible_types(pool, request, self.catalog)
@@ -213,15 +215,19 @@ class RulePlacer:
         return sum(fragmented(n.free - tp) - fragmented(n.free) for n in nodes)
 
     def _needs(self, pool: Pool, accelerator: str) -> list[tuple[int | None, float]]:
-        def compute() -> list[tuple[int | None, float]]:
-            result: list[tuple[int | None, float]] = []
+        """Per model of the mix, its TP on the type (None when it does not fit there) and its popularity;
+        kept per pool and type (they depend on the node set only, fixed during a simulation)."""
+        if self._needs_pool is not pool:
+            self._needs_pool, self._needs_by_type = pool, {}
+        found = self._needs_by_type.get(accelerator)
+        if found is None:
+            found = []
             for model_id, popularity in self.popularity.items():
                 request = ReplicaRequest(deployment="x/y", replica=0, model=self.catalog.model(model_id))
                 on_type = [o for o in feasible_types(pool, request, self.catalog) if o.accelerator == accelerator]
-                result.append((on_type[0].plan.tensor_parallel if on_type else None, popularity))
-            return result
-
-        return pool.memo(("fgd-needs", accelerator), compute)
+                found.append((on_type[0].plan.tensor_parallel if on_type else None, popularity))
+            self._needs_by_type[accelerator] = found
+        return found
 
     def place(self, pool: Pool, request: ReplicaRequest, peers: Sequence[ReplicaPlacement]) -> ReplicaPlacement | None:
         """The rule's choice, or None."""

@@ -42,10 +42,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dspool.api import REPLICA_LABEL, DeepSeekDeploymentStatus, Phase
-from dspool.capacity import placeable_replicas, stranded_devices, whole_free_nodes
 from dspool.catalog import Catalog, ModelSpec
 from dspool.inventory import Pool
 from dspool.placement import fragmentation
+from dspool.placement.fleet import placeable_replicas, stranded_devices, whole_free_nodes
 
 PASS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)

@@ -51,7 +51,7 @@ from dspool.api import (
     placements_from_status,
 )
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError, Vendor
-from dspool.inventory import Pool
+from dspool.inventory import Pool, hold_pods
 from dspool.moves import MovesOutcome, advance_moves, moves_from_status
 from dspool.placement import (
     Decision,
@@ -270,7 +270,7 @@ class _Pass:
         """Give a replica's reservation back. Its pods that still run keep their devices (as ``used``) until
         they are gone, exactly as the next pool built from the cluster would count them."""
         self.pool.release(self.key, index)
-        self.pool.hold_pods(self.pods(index))
+        hold_pods(self.pool, self.pods(index))
 
     def final(self) -> list[ReplicaPlacement]:
         """Every placement the DSD keeps after the pass, by replica index."""
@@ -389,7 +389,7 @@ def _replace_one_old_replica(state: _Pass, index: int, request: ReplicaRequest) 
     _book(state, index, decision)
     # The old replica's pods hold their devices until they are gone: count them as used, so no other DSD
     # books those devices meanwhile (the new replica's pods wait for them, as the scheduler will).
-    state.pool.hold_pods(state.pods(victim))
+    hold_pods(state.pool, state.pods(victim))
     return True
 
 

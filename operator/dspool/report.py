@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dspool.capacity import ALL_TYPES, placeable_replicas, stranded_devices, whole_free_nodes
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError
 from dspool.inventory import AcceleratorTotals, Pool, Reservation
 from dspool.placement import fragmentation
+from dspool.placement.fleet import ALL_TYPES, placeable_replicas, stranded_devices, whole_free_nodes
 
 BAR_WIDTH = 32
 NODE_LIST_LIMIT = 40

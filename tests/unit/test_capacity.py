@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_placement import CATALOG, node, pool_of, request
 
-from dspool.capacity import ALL_TYPES, placeable_replicas, stranded_devices, whole_free_nodes
 from dspool.inventory import Pool
 from dspool.placement import place_replica, reserve
+from dspool.placement.fleet import ALL_TYPES, placeable_replicas, stranded_devices, whole_free_nodes
 
 MODELS = [m.id for m in CATALOG.models]
 TYPES = ["H200-141G", "H100-80G", "A100-80G", "L20-48G", "RTX4090-24G", "Ascend910B3"]

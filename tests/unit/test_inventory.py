@@ -17,6 +17,7 @@ from dspool.inventory import (
     PoolInvariantError,
     Reservation,
     build_pool,
+    hold_pods,
     is_pod_active,
     node_from_k8s,
     pod_device_requests,
@@ -454,7 +455,7 @@ def test_every_device_stays_in_exactly_one_bucket_whatever_is_booked_released_or
             held = held or (step[1] in pool.nodes and step[2] > 0)
         elif kind == "hold_pods":
             _, name, devices, phase = step
-            pool.hold_pods([k8s_pod("leaving", name, devices, phase=phase)])
+            hold_pods(pool, [k8s_pod("leaving", name, devices, phase=phase)])
             held = held or (phase == "Running" and devices > 0)
         else:
             before = counts(pool)
@@ -482,9 +483,19 @@ def test_the_invariant_check_catches_counts_changed_behind_the_pools_back() -> N
         pool.check_invariant()
 
 
+def test_the_invariant_check_catches_a_used_count_the_free_index_was_not_told_of() -> None:
+    pool = build_pool([k8s_node("n0"), k8s_node("n1")], [], [], CATALOG)
+    pool.free_index()
+    pool.hold({"n0": 2})
+    pool.check_invariant()  # told through the pool: the index follows
+    pool.nodes["n1"].used = 3  # behind the pool's back
+    with pytest.raises(PoolInvariantError, match="n1: the free index says 8 free, the node 5"):
+        pool.check_invariant()
+
+
 def test_finished_pods_hold_no_devices() -> None:
     pool = build_pool([k8s_node("n0")], [], [], CATALOG)
-    pool.hold_pods([k8s_pod("done", "n0", 4, phase="Succeeded"), k8s_pod("failed", "n0", 2, phase="Failed"),
+    hold_pods(pool, [k8s_pod("done", "n0", 4, phase="Succeeded"), k8s_pod("failed", "n0", 2, phase="Failed"),
                     k8s_pod("unbound", None, 1), k8s_pod("leaving", "n0", 3)])  # fmt: skip
     assert (pool.nodes["n0"].used, pool.nodes["n0"].free) == (3, 5)
 

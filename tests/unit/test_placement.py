@@ -159,7 +159,7 @@ def test_small_model_goes_to_the_smallest_adequate_accelerator_not_the_h200() ->
     decision = place_replica(pool, request(SMALL), CATALOG)
     assert placed_nodes(decision) == [("z-4090", 1)]
     assert "smallest adequate type" in decision.reason
-    pool.nodes["z-4090"].used = 8
+    pool.hold({"z-4090": 1})  # a pod of another workload takes the last RTX 4090
     assert placed_nodes(place_replica(pool, request(SMALL), CATALOG)) == [("l20-0", 1)]
 
 
@@ -184,7 +184,7 @@ def test_accelerator_preference_order_is_followed() -> None:
     decision = place_replica(pool, request(SMALL, accelerator_types=["H200-141G", "L20-48G"]), CATALOG)
     assert placed_nodes(decision) == [("h200-0", 1)]
     assert "1st choice in acceleratorTypes" in decision.reason
-    pool.nodes["h200-0"].used = 8
+    pool.hold({"h200-0": 8})
     decision = place_replica(pool, request(SMALL, accelerator_types=["H200-141G", "L20-48G"]), CATALOG)
     assert placed_nodes(decision) == [("l20-0", 1)]
     assert "2nd choice" in decision.reason and "H200-141G needs 1 free on one node" in decision.reason
@@ -468,3 +468,13 @@ def test_a_small_model_is_refused_only_when_the_pool_is_full(pool: Pool, model: 
     if model == SMALL:
         for state in pool.nodes.values():
             assert state.free == 0
+
+
+def test_a_node_added_or_removed_is_seen_by_the_next_decision() -> None:
+    pool = pool_of(node("l20-0", "L20-48G", used=8))
+    assert place_replica(pool, request(SMALL), CATALOG).placement is None
+    pool.add_node(node("l20-1", "L20-48G"))
+    assert placed_nodes(place_replica(pool, request(SMALL), CATALOG)) == [("l20-1", 1)]
+    pool.remove_node("l20-1")
+    decision = place_replica(pool, request(SMALL), CATALOG)
+    assert decision.placement is None and "best: l20-0 with 0 free" in decision.reason

@@ -121,8 +121,8 @@ def test_the_free_index_always_answers_what_a_scan_would(ops: list[tuple[str, in
                 live.append(decision.placement)
         elif action == "release" and live:
             release(pool, "ai/m", live.pop(which % len(live)))
-        elif action == "foreign pod":  # what reconcile does for a terminating pod: straight into `used`
-            target.used = min(target.allocatable, target.used + devices)
+        elif action == "foreign pod":  # what reconcile does for a terminating pod: held as used
+            pool.hold({target.name: min(devices, target.allocatable - target.used)})
         else:
             copy = target.model_copy()
             copy.used = copy.allocatable  # a copy's changes must not reach the pool's index

@@ -1,4 +1,5 @@
-"""Capacity headroom of the pool: what fits now, and what no model of the demand can use.
+"""The pool as a whole: capacity headroom (what fits now, what no model of the demand can use), which replicas
+to remove on scale-down, and fragmentation.
 
 Pure functions of a :class:`~dspool.inventory.Pool` and the catalog, cheap enough for every pass at
 5,000 nodes: nothing is placed, the counts follow the placement engine's own rules on copies of the free
@@ -14,6 +15,8 @@ counts.
   the spirit of FGD, USENIX ATC'23): on each node, what is left after packing the mix's per-node shape
   that uses the most of its free devices; all of them when no model of the mix fits that type at all.
 - :func:`whole_free_nodes`: nodes with every device free, what big replicas need.
+- :func:`scale_down_victims`: the replicas whose removal leaves the pool least fragmented.
+- :func:`fragmentation`: the share of free devices stranded on partly used nodes.
 """
 
 from __future__ import annotations
@@ -21,24 +24,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from dspool.api import ReplicaPlacement
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError
-from dspool.inventory import NodeState, Pool
-from dspool.placement import node_admits, sized_plan
+from dspool.inventory import NodeState, Pool, devices_by_node
+from dspool.placement.context import PlacementContext
+from dspool.plancache import sized_plan
 from dspool.sizing import Plan, SizingRequest
 
 ALL_TYPES = "all"
-
-
-def _admitted_by_type(pool: Pool) -> dict[str, list[NodeState]]:
-    """Per accelerator type, the nodes a request without nodeSelector or tolerations may use."""
-    return pool.memo(
-        ("capacity-admitted",),
-        lambda: {
-            accelerator: admitted
-            for accelerator, nodes in pool.by_accelerator().items()
-            if (admitted := [n for n in nodes if node_admits(n, {}, [])])
-        },
-    )
 
 
 def type_plan(
@@ -93,7 +86,7 @@ def placeable_replicas(
 ) -> dict[str, dict[str, int]]:
     """Per model id: further replicas that fit, per accelerator type where the model fits, and ``all``."""
     sizing = sizing or SizingRequest()
-    admitted = _admitted_by_type(pool)
+    admitted = PlacementContext.of(pool).admitted_by_type()
     result: dict[str, dict[str, int]] = {}
     for model in models:
         per_type: dict[str, int] = {}
@@ -144,4 +137,60 @@ def stranded_devices(
             fits = [free % shape for shape in shapes if shape <= free]
             stranded += min(fits) if fits else free
         result[accelerator] = stranded
+    return result
+
+
+def scale_down_victims(pool: Pool, placements: Sequence[ReplicaPlacement], count: int) -> list[int]:
+    """Replica indexes to remove so that the pool is least fragmented afterwards, in removal order.
+
+    Greedy, one replica at a time, on a copy of the free counts: remove the replica whose release
+    (1) empties the most nodes (whole free nodes are what big replicas need), then (2) leaves the
+    largest free block on one of its nodes, then (3) frees the most devices, then (4) has the highest
+    index (the usual scale-down order). The pool is not modified; call :func:`release` for each victim.
+    """
+    free = {name: node.free for name, node in pool.nodes.items()}
+    remaining = sorted(placements, key=lambda p: p.replica)
+    victims: list[int] = []
+    for _ in range(max(0, min(count, len(remaining)))):
+
+        def score(placement: ReplicaPlacement) -> tuple[int, int, int, int]:
+            emptied = 0
+            largest = 0
+            freed = 0
+            for name, devices in devices_by_node(placement).items():
+                node = pool.nodes.get(name)
+                if node is None:
+                    continue
+                after = free[name] + devices
+                emptied += int(after >= node.allocatable)
+                largest = max(largest, after)
+                freed += devices
+            return (emptied, largest, freed, placement.replica)
+
+        victim = max(remaining, key=score)
+        for name, devices in devices_by_node(victim).items():
+            if name in free:
+                free[name] += devices
+        remaining.remove(victim)
+        victims.append(victim.replica)
+    return victims
+
+
+def fragmentation(pool: Pool) -> dict[str, float]:
+    """Per accelerator type, the share of free devices stranded on partly used nodes (0.0 to 1.0).
+
+    A free device is usable by the largest common shape (a replica taking a whole node, TP8 on an
+    8-device server) only when its node is entirely free. Fragmentation = free devices on nodes that are
+    not entirely free / all free devices of the type; 0.0 when the type has no free device.
+    """
+    result: dict[str, float] = {}
+    for accelerator, nodes in pool.by_accelerator().items():
+        total = 0
+        stranded = 0
+        for node in nodes:
+            free = node.free
+            total += free
+            if free < node.allocatable:
+                stranded += free
+        result[accelerator] = stranded / total if total else 0.0
     return result

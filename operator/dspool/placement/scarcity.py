@@ -30,78 +30,23 @@ requesting model's own shapes are not counted, and the lowest cost wins among ty
 nodes per replica. The loss is never negative, so memory claimed is a lower bound on the cost and the engine
 stops scanning types once the next one claims more memory than the best cost found.
 
-Pure; everything derived from the fixed node set is memoised on the pool.
+Pure; the placement context (:mod:`.context`) keeps the shapes of each mix until the node set changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
-
-from dspool.catalog import Catalog, ModelSpec, UnknownIdError
+from dspool.catalog import Catalog, UnknownIdError
 from dspool.inventory import FreeIndex, NodeState, Pool
-from dspool.plancache import model_fingerprint, sized_plan
+from dspool.placement.request import DemandMix
+from dspool.plancache import sized_plan
 from dspool.sizing import SizingRequest
 
-DEFAULT_WEIGHT = 1.0
 # Share of a whole-node shape's per-device weight charged for every device taken on its home type, whether
 # or not the placement breaks a whole node (see the module docstring; measured in bench/churn.py).
 KEEP_AWAY = 0.5
-
-
-class DemandMix(BaseModel):
-    """The models the pool should keep room for, with relative weights (default 1 each)."""
-
-    models: list[ModelSpec] = Field(default_factory=list)
-    weights: dict[str, float] = Field(default_factory=dict, description="model id -> weight; missing = 1")
-    _key: tuple[Any, ...] | None = PrivateAttr(default=None)
-
-    @classmethod
-    def of(cls, models: Iterable[ModelSpec], weights: Mapping[str, float] | None = None) -> DemandMix:
-        """A mix of these models (duplicates dropped, first kept), e.g. those of the DSDs in the cluster."""
-        unique: dict[str, ModelSpec] = {}
-        for model in models:
-            unique.setdefault(model.id, model)
-        return cls(models=list(unique.values()), weights=dict(weights or {}))
-
-    @classmethod
-    def from_catalog(cls, catalog: Catalog) -> DemandMix:
-        """Every model of the catalog, weight 1: the default when the caller knows no better."""
-        return cls.of(catalog.models)
-
-    def weight(self, model_id: str) -> float:
-        """The model's weight in the mix."""
-        return self.weights.get(model_id, DEFAULT_WEIGHT)
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        """A hashable identity of the mix (models and weights), for memoisation."""
-        private = self.__pydantic_private__ or {}  # direct: pydantic's private-attribute lookup is slow
-        key: tuple[Any, ...] | None = private.get("_key")
-        if key is None:
-            key = tuple((model_fingerprint(m), self.weight(m.id)) for m in self.models)
-            self._key = key
-        return key
-
-
-# catalog object id -> (the catalog, its mix); the catalog is kept so that its id cannot be reused
-_CATALOG_MIXES: dict[int, tuple[Catalog, DemandMix]] = {}
-CATALOG_MIX_LIMIT = 16
-
-
-def catalog_mix(catalog: Catalog) -> DemandMix:
-    """``DemandMix.from_catalog``, built once per catalog object (the default of every decision)."""
-    cached = _CATALOG_MIXES.get(id(catalog))
-    if cached is not None and cached[0] is catalog:
-        return cached[1]
-    if len(_CATALOG_MIXES) >= CATALOG_MIX_LIMIT:
-        _CATALOG_MIXES.clear()
-    mix = DemandMix.from_catalog(catalog)
-    _CATALOG_MIXES[id(catalog)] = (catalog, mix)
-    return mix
 
 
 @dataclass(frozen=True)
@@ -144,61 +89,72 @@ class MixShapes:
 
 
 def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
-    """The whole-node shapes of the mix on every accelerator type of the pool (memoised on the pool)."""
+    """The whole-node shapes of the mix on every accelerator type of the pool (computed; the placement
+    context keeps one per mix)."""
+    groups = pool.by_accelerator()
+    domains: dict[tuple[str, str], list[NodeState]] = {}
+    for accelerator_id, nodes in groups.items():
+        for node in nodes:
+            domains.setdefault((accelerator_id, node.fabric_domain), []).append(node)
+    largest_domain = {a: max(len(v) for (t, _), v in domains.items() if t == a) for a in groups}
+    merged = _merged_shapes(_home_plans(groups, largest_domain, demand, catalog), groups, demand)
+    by_type: dict[str, list[Shape]] = {a: [] for a in groups}
+    for (accelerator_id, _, _), shape in merged.items():
+        by_type[accelerator_id].append(shape)
+    return MixShapes(
+        by_type={a: tuple(sorted(s, key=lambda x: (-x.weight, x.model))) for a, s in by_type.items()},
+        domains={k: tuple(v) for k, v in domains.items()},
+    )
 
-    def compute() -> MixShapes:
-        groups = pool.by_accelerator()
-        domains: dict[tuple[str, str], list[NodeState]] = {}
+
+def _home_plans(
+    groups: Mapping[str, list[NodeState]], largest_domain: Mapping[str, int], demand: DemandMix, catalog: Catalog
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per model of the mix, per type it fits: (stages, devices per stage) with default serving settings."""
+    plans: dict[str, dict[str, tuple[int, int]]] = {}
+    for model in demand.models:
         for accelerator_id, nodes in groups.items():
-            for node in nodes:
-                domains.setdefault((accelerator_id, node.fabric_domain), []).append(node)
-        largest_domain = {a: max(len(v) for (t, _), v in domains.items() if t == a) for a in groups}
-        plans: dict[str, dict[str, tuple[int, int]]] = {}
-        for model in demand.models:
-            for accelerator_id, nodes in groups.items():
-                try:
-                    accelerator = catalog.accelerator(accelerator_id)
-                except UnknownIdError:
-                    continue
-                memory = min(n.device_memory_gib for n in nodes)
-                devices = max(n.allocatable for n in nodes)
-                sized = sized_plan(model, accelerator, SizingRequest(), memory, devices)
-                # a gang no fabric domain of the pool can ever hold is no home to protect
-                if sized.feasible and sized.nodes_per_replica <= largest_domain[accelerator_id]:
-                    plans.setdefault(model.id, {})[accelerator_id] = (sized.nodes_per_replica, sized.devices_per_node)
-        # (accelerator, stages, per_stage) -> the heaviest model with that shape: models with the same shape
-        # (R1 and V3) are one home to protect, not two
-        merged: dict[tuple[str, int, int], Shape] = {}
-        for model_id in sorted(plans):
-            per_type = plans[model_id]
-            fewest_devices = min(stages * per_stage for stages, per_stage in per_type.values())
-            for accelerator_id, (stages, per_stage) in per_type.items():
-                nodes = groups[accelerator_id]
-                node_devices = max(n.allocatable for n in nodes)
-                if stages == 1 and per_stage < node_devices:
-                    continue  # a sub-node shape fits any partly used node with room: not scarce
-                memory = min(n.device_memory_gib for n in nodes)
-                quality = fewest_devices / (stages * per_stage)
-                shape = Shape(
-                    model=model_id,
-                    accelerator=accelerator_id,
-                    stages=stages,
-                    per_stage=per_stage,
-                    weight=demand.weight(model_id) * quality * memory,
-                    node_devices=node_devices,
-                )
-                known = merged.get((accelerator_id, stages, per_stage))
-                if known is None or shape.weight > known.weight:
-                    merged[(accelerator_id, stages, per_stage)] = shape
-        by_type: dict[str, list[Shape]] = {a: [] for a in groups}
-        for (accelerator_id, _, _), shape in merged.items():
-            by_type[accelerator_id].append(shape)
-        return MixShapes(
-            by_type={a: tuple(sorted(s, key=lambda x: (-x.weight, x.model))) for a, s in by_type.items()},
-            domains={k: tuple(v) for k, v in domains.items()},
-        )
+            try:
+                accelerator = catalog.accelerator(accelerator_id)
+            except UnknownIdError:
+                continue
+            memory = min(n.device_memory_gib for n in nodes)
+            devices = max(n.allocatable for n in nodes)
+            sized = sized_plan(model, accelerator, SizingRequest(), memory, devices)
+            # a gang no fabric domain of the pool can ever hold is no home to protect
+            if sized.feasible and sized.nodes_per_replica <= largest_domain[accelerator_id]:
+                plans.setdefault(model.id, {})[accelerator_id] = (sized.nodes_per_replica, sized.devices_per_node)
+    return plans
 
-    return pool.memo(("mix-shapes", demand.key), compute)
+
+def _merged_shapes(
+    plans: Mapping[str, Mapping[str, tuple[int, int]]], groups: Mapping[str, list[NodeState]], demand: DemandMix
+) -> dict[tuple[str, int, int], Shape]:
+    """(accelerator, stages, per_stage) -> the heaviest model with that whole-node shape: models with the same
+    shape (R1 and V3) are one home to protect, not two. Sub-node shapes are left out (not scarce)."""
+    merged: dict[tuple[str, int, int], Shape] = {}
+    for model_id in sorted(plans):
+        per_type = plans[model_id]
+        fewest_devices = min(stages * per_stage for stages, per_stage in per_type.values())
+        for accelerator_id, (stages, per_stage) in per_type.items():
+            nodes = groups[accelerator_id]
+            node_devices = max(n.allocatable for n in nodes)
+            if stages == 1 and per_stage < node_devices:
+                continue  # a sub-node shape fits any partly used node with room: not scarce
+            memory = min(n.device_memory_gib for n in nodes)
+            quality = fewest_devices / (stages * per_stage)
+            shape = Shape(
+                model=model_id,
+                accelerator=accelerator_id,
+                stages=stages,
+                per_stage=per_stage,
+                weight=demand.weight(model_id) * quality * memory,
+                node_devices=node_devices,
+            )
+            known = merged.get((accelerator_id, stages, per_stage))
+            if known is None or shape.weight > known.weight:
+                merged[(accelerator_id, stages, per_stage)] = shape
+    return merged
 
 
 def placement_loss(

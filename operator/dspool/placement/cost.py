@@ -1,0 +1,58 @@
+"""Least-cost binpack: among the types a replica fits with the fewest nodes per replica, the one whose best-fit
+placement costs least: memory claimed plus what it takes from the other models of the demand mix
+(:mod:`.scarcity`)."""
+
+from __future__ import annotations
+
+from dspool.api import Strategy
+from dspool.inventory import FreeIndex
+from dspool.placement.candidates import CostGroups
+from dspool.placement.choice import TypeOutcome, evaluate, outcome_free_total
+from dspool.placement.request import ReplicaRequest
+from dspool.placement.scarcity import MixShapes, placement_loss
+
+COST_EPSILON_GIB = 1e-6
+
+LeastCost = tuple[TypeOutcome | None, list[TypeOutcome], list[TypeOutcome]]
+
+
+def least_cost(groups: CostGroups, shapes: MixShapes, request: ReplicaRequest, index: FreeIndex) -> LeastCost:
+    """binpack without a preference order: (winner, evaluated outcomes, every type in rank order).
+
+    ``groups``: the feasible types by nodes per replica (fewest first; the first group with room decides),
+    each by memory claimed. Each type with room costs memory claimed + its loss to the demand mix; the
+    lowest cost wins (ties: most free devices, then id). The loss is never negative, so once a type claims
+    more memory than the best cost so far, it and the rest of the group cannot win.
+    """
+    winner: TypeOutcome | None = None
+    evaluated: list[TypeOutcome] = []
+    ranked: list[TypeOutcome] = []
+    for group in groups:
+        if winner is not None:
+            ranked.extend(TypeOutcome(view=v, plan=p) for _, v, p in group)
+            continue
+        for memory, type_view, sized in group:
+            if winner is not None and memory > winner.cost + COST_EPSILON_GIB:
+                ranked.append(TypeOutcome(view=type_view, plan=sized))
+                continue
+            outcome = evaluate(type_view, sized, Strategy.BINPACK, set(), free_total=False, index=index)
+            evaluated.append(outcome)
+            ranked.append(outcome)
+            if outcome.choice is None:
+                continue
+            taken = [(n, sized.devices_per_node) for n in outcome.choice.nodes]
+            outcome.loss = placement_loss(shapes, type_view.accelerator, taken, request.model.id, index)
+            outcome.cost = memory + outcome.loss.gib
+            if winner is None or _cheaper(outcome, winner, index):
+                winner = outcome
+    return winner, evaluated, ranked
+
+
+def _cheaper(outcome: TypeOutcome, best: TypeOutcome, index: FreeIndex) -> bool:
+    """Lower cost; on equal cost (within rounding), more free devices, then the lower accelerator id."""
+    if outcome.cost < best.cost - COST_EPSILON_GIB:
+        return True
+    if outcome.cost > best.cost + COST_EPSILON_GIB:
+        return False
+    mine = (-outcome_free_total(outcome, index), outcome.plan.accelerator)
+    return mine < (-outcome_free_total(best, index), best.plan.accelerator)

@@ -1,0 +1,164 @@
+"""The placement engine: which accelerator type and which nodes each replica gets, and why.
+
+:func:`place_replica` reads as its pipeline: filter the nodes (:mod:`.filters`), size the request on each
+candidate type (:mod:`.candidates`), rank the types and choose nodes within them (:mod:`.cost` for
+least-cost binpack, type tiers otherwise; :mod:`.choice` within a type), and explain (:mod:`.explain`).
+Deciding changes no pool; booking is the pool's own (:func:`reserve`, :func:`release`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from dspool.api import ReplicaPlacement, Strategy
+from dspool.catalog import Catalog
+from dspool.inventory import Pool
+from dspool.placement import explain
+from dspool.placement.candidates import (
+    Sized,
+    SizedTypes,
+    TypeCandidate,
+    allowed_types,
+    candidate_types,
+    type_tiers,
+)
+from dspool.placement.choice import TypeOutcome, evaluate
+from dspool.placement.context import PlacementContext
+from dspool.placement.cost import LeastCost, least_cost
+from dspool.placement.request import Decision, DemandMix, ReplicaRequest, catalog_mix, placement_from_plan
+
+
+def place_replica(
+    pool: Pool,
+    request: ReplicaRequest,
+    catalog: Catalog,
+    peers: Sequence[ReplicaPlacement] = (),
+    demand: DemandMix | None = None,
+) -> Decision:
+    """Decide where one replica goes without changing the pool; the reason always says why.
+
+    ``peers`` are the other replicas of the same deployment (the pool's own reservations of that
+    deployment count too); ``spread`` keeps away from their nodes. ``demand``: the models to keep room
+    for (those of the DSDs in the cluster); default every catalog model. ``binpack`` without
+    ``acceleratorTypes`` takes, among the types with the fewest nodes per replica, the one whose best-fit
+    placement costs least: memory claimed plus what it takes from the other models (:mod:`.scarcity`).
+    """
+    context = PlacementContext.of(pool)
+    view = context.view(request)  # filter
+    label = f"{request.model.id} replica {request.replica}"
+    allowed = allowed_types(request, catalog)
+    candidates = candidate_types(view, allowed)
+    excluded = sum(view.excluded.get(t, 0) for t in (allowed if allowed is not None else view.excluded))
+    filtered = explain.filter_note(pool, request, excluded) if excluded else ""
+    if not candidates:
+        return Decision(
+            placement=None, reason=explain.no_candidate_reason(label, allowed, list(view.types), pool, filtered)
+        )
+
+    sized = context.sized_types(view, candidates, request, catalog)  # size
+    least = request.strategy == Strategy.BINPACK and allowed is None
+    if least:  # rank and choose
+        shapes = context.mix_shapes(demand if demand is not None else catalog_mix(catalog), catalog)
+        winner, outcomes, ranked = least_cost(sized.cost_groups(), shapes, request, pool.free_index())
+    else:
+        winner, outcomes, ranked = _by_tiers(pool, request, sized, peers, preferred=allowed is not None)
+
+    if winner is not None:  # explain
+        assert winner.choice is not None
+        placement = placement_from_plan(winner.plan, [n.name for n in winner.choice.nodes], request.replica)
+        if least:
+            reason = explain.least_cost_reason(winner, ranked, sized.infeasible)
+        else:
+            reason = explain.success_reason(winner, ranked, allowed is not None, sized.infeasible, request.strategy)
+        return Decision(placement=placement, reason=reason, plan=winner.plan)
+    missing = [t for t in allowed if t not in view.types] if allowed is not None else []
+    closest = outcomes[0].plan if outcomes else (sized.infeasible[0] if sized.infeasible else None)
+    reason = explain.no_room_reason(label, outcomes, sized.infeasible, missing, filtered)
+    return Decision(placement=None, reason=reason, plan=closest)
+
+
+def _by_tiers(
+    pool: Pool, request: ReplicaRequest, sized: SizedTypes, peers: Sequence[ReplicaPlacement], preferred: bool
+) -> LeastCost:
+    """binpack in the user's order, or spread: (winner, evaluated outcomes, every type in rank order).
+
+    Tiers are tried in order; within a tier, the type with room and most free devices wins. ``spread``
+    looks further: a node free of peers on any adequate type beats sharing one.
+    """
+    spread = request.strategy == Strategy.SPREAD
+    peer_nodes = _peer_nodes(pool, request, peers) if spread else set()
+    tiers = type_tiers(sized.feasible, preferred)
+    outcomes: list[TypeOutcome] = []
+    winner: TypeOutcome | None = None
+    evaluated_tiers = 0
+    for tier in tiers:
+        evaluated = [
+            evaluate(type_view, plan, request.strategy, peer_nodes, free_total=len(tier) > 1)
+            for type_view, plan in tier
+        ]
+        evaluated.sort(key=lambda o: (o.choice is None, -o.free_total, o.plan.accelerator))
+        outcomes.extend(evaluated)
+        evaluated_tiers += 1
+        if spread:
+            peer_free = [o for o in evaluated if o.choice is not None and not o.choice.peers_shared]
+            if peer_free:
+                winner = peer_free[0]
+                break
+        elif evaluated[0].choice is not None:
+            winner = evaluated[0]
+            break
+    if winner is None and spread:
+        winner = next((o for o in outcomes if o.choice is not None), None)
+    ranked = outcomes + [TypeOutcome(view=v, plan=p) for tier in tiers[evaluated_tiers:] for v, p in tier]
+    return winner, outcomes, ranked
+
+
+def _peer_nodes(pool: Pool, request: ReplicaRequest, peers: Iterable[ReplicaPlacement]) -> set[str]:
+    nodes = {n.name for p in peers if p.replica != request.replica for n in p.nodes}
+    nodes.update(r.node for r in pool.reservations_of(request.deployment) if r.replica != request.replica)
+    return nodes
+
+
+def feasible_types(pool: Pool, request: ReplicaRequest, catalog: Catalog) -> list[TypeCandidate]:
+    """The types the request may use and fits on, with their admitted nodes, in the order binpack tries them
+    when nothing else decides: ``acceleratorTypes`` order, else fewest nodes per replica, then least memory.
+
+    For callers that search the pool themselves (the rebalancer); does not change the pool.
+    """
+    context = PlacementContext.of(pool)
+    view = context.view(request)
+    allowed = allowed_types(request, catalog)
+    sized = context.sized_types(view, candidate_types(view, allowed), request, catalog)
+    ordered: list[Sized] = [item for tier in type_tiers(sized.feasible, allowed is not None) for item in tier]
+    return [TypeCandidate(v.accelerator, plan, v.nodes, v.domains) for v, plan in ordered]
+
+
+def reserve(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
+    """Book a placement's devices in the pool, all nodes or none (:meth:`Pool.reserve <dspool.inventory.Pool.reserve>`).
+
+    Raises :class:`~dspool.inventory.InsufficientDevicesError` when a node is not in the pool or has fewer
+    free devices than asked, and ``ValueError`` when the replica already holds a reservation.
+    """
+    pool.reserve(deployment, placement)
+
+
+def release(pool: Pool, deployment: str, placement: ReplicaPlacement) -> None:
+    """Give back the devices a replica holds in the pool (:meth:`Pool.release <dspool.inventory.Pool.release>`).
+
+    Nodes that left the pool are skipped; the devices released are those the pool recorded for the
+    replica (never more), so releasing twice is harmless.
+    """
+    pool.release(deployment, placement.replica)
+
+
+def place_replicas(
+    pool: Pool, requests: Iterable[ReplicaRequest], catalog: Catalog, demand: DemandMix | None = None
+) -> list[Decision]:
+    """Place requests one after another, reserving each success; the pool is left updated."""
+    decisions: list[Decision] = []
+    for request in requests:
+        decision = place_replica(pool, request, catalog, demand=demand)
+        if decision.placement is not None:
+            reserve(pool, request.deployment, decision.placement)
+        decisions.append(decision)
+    return decisions
