@@ -8,13 +8,14 @@ mix. Times are reported with ratios to the 100-node run because shared machines 
 
     python bench/placement.py            # full run, ~1 minute on 2 cores
     python bench/placement.py --quick    # a few seconds
-    python bench/placement.py --against main   # the speed part for main's placement.py and this one, same run
+    python bench/placement.py --against main   # the speed part for main's placement and this one, same run
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
+import os
 import random
 import subprocess
 import sys
@@ -282,44 +283,55 @@ def print_quality_table(rows: Sequence[tuple[int, Strategy, RunResult]]) -> None
         )
 
 
-def placement_at(revision: str) -> Any:
-    """``operator/dspool/placement.py`` as it is at a git revision, imported as a separate module."""
+def tree_at(revision: str) -> Path:
+    """The ``operator/`` folder of a git revision, extracted to a temporary directory (placement may be one
+    module or a package there: the whole package is taken, so each side runs its own pool and engine)."""
     root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(
-        ["git", "-C", str(root), "show", f"{revision}:operator/dspool/placement.py"],
-        check=True,
-        capture_output=True,
-        text=True,
+    target = Path(tempfile.mkdtemp(prefix="dspool-at-"))
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", revision, "operator"], check=True, capture_output=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "placement_at_revision.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("placement_at_revision", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "operator"
 
 
-def compare(revision: str, sizes: Sequence[int], budgets: dict[int, int], catalog: Catalog, seed: int) -> None:
+def speed_in(tree: Path | None, sizes: Sequence[int], seed: int) -> dict[int, tuple[float, float, float]]:
+    """decisions/s, p50 and p99 (us) per pool size, measured in a fresh interpreter on ``tree``'s dspool (this
+    tree's when None), so two revisions never share a module, a cache or a heap."""
+    environment = dict(os.environ)
+    if tree is not None:
+        environment["PYTHONPATH"] = os.pathsep.join([str(tree), environment.get("PYTHONPATH", "")])
+    command = [sys.executable, __file__, "--speed-json", "--seed", str(seed), "--sizes", ",".join(map(str, sizes))]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
+    return {int(size): tuple(values) for size, values in json.loads(output).items()}  # type: ignore[misc]
+
+
+def speed_json(sizes: Sequence[int], budgets: dict[int, int], catalog: Catalog, seed: int) -> None:
+    """Print this interpreter's speed per size as JSON (what :func:`speed_in` reads)."""
+    run(20, 50, Strategy.BINPACK, catalog, seed, TARGET_FILL)  # warm the caches
+    figures = {}
+    for size in sizes:
+        result = run(size, budgets[size], Strategy.BINPACK, catalog, seed, TARGET_FILL)[0]
+        figures[size] = (result.per_second, result.percentile_us(0.5), result.percentile_us(0.99))
+    print(json.dumps(figures))
+
+
+def compare(revision: str, sizes: Sequence[int], seed: int) -> None:
     """Decisions per second of ``revision``'s placement and this one, alternated twice; best run of each."""
-    other = placement_at(revision)
-    best: dict[tuple[str, int], RunResult] = {}
+    other = tree_at(revision)
+    best: dict[tuple[str, int], tuple[float, float, float]] = {}
     for _ in range(2):
-        for label, module in ((revision, other), ("this tree", engine)):
-            run(20, 50, Strategy.BINPACK, catalog, seed, TARGET_FILL, module)  # warm its caches
-            for size in sizes:
-                result = run(size, budgets[size], Strategy.BINPACK, catalog, seed, TARGET_FILL, module)[0]
-                if (label, size) not in best or result.per_second > best[(label, size)].per_second:
-                    best[(label, size)] = result
-    print(f"{'nodes':>7} {'placement.py at':>16} {'decisions/s':>12} {'p50 us':>7} {'p99 us':>7} {'ratio':>6}")
+        for label, tree in ((revision, other), ("this tree", None)):
+            for size, figures in speed_in(tree, sizes, seed).items():
+                if (label, size) not in best or figures[0] > best[(label, size)][0]:
+                    best[(label, size)] = figures
+    print(f"{'nodes':>7} {'placement at':>16} {'decisions/s':>12} {'p50 us':>7} {'p99 us':>7} {'ratio':>6}")
     for size in sizes:
         base = best[(revision, size)]
         for label in (revision, "this tree"):
-            result = best[(label, size)]
+            per_second, p50, p99 = best[(label, size)]
             print(
-                f"{size:>7,} {label:>16} {result.per_second:>12,.0f} {result.percentile_us(0.5):>7,.0f} "
-                f"{result.percentile_us(0.99):>7,.0f} {ratio(result.per_second, base.per_second):>6}"
+                f"{size:>7,} {label:>16} {per_second:>12,.0f} {p50:>7,.0f} {p99:>7,.0f} {ratio(per_second, base[0]):>6}"
             )
 
 
@@ -328,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small pools and few requests (a few seconds)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--against", metavar="REV", help="time REV's placement.py against this one (speed only)")
+    parser.add_argument("--against", metavar="REV", help="time REV's placement against this one (speed only)")
+    parser.add_argument("--speed-json", action="store_true", help=argparse.SUPPRESS)  # one side of --against
+    parser.add_argument("--sizes", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     catalog = builtin_catalog()
     if args.quick:
@@ -340,10 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             [100, 1000, 5000],
             0.6,
         )
+    if args.speed_json:
+        speed_json([int(size) for size in args.sizes.split(",")], budgets, catalog, args.seed)
+        return 0
     if args.against:
         started = time.perf_counter()
         print(f"placement speed, {args.against} vs this tree: place_replica + reserve, best of two alternated runs")
-        compare(args.against, sizes, budgets, catalog, args.seed)
+        compare(args.against, sizes, args.seed)
         print(f"\n(python {sys.version.split()[0]}, {time.perf_counter() - started:.1f} s)")
         return 0
     # warm the planner cache so the first timed decisions are not paying for sizing

@@ -8,13 +8,32 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the pool module builds the index; at run time the index needs only the nodes' counts
-    from dspool.inventory.pool import NodeState
+from typing import Generic, Protocol, TypeVar
 
 
-class FreeIndex:
+class IndexedNode(Protocol):
+    """What the index reads of a node (the pool's NodeState)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def accelerator(self) -> str: ...
+
+    @property
+    def allocatable(self) -> int: ...
+
+    @property
+    def free(self) -> int: ...
+
+    @property
+    def fabric_domain(self) -> str: ...
+
+
+NodeState = TypeVar("NodeState", bound=IndexedNode)
+
+
+class FreeIndex(Generic[NodeState]):
     """The nodes of each accelerator type bucketed by free devices, so best fit is found without a scan.
 
     Exact as long as its pool reports every change of a node's counts (:meth:`moved`): the pool's booking

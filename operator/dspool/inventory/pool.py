@@ -129,14 +129,14 @@ class Pool(BaseModel):
         default_factory=dict, description="deployment (namespace/name) -> its reservations on pool nodes"
     )
     _groups: dict[str, list[NodeState]] | None = PrivateAttr(default=None)
-    _free_index: FreeIndex | None = PrivateAttr(default=None)
+    _free_index: FreeIndex[NodeState] | None = PrivateAttr(default=None)
     _listeners: list[PoolListener] = PrivateAttr(default_factory=list)
     _trials: list[_Trial] = PrivateAttr(default_factory=list)  # innermost last
 
-    def free_index(self) -> FreeIndex:
+    def free_index(self) -> FreeIndex[NodeState]:
         """The pool's :class:`FreeIndex`, built on first use and kept exact by the booking methods."""
         private = self.__pydantic_private__ or {}  # direct: pydantic's private-attribute lookup is slow
-        index: FreeIndex | None = private.get("_free_index")
+        index: FreeIndex[NodeState] | None = private.get("_free_index")
         if index is None:
             index = FreeIndex(self.by_accelerator())
             self._free_index = index
@@ -192,7 +192,7 @@ class Pool(BaseModel):
 
     def _counts_changed(self, node: NodeState) -> None:
         """Keep the free index exact after a node's counts changed (called by every booking method)."""
-        index: FreeIndex | None = (self.__pydantic_private__ or {}).get("_free_index")
+        index: FreeIndex[NodeState] | None = (self.__pydantic_private__ or {}).get("_free_index")
         if index is not None:
             index.moved(node)
 
@@ -331,7 +331,7 @@ class Pool(BaseModel):
                     problems.append(f"{deployment} replica {reservation.replica} booked on {reservation.node}, "
                                     "not in the pool")  # fmt: skip
                 booked[reservation.node] += reservation.devices
-        index: FreeIndex | None = (self.__pydantic_private__ or {}).get("_free_index")
+        index: FreeIndex[NodeState] | None = (self.__pydantic_private__ or {}).get("_free_index")
         for name, node in self.nodes.items():
             if min(node.allocatable, node.used, node.reserved) < 0:
                 problems.append(f"{name}: negative count ({node.allocatable=}, {node.used=}, {node.reserved=})")

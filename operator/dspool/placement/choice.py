@@ -74,7 +74,7 @@ Chosen = tuple[Choice | None, Shortfall | None]
 
 
 def choose_single(
-    view: TypeView, need: int, strategy: Strategy, peer_nodes: set[str], index: FreeIndex | None = None
+    view: TypeView, need: int, strategy: Strategy, peer_nodes: set[str], index: FreeIndex[NodeState] | None = None
 ) -> Chosen:
     """One node for a single-node replica."""
     if index is not None and strategy == Strategy.BINPACK and view.complete:
@@ -117,7 +117,7 @@ def choose_gang(
     per_stage: int,
     strategy: Strategy,
     peer_nodes: set[str],
-    index: FreeIndex | None = None,
+    index: FreeIndex[NodeState] | None = None,
 ) -> Chosen:
     """Nodes in one fabric domain for a multi-node replica: binpack takes the domain leaving least over on
     the chosen nodes, then the fullest domain (keeps roomy fabrics whole); spread the one with fewest peers,
@@ -194,7 +194,7 @@ def evaluate(
     strategy: Strategy,
     peer_nodes: set[str],
     free_total: bool,
-    index: FreeIndex | None = None,
+    index: FreeIndex[NodeState] | None = None,
 ) -> TypeOutcome:
     """What the type offers the request: its choice of nodes or its shortfall (and, when asked, its free
     devices, which break ties between types)."""
@@ -210,14 +210,14 @@ def evaluate(
     return outcome
 
 
-def type_free_total(view: TypeView, index: FreeIndex | None) -> int:
+def type_free_total(view: TypeView, index: FreeIndex[NodeState] | None) -> int:
     """Free devices over the type's admitted nodes."""
     if index is not None and view.complete:
         return index.free_total(view.accelerator)
     return sum(n.free for n in view.nodes)
 
 
-def outcome_free_total(outcome: TypeOutcome, index: FreeIndex) -> int:
+def outcome_free_total(outcome: TypeOutcome, index: FreeIndex[NodeState]) -> int:
     """The outcome's free devices, computed once."""
     if not outcome.free_total:
         outcome.free_total = type_free_total(outcome.view, index)

@@ -5,7 +5,7 @@ placement costs least: memory claimed plus what it takes from the other models o
 from __future__ import annotations
 
 from dspool.api import Strategy
-from dspool.inventory import FreeIndex
+from dspool.inventory import FreeIndex, NodeState
 from dspool.placement.candidates import CostGroups
 from dspool.placement.choice import TypeOutcome, evaluate, outcome_free_total
 from dspool.placement.request import ReplicaRequest
@@ -16,7 +16,9 @@ COST_EPSILON_GIB = 1e-6
 LeastCost = tuple[TypeOutcome | None, list[TypeOutcome], list[TypeOutcome]]
 
 
-def least_cost(groups: CostGroups, shapes: MixShapes, request: ReplicaRequest, index: FreeIndex) -> LeastCost:
+def least_cost(
+    groups: CostGroups, shapes: MixShapes, request: ReplicaRequest, index: FreeIndex[NodeState]
+) -> LeastCost:
     """binpack without a preference order: (winner, evaluated outcomes, every type in rank order).
 
     ``groups``: the feasible types by nodes per replica (fewest first; the first group with room decides),
@@ -48,7 +50,7 @@ def least_cost(groups: CostGroups, shapes: MixShapes, request: ReplicaRequest, i
     return winner, evaluated, ranked
 
 
-def _cheaper(outcome: TypeOutcome, best: TypeOutcome, index: FreeIndex) -> bool:
+def _cheaper(outcome: TypeOutcome, best: TypeOutcome, index: FreeIndex[NodeState]) -> bool:
     """Lower cost; on equal cost (within rounding), more free devices, then the lower accelerator id."""
     if outcome.cost < best.cost - COST_EPSILON_GIB:
         return True

@@ -162,7 +162,7 @@ def placement_loss(
     accelerator: str,
     taken: Sequence[tuple[NodeState, int]],
     requesting_model: str,
-    index: FreeIndex | None = None,
+    index: FreeIndex[NodeState] | None = None,
 ) -> Loss:
     """The loss (GiB) a placement taking ``taken`` (node, devices) on ``accelerator`` inflicts on the mix.
 
