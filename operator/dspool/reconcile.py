@@ -437,7 +437,9 @@ def _build_status(
     )
 
 
-def _build_objects(state: _DeploymentDecision, model: ModelSpec, final: Sequence[ReplicaPlacement]) -> list[dict[str, Any]]:
+def _build_objects(
+    state: _DeploymentDecision, model: ModelSpec, final: Sequence[ReplicaPlacement]
+) -> list[dict[str, Any]]:
     """Every replica's workloads, then the DSD's Service. Without MindCluster each replica gets its pods, from
     which a multi-node MindIE replica's rank table is written."""
     settings = state.settings
