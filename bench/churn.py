@@ -46,8 +46,7 @@ from dspool.placement import (
     reserve,
 )
 from dspool.rebalance import PlannedMove, RebalancePlan, RebalancePolicy, ResidentDeployment
-from dspool.sim.fleet import NodeGroup
-from dspool.sim.fleet import Pool as PoolFile
+from dspool.sim.fleet import NodeGroup, PoolFile
 from dspool.sim.inputs import TraceEntry, dump_trace, load_pool_file
 from dspool.sim.simulate import Placer, SimulationReport, SimulationSettings, pool_from_file, simulate
 

@@ -39,7 +39,7 @@ from kubernetes import client, config, watch
 
 from dspool import api
 from dspool.sim.apply import apply_pool, delete_pool
-from dspool.sim.fleet import POOL_LABEL, NodeGroup, Pool
+from dspool.sim.fleet import POOL_LABEL, NodeGroup, PoolFile
 
 REPO = Path(__file__).resolve().parent.parent
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"
@@ -159,7 +159,7 @@ def run(nodes: int, replicas: int, timeout: float) -> dict[str, Any]:
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     name = f"e2e-{nodes}"
     run_id = uuid.uuid4().hex[:5]  # namespaces of an earlier run may still be terminating
-    pool = Pool(name=name, groups=[NodeGroup(name=f"l20-{nodes}", count=nodes, accelerator="L20-48G")])
+    pool = PoolFile(name=name, groups=[NodeGroup(name=f"l20-{nodes}", count=nodes, accelerator="L20-48G")])
     figures: dict[str, Any] = {"nodes": nodes, "replicas": replicas}
     started = time.monotonic()
     apply_pool(core, pool)

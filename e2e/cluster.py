@@ -36,7 +36,6 @@ import argparse
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -50,10 +49,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tools
+from buildcache import GO_BUILD_PARALLELISM, ClusterError, cache_root, exclusive_lock, go_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULES_DIR = REPO_ROOT / "e2e" / "controlplane"
@@ -104,12 +107,6 @@ KWOK_STAGE_FILES = (
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
 KWOK_NODE_LEASE_SECONDS = 40
-# Two cores: more parallel compile jobs only add memory pressure.
-GO_BUILD_PARALLELISM = "2"
-
-
-class ClusterError(RuntimeError):
-    """A failure a person can act on; the message says what went wrong and where to look."""
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -122,14 +119,6 @@ def module_version(module: str) -> str:
     if not match:
         raise ClusterError(f"{MODULES_DIR / module / 'go.mod'} does not require {UPSTREAM_MODULES[module]}")
     return match.group(1)
-
-
-def cache_root() -> Path:
-    """Return dspool's cache directory, honouring DSPOOL_CACHE and XDG_CACHE_HOME."""
-    if os.environ.get("DSPOOL_CACHE"):
-        return Path(os.environ["DSPOOL_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "dspool"
 
 
 def toolchain_dir() -> Path:
@@ -146,14 +135,6 @@ def bin_dir() -> Path:
 def kwok_config_file() -> Path:
     """Return kwok's configuration (options and stages), written next to the binaries at build time."""
     return toolchain_dir() / "kwok-config.yaml"
-
-
-def go_command() -> str:
-    """Return the path of the go command, or fail saying how to get one."""
-    go = shutil.which("go")
-    if not go:
-        raise ClusterError("the `go` command is not on PATH; install Go >= 1.26 to build the control plane")
-    return go
 
 
 def build_fingerprint(go: str) -> str:
@@ -187,15 +168,6 @@ def is_built() -> bool:
     if not stamp.exists() or not all(b.exists() for b in binaries) or not kwok_config_file().exists():
         return False
     return stamp.read_text().strip() == build_fingerprint(go_command())
-
-
-@contextlib.contextmanager
-def exclusive_lock(name: str) -> Iterator[None]:
-    """Hold an exclusive lock file in the cache dir (e.g. `make cluster-up` racing a test session)."""
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def cluster_lock() -> contextlib.AbstractContextManager[None]:
@@ -441,16 +413,8 @@ def crashed_error(component: str) -> ClusterError:
 def component_binary(component: str) -> Path:
     """Where a component's binary is: the control plane's bin dir, or the LWS tool's."""
     if component == "lws-controller":
-        return lws_tool().binary("lws-controller")
+        return tools.binary("lws-controller")
     return bin_dir() / component
-
-
-def lws_tool() -> Any:
-    """e2e/tools.py (it builds LWS and knows its source), loaded on first use."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import tools
-
-    return tools
 
 
 def start(component: str, args: list[str]) -> int:
@@ -701,7 +665,7 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
 
 def install_lws(port: int) -> None:
     """Install the LWS CRD (from its pinned module) and its webhooks, and wait until the CRD is served."""
-    crd = lws_tool().source_dir("lws") / LWS_CRD_PATH
+    crd = tools.source_dir("lws") / LWS_CRD_PATH
     deadline = time.monotonic() + 120
     # A CRD still being deleted (its LeaderWorkerSets go first) cannot be applied: wait until it is gone.
     while kubectl("get", "crd", LWS_CRD_NAME, "--ignore-not-found", "-o", "jsonpath={.metadata.deletionTimestamp}"):
@@ -803,7 +767,7 @@ def up() -> None:
         shutil.rmtree(STATE_DIR)  # what a failed startup left behind (it reported its logs then)
 
     build()
-    lws_tool().build("lws")
+    tools.build("lws")
     started = time.monotonic()
     for directory in (STATE_DIR, LOG_DIR, PID_DIR):
         directory.mkdir(parents=True, exist_ok=True)
@@ -1003,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if options.command == "build":
             build(force=options.force)
-            lws_tool().build("lws")
+            tools.build("lws")
         elif options.command == "up":
             with cluster_lock():
                 up()

@@ -54,7 +54,7 @@ from kubernetes.client.exceptions import ApiException
 
 from dspool import api
 from dspool.sim.apply import apply_pool, delete_pool
-from dspool.sim.fleet import POOL_LABEL, NodeGroup, Pool, node_manifests
+from dspool.sim.fleet import POOL_LABEL, NodeGroup, PoolFile, node_manifests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO_ROOT / "e2e" / "cluster.py"
@@ -633,7 +633,7 @@ class FaultRun:
         self.log = log
         suffix = uuid.uuid4().hex[:6]
         self.namespace = f"faults-{index}-{suffix}"
-        self.pool = Pool(name=f"fp-{suffix}", name_prefix=f"fp-{suffix}-", groups=list(POOL_GROUPS))
+        self.pool = PoolFile(name=f"fp-{suffix}", name_prefix=f"fp-{suffix}-", groups=list(POOL_GROUPS))
         self.node_names = [n["metadata"]["name"] for n in node_manifests(self.pool)]
         self.allocatable: dict[str, tuple[str, int]] = {}  # node -> (resource, devices)
         self.lost_at: dict[str, float] = {}

@@ -24,7 +24,7 @@ from kubernetes import client, config
 
 from dspool import api
 from dspool.sim.apply import apply_pool, delete_pool
-from dspool.sim.fleet import POOL_LABEL, Pool, node_manifests
+from dspool.sim.fleet import POOL_LABEL, PoolFile, node_manifests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faultsuite
@@ -81,7 +81,7 @@ def run_load(
     """Apply the pool, start the operator, create the DSDs at once, wait for convergence, check, clean up."""
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     suffix = uuid.uuid4().hex[:6]
-    pool = Pool.model_validate(generate_pool(nodes, seed, f"load-{suffix}")).model_copy(
+    pool = PoolFile.model_validate(generate_pool(nodes, seed, f"load-{suffix}")).model_copy(
         update={"name_prefix": f"load-{suffix}-"}
     )
     namespace = f"load-{suffix}"
@@ -146,7 +146,7 @@ def run_load(
     return result
 
 
-def _check(api_client: client.ApiClient, dsds: list[dict[str, Any]], namespace: str, pool: Pool) -> list[Any]:
+def _check(api_client: client.ApiClient, dsds: list[dict[str, Any]], namespace: str, pool: PoolFile) -> list[Any]:
     core = client.CoreV1Api(api_client)
     allocatable = {}
     for manifest in node_manifests(pool):

@@ -8,8 +8,8 @@
 Each tool has a small Go module under ``e2e/tools/<tool>/`` (``go.mod`` + ``go.sum`` pin every
 dependency, ``tools.go`` names the commands). Binaries land in the same cache as the control plane
 (``$DSPOOL_CACHE`` or ``~/.cache/dspool``) under ``tools/<tool>-<version>/``; a stamp over the module
-files and the Go version makes a warm build a no-op. Like e2e/cluster.py it needs only the standard
-library and the ``go`` command.
+files and the Go version makes a warm build a no-op. Like e2e/cluster.py (which shares its cache and
+lock through e2e/buildcache.py) it needs only the standard library and the ``go`` command.
 
 The prometheus-operator module is not built: its CRDs (ServiceMonitor, PodMonitor, PrometheusRule) are
 read from the module's source, fetched through the Go module proxy at the pinned version.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import ClusterError, cache_root, exclusive_lock, go_command
+from buildcache import GO_BUILD_PARALLELISM, ClusterError, cache_root, exclusive_lock, go_command
 
 TOOLS_DIR = Path(__file__).resolve().parent / "tools"
 
@@ -79,7 +79,6 @@ SOURCES: dict[str, tuple[str, str]] = {
     "prometheus-operator": ("github.com/prometheus-operator/prometheus-operator", "v0.85.0"),
     "lws": ("sigs.k8s.io/lws", "v0.7.0"),
 }
-GO_BUILD_PARALLELISM = "2"
 
 
 def tool_dir(name: str) -> Path:

@@ -1,9 +1,9 @@
 """One reconcile pass: snapshot -> pool -> rebalancing -> reconcile per DSD -> writes, with the clock injected.
 
 The pass decides every DSD one after another against one pool in memory (so two DSDs never book the
-same device) and hands each DSD's writes to bounded pools of threads, so API round trips overlap instead
-of queueing behind each other: the status first, then, all at once, its objects, the deletion of objects
-it no longer wants, and its events. Decisions stay safe:
+same device) and hands each DSD's writes to bounded pools of threads (``dspool.pass_writes``), so API
+round trips overlap instead of queueing behind each other: the status first, then, all at once, its
+objects, the deletion of objects it no longer wants, and its events. Decisions stay safe:
 
 - a DSD's status (its reservations) is stored before any of its objects is written;
 - when a decision frees devices (scale down, a lost node, a finished move), the pass waits for every
@@ -11,7 +11,14 @@ it no longer wants, and its events. Decisions stay safe:
   stored, so two stored statuses never claim the same device, even when a write fails;
 - when a write fails or a decision raises, the pool is rebuilt from what is stored (after the writes in
   flight have finished) and the pass goes on with the next DSD;
-- the pass ends when all its writes have.
+- the pass ends when all its statuses are stored (its objects and events may still be on their way).
+
+:meth:`PassRunner.run_pass` runs these steps, each a method of its own: prepare the pass
+(:meth:`~PassRunner._prepare`), rebalance (:meth:`~PassRunner._rebalance`), then for each DSD
+(:meth:`~PassRunner._pass_one`): decide it (:meth:`~PassRunner._decide`: a steady DSD keeps its remembered
+decision), add what the cluster refuses to its status (:meth:`~PassRunner._status_to_write`), queue its
+writes, and wait for them when it gives devices back; then wait for the last statuses
+(:meth:`~PassRunner._settle`) and record the pass (:meth:`~PassRunner._record_pass`).
 
 Nothing here talks to the API server: the writer is injected (``dspool.kube.writer`` in the operator, a
 fake in the tests), and so are the clocks.
@@ -21,25 +28,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from dspool import api
 from dspool.api import Phase
 from dspool.catalog import Catalog
 from dspool.inventory import NodeCache, Pool, build_pool, reservations_from_status
-from dspool.ledger import NotLeadingError, WriteLedger, digest, object_key, same_json
+from dspool.ledger import digest, object_key
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
+from dspool.pass_writes import PassWrites, Writer, describe_failure
 from dspool.placement import DemandMix
 from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
 from dspool.refusals import (
     WORKLOAD_KINDS,
+    WorkloadRefusal,
     newly_refused,
     pods_wanted,
     refusals_by_deployment,
@@ -67,24 +74,6 @@ class Snapshot:
     failed_creates: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Writer(Protocol):
-    """The API writes a pass makes (blocking; called from several threads at once)."""
-
-    ledger: WriteLedger
-
-    def write_status(self, namespace: str, name: str, status: dict[str, Any], old: Mapping[str, Any]) -> None:
-        """Patch a DSD's status (nothing when unchanged); raises on failure."""
-
-    def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
-        """Server-side apply one object a DSD wants (and record it, or its refusal, in the ledger)."""
-
-    def delete_stale(self, uid: str, namespace: str, name: str, objects: Sequence[dict[str, Any]]) -> None:
-        """Delete the objects a DSD wanted before and no longer wants."""
-
-    def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
-        """Post events on a DSD (each at most once per repeat period)."""
-
-
 @dataclass
 class PassOutcome:
     """What a pass decided (for tests and logs): results per DSD key, and the DSDs whose writes failed."""
@@ -99,13 +88,6 @@ class PassOutcome:
 def utc_now() -> datetime:
     """The wall clock, as the pass reads it (injected so tests can move time)."""
     return datetime.now(UTC)
-
-
-def _describe(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    if status is not None:
-        return f"{status} {getattr(exc, 'reason', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
 
 
 REFUSED_CONDITION = "WorkloadsAccepted"
@@ -128,6 +110,16 @@ def with_refusals(
         "conditions": [*(status.get("conditions") or []), condition],
         "message": f"the API server refused its workloads: {why}"[:1024],
     }
+
+
+def _pods_by_deployment(pods: Sequence[dict[str, Any]]) -> PodsByDeployment:
+    """dspool's pods by (namespace, DSD label)."""
+    grouped: PodsByDeployment = {}
+    for pod in pods:
+        owner = pod["metadata"]["labels"].get(api.DEPLOYMENT_LABEL)
+        if owner:
+            grouped.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
+    return grouped
 
 
 def _releases(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -181,6 +173,42 @@ class _Steady:
     wanted: frozenset[tuple[str, str, str]]
 
 
+@dataclass
+class _PassState:
+    """One pass in progress: what its steps read (the snapshot, prepared once) and what they change (the
+    pool, the outcome, the metrics' samples)."""
+
+    snapshot: Snapshot
+    now: datetime
+    pool: Pool
+    present: Collection[str]
+    pods_by_deployment: PodsByDeployment
+    bodies: list[dict[str, Any]]  # oldest first, with the statuses we wrote and the watch has not echoed yet
+    demand: DemandMix | None
+    reconcile_settings: ReconcileSettings  # as given: a steady decision holds it by reference
+    settings: ReconcileSettings  # with the demand of this pass
+    notes: dict[str, str] = field(default_factory=dict)  # the rebalancer's, per DSD key
+    started_moves: dict[str, tuple[list[Any], list[Any]]] = field(default_factory=dict)
+    plan_events: dict[str, list[Event]] = field(default_factory=dict)
+    refused: dict[tuple[str, str], list[WorkloadRefusal]] = field(default_factory=dict)  # workloads the cluster refuses
+    outcome: PassOutcome = field(default_factory=PassOutcome)
+    samples: list[DeploymentSample] = field(default_factory=list)
+    decision_seconds: list[float] = field(default_factory=list)  # per placement decision (a metric)
+    decided: float = 0.0  # seconds spent deciding (the rest of the pass is waiting for writes)
+    delayed: bool = False  # the test hook's sleep happened
+
+
+@dataclass
+class _Decided:
+    """One DSD decided in this pass: what its status and writes are built from."""
+
+    key: str
+    body: Mapping[str, Any]  # the stored DSD, with the moves the rebalancer started for it
+    pods: list[dict[str, Any]]
+    result: ReconcileResult
+    started: float  # monotonic, when its decision started
+
+
 class PassRunner:
     """Runs reconcile passes for one operator: the pool, the decisions and the order of the writes."""
 
@@ -202,23 +230,9 @@ class PassRunner:
         self.monotonic = monotonic
         self.sleep = sleep
         self.node_cache = NodeCache()  # nodes are parsed once per change, not once per pass
-        self._busy: dict[Hashable, Future[None]] = {}  # follow-up writes in flight, by object
-        self._applying: dict[str, int] = {}  # object applies in flight, by DSD
-        self._in_flight = 0  # follow-up writes in flight
-        self._busy_lock = threading.Lock()
+        self.writes = PassWrites(writer, settings.write_concurrency)
         self._steady: dict[str, _Steady] = {}  # uid -> a decision that left it Ready
         self._workload_owners: dict[tuple[str, str], str] = {}  # (namespace, workload name) -> DSD label
-        # Statuses and the writes that follow them run on separate threads, so a status never waits behind
-        # another DSD's objects, and a DSD's objects and events go out at once.
-        self.executor = ThreadPoolExecutor(max_workers=settings.write_concurrency, thread_name_prefix="dspool-status")
-        self.followup_executor = ThreadPoolExecutor(
-            max_workers=settings.write_concurrency, thread_name_prefix="dspool-write"
-        )
-        # Services, stale deletions and events on their own threads: a Service create waits for a cluster IP
-        # (over a second each in a burst of them on the local control plane), and must not hold up workloads.
-        self.secondary_executor = ThreadPoolExecutor(
-            max_workers=max(2, settings.write_concurrency // 4), thread_name_prefix="dspool-write-more"
-        )
 
     def manages(self, namespace: str | None) -> bool:
         """Whether DSDs in this namespace are ours."""
@@ -236,219 +250,158 @@ class PassRunner:
             snapshot.nodes, snapshot.pods, reservations, self.catalog, self.settings.fabric_label, self.node_cache
         )
 
-    def run_pass(self, snapshot: Snapshot, reconcile_settings: ReconcileSettings, leader: bool = True) -> PassOutcome:
-        """One pass over every DSD, oldest first, reserving as it goes; returns when its writes are done.
-        Raises :class:`NotLeadingError` when the Lease was lost mid-pass (the rest is not written)."""
-        started = self.monotonic()
-        now = self.now()
-        ledger = self.writer.ledger
-        live = {entry["metadata"]["uid"] for entry in snapshot.deployments}
-        ledger.forget_deleted(live)
-        self._steady = {uid: entry for uid, entry in self._steady.items() if uid in live}
-        pool = self.build_pool(snapshot)
-        present = present_nodes(snapshot.nodes, now, self.settings.node_grace_seconds)
-        pods_by_deployment: PodsByDeployment = {}
-        for pod in snapshot.pods:
-            owner = pod["metadata"]["labels"].get(api.DEPLOYMENT_LABEL)
-            if owner:
-                pods_by_deployment.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
-        bodies = []
-        for body in sorted(
-            snapshot.deployments, key=lambda b: (b["metadata"].get("creationTimestamp") or "", b["metadata"]["name"])
-        ):
-            written = ledger.unechoed(body["metadata"]["uid"])
-            if written is not None:  # what we wrote last, until the watch echoes it
-                body = {**body, "status": {**(body.get("status") or {}), **written}}
-            bodies.append(body)
-        demand = DemandMix.of(demand_of(bodies, self.catalog)) if bodies else None
-        settings = dataclasses.replace(reconcile_settings, demand=demand)
-        notes, started_moves, plan_events = self._rebalance(
-            pool, bodies, pods_by_deployment, snapshot.pdbs, now, settings
-        )
-
-        refused = refusals_by_deployment(
-            snapshot.failing_workloads, snapshot.failed_creates, self._workload_owners, now
-        )
-        outcome = PassOutcome()
-        pending: list[tuple[str, Future[bool | None]]] = []
-        samples: list[DeploymentSample] = []
-        decision_seconds: list[float] = []
-        delayed = False
-
-        def settle() -> bool:
-            """Wait for every write in flight; True when all of them were stored."""
-            ok = True
-            for key, future in pending:
-                stored = future.result()  # re-raises NotLeadingError from a worker
-                if stored is None:
-                    continue  # the status was unchanged: nothing written
-                if stored:
-                    outcome.written += 1
-                else:
-                    outcome.failed.append(key)
-                    ok = False
-            pending.clear()
-            return ok
-
-        decided = 0.0  # seconds spent deciding (the rest of the pass is waiting for writes)
-        try:
-            for body in bodies:
-                metadata = body["metadata"]
-                if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
-                    continue
-                namespace, name = metadata["namespace"], metadata["name"]
-                key = f"{namespace}/{name}"
-                current = dict(body)
-                if key in started_moves:  # destinations booked for another DSD's waiting replica
-                    current["status"] = status_with_moves(current.get("status") or {}, *started_moves[key])
-                own_pods = pods_by_deployment.get((namespace, api.deployment_label_value(name)), [])
-                steady = self._steady.get(metadata["uid"])
-                inputs = _Inputs(
-                    body, tuple(own_pods), reconcile_settings, notes.get(key), started_moves.get(key), ledger.generation
-                )
-                uid = metadata["uid"]
-                if steady is not None and steady.inputs.same(inputs, present) and self._still_steady(uid, steady):
-                    # Nothing it depends on changed since a decision that left it Ready, and everything that
-                    # decision wanted written is: the same decision, nothing to write.
-                    outcome.skipped += 1
-                    before = steady.result
-                    samples.append(DeploymentSample(namespace, name, before.desired or 0, before.status, own_pods))
-                    continue
-                decision_started = self.monotonic()
-                try:
-                    result = reconcile(current, self.catalog, pool, own_pods, now, settings, present, notes.get(key))
-                except Exception as exc:  # one broken DSD must not stall the others
-                    log.warning("reconciling %s failed (will retry): %s", key, _describe(exc))
-                    settle()  # the pool may hold half of that DSD's changes: rebuild it from what is stored
-                    pool = self.build_pool(snapshot)
-                    outcome.barriers += 1
-                    continue
-                result.events = [*plan_events.get(key, []), *result.events]
-                outcome.results[key] = result
-                self._remember_if_steady(metadata["uid"], inputs, result)
-                self.metrics.record_moves(result.moves_finished, result.moves_rolled_back, result.devices_freed)
-                decision_seconds += result.decision_seconds
-                desired = result.desired if result.desired is not None else 0
-                samples.append(DeploymentSample(namespace, name, desired, result.status, own_pods))
-                if self.settings.pass_delay_seconds and not delayed:
-                    delayed = True
-                    self.sleep(self.settings.pass_delay_seconds)  # tests: a slow pass, between deciding and writing
-                old_status = current.get("status") or {}
-                status = with_refusals(result.status.wire(), old_status, ledger.rejections(metadata["uid"]), now)
-                label = api.deployment_label_value(name)
-                for obj in result.objects:
-                    if obj["kind"] in WORKLOAD_KINDS:
-                        self._workload_owners[(namespace, obj["metadata"]["name"])] = label
-                missing_pods = len(own_pods) < pods_wanted(result.objects)
-                refusals = refused.get((namespace, label), []) if missing_pods else []
-                status = with_workload_refusals(status, old_status, refusals, now)
-                if newly_refused(old_status, refusals):
-                    result.events.append(Event("Warning", "WorkloadRefused", status["message"]))
-                decided += self.monotonic() - decision_started
-                job = self.executor.submit(self._write_one, dict(metadata), status, old_status, result)
-                pending.append((key, job))
-                if _releases(old_status, status):
-                    # Freed devices may go to the next DSD only once this release is stored.
-                    outcome.barriers += 1
-                    if not settle():
-                        pool = self.build_pool(snapshot)
-            settle()  # the pass ends when its statuses are stored; objects and events may still be on their way
-        finally:
-            for _, future in pending:
-                future.cancel()
-        seconds = self.monotonic() - started
-        if outcome.written:
-            log.info("pass: %d DSDs decided in %.2f s (%d steady, not decided again), %d written, %d failed, "
-                     "%.2f s in all", len(outcome.results), decided, outcome.skipped, outcome.written,
-                     len(outcome.failed), seconds)  # fmt: skip
-        sample = PassSample(
-            pool, samples, seconds, leader=leader, catalog=self.catalog,
-            demand=demand.models if demand else (), node_metrics=self.settings.node_metrics, at=now,
-        )  # fmt: skip
-        self.metrics.record_pass(sample, decision_seconds)
-        return outcome
-
-    def _write_one(
-        self, metadata: Mapping[str, Any], status: dict[str, Any], old: Mapping[str, Any], result: ReconcileResult
-    ) -> bool | None:
-        """A DSD's status (its reservations); once stored, its objects, stale objects and events are handed
-        to the follow-up writers, all at once. True when the status was stored, None when it was unchanged,
-        False when it could not be written (nothing else is then written)."""
-        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
-        changed = not same_json(status, dict(old))
-        if changed:
-            try:
-                self.writer.write_status(namespace, name, status, old)
-            except NotLeadingError:
-                raise
-            except Exception as exc:
-                log.warning("writing the status of %s/%s failed (will retry): %s", namespace, name, _describe(exc))
-                return False
-            self.writer.ledger.record_booking(uid, status)
-        if not result.hold:
-            ledger = self.writer.ledger
-            for obj in result.objects:
-                key, content = object_key(namespace, obj), digest(obj)
-                if not ledger.applied_unchanged(key, content) and not ledger.is_rejected(uid, key, content):
-                    pool = self.secondary_executor if obj["kind"] == "Service" else self.followup_executor
-                    self._follow_up(
-                        pool, key, uid, "applying", namespace, name, self.writer.apply_object, uid, namespace, obj
-                    )
-            self._follow_up(self.secondary_executor, ("stale", uid), uid, "deleting stale objects of", namespace,
-                            name, self.writer.delete_stale, uid, namespace, name, result.objects)  # fmt: skip
-        if result.events:  # events tell the story even when objects could not be written
-            self._follow_up(self.secondary_executor, None, uid, "posting events of", namespace, name,
-                            self.writer.post_events, metadata, result.events)  # fmt: skip
-        return True if changed else None
-
-    def _follow_up(
-        self, pool: ThreadPoolExecutor, key: Hashable | None, uid: str, what: str, namespace: str, name: str,
-        write: Callable[..., None], *args: Any,
-    ) -> None:  # fmt: skip
-        """Submit one follow-up write, at most one in flight per object: an object still being written by an
-        earlier pass is skipped now and written by a later pass if its content changed meanwhile (two writes
-        of one object never race). Stale objects of a DSD are deleted only while none of its objects is being
-        applied, so a late apply cannot bring back what was just deleted (the DSD is decided again, and its
-        stale objects looked for again, until that deletion has happened: see ``_still_steady``)."""
-        applies = isinstance(key, tuple) and key[:1] != ("stale",)
-        with self._busy_lock:
-            if key is not None and key in self._busy:
-                return
-            if isinstance(key, tuple) and key[:1] == ("stale",) and self._applying.get(uid):
-                return
-            if applies:
-                self._applying[uid] = self._applying.get(uid, 0) + 1
-            self._in_flight += 1
-            future = pool.submit(self._guarded, what, namespace, name, write, *args)
-            if key is not None:
-                self._busy[key] = future
-
-        def done(_: Future[None]) -> None:
-            with self._busy_lock:
-                self._in_flight -= 1
-                if key is not None:
-                    self._busy.pop(key, None)
-                if applies:
-                    left = self._applying.get(uid, 1) - 1
-                    if left:
-                        self._applying[uid] = left
-                    else:
-                        self._applying.pop(uid, None)
-
-        future.add_done_callback(done)
-
     def drain(self) -> None:
         """Wait until every follow-up write submitted so far has finished (tests, shutdown)."""
-        while True:
-            with self._busy_lock:
-                busy = list(self._busy.values())
-                idle = not self._in_flight
-            if idle:
-                return
-            for future in busy:
-                future.exception()
-            if not busy:
-                time.sleep(0.01)  # writes without an object key (events) are still on their way
+        self.writes.drain()
+
+    def run_pass(self, snapshot: Snapshot, reconcile_settings: ReconcileSettings, leader: bool = True) -> PassOutcome:
+        """One pass over every DSD, oldest first, reserving as it goes; returns when its statuses are stored.
+        Raises :class:`NotLeadingError` when the Lease was lost mid-pass (the rest is not written)."""
+        started = self.monotonic()
+        state = self._prepare(snapshot, reconcile_settings)
+        state.notes, state.started_moves, state.plan_events = self._rebalance(
+            state.pool, state.bodies, state.pods_by_deployment, snapshot.pdbs, state.now, state.settings
+        )
+        state.refused = refusals_by_deployment(
+            snapshot.failing_workloads, snapshot.failed_creates, self._workload_owners, state.now
+        )
+        try:
+            for body in state.bodies:
+                metadata = body["metadata"]
+                if self.manages(metadata["namespace"]) and not metadata.get("deletionTimestamp"):
+                    self._pass_one(state, body)
+            self._settle(state)  # the pass ends when its statuses are stored; objects and events may follow
+        finally:
+            self.writes.cancel_pending()
+        self._record_pass(state, self.monotonic() - started, leader)
+        return state.outcome
+
+    def _prepare(self, snapshot: Snapshot, reconcile_settings: ReconcileSettings) -> _PassState:
+        """What the pass reads: the ledger and the steady decisions without deleted DSDs, the pool, the nodes
+        present, each DSD's pods, the DSDs oldest first with what we wrote and the watch has not echoed yet,
+        and the demand (the models of every DSD)."""
+        now = self.now()
+        live = {entry["metadata"]["uid"] for entry in snapshot.deployments}
+        self.writer.ledger.forget_deleted(live)
+        self._steady = {uid: entry for uid, entry in self._steady.items() if uid in live}
+        pool = self.build_pool(snapshot)  # first: it drops from the ledger the writes the watch has echoed
+        present = present_nodes(snapshot.nodes, now, self.settings.node_grace_seconds)
+        pods_by_deployment = _pods_by_deployment(snapshot.pods)
+        bodies = self._with_unechoed_statuses(snapshot.deployments)
+        demand = DemandMix.of(demand_of(bodies, self.catalog)) if bodies else None
+        settings = dataclasses.replace(reconcile_settings, demand=demand)
+        return _PassState(
+            snapshot, now, pool, present, pods_by_deployment, bodies, demand, reconcile_settings, settings
+        )
+
+    def _with_unechoed_statuses(self, deployments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The DSDs oldest first, each with the status we wrote last until the watch echoes it."""
+        bodies = []
+        for body in sorted(
+            deployments, key=lambda b: (b["metadata"].get("creationTimestamp") or "", b["metadata"]["name"])
+        ):
+            written = self.writer.ledger.unechoed(body["metadata"]["uid"])
+            if written is not None:
+                body = {**body, "status": {**(body.get("status") or {}), **written}}
+            bodies.append(body)
+        return bodies
+
+    def _pass_one(self, state: _PassState, body: dict[str, Any]) -> None:
+        """Decide one DSD, queue its writes, and wait for every write so far when it gives devices back."""
+        decided = self._decide(state, body)
+        if decided is None:
+            return
+        if self.settings.pass_delay_seconds and not state.delayed:
+            state.delayed = True
+            self.sleep(self.settings.pass_delay_seconds)  # tests: a slow pass, between deciding and writing
+        old_status = decided.body.get("status") or {}
+        status = self._status_to_write(state, decided, old_status)
+        state.decided += self.monotonic() - decided.started
+        self.writes.queue(decided.key, body["metadata"], status, old_status, decided.result)
+        if _releases(old_status, status):
+            # Freed devices may go to the next DSD only once this release is stored.
+            state.outcome.barriers += 1
+            if not self._settle(state):
+                state.pool = self.build_pool(state.snapshot)
+
+    def _decide(self, state: _PassState, body: dict[str, Any]) -> _Decided | None:
+        """One DSD's decision: none when it is steady (the remembered one stands) or when deciding raised
+        (the pool is then rebuilt from what is stored)."""
+        metadata = body["metadata"]
+        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+        key = f"{namespace}/{name}"
+        current = dict(body)
+        if key in state.started_moves:  # destinations booked for another DSD's waiting replica
+            current["status"] = status_with_moves(current.get("status") or {}, *state.started_moves[key])
+        own_pods = state.pods_by_deployment.get((namespace, api.deployment_label_value(name)), [])
+        note = state.notes.get(key)
+        inputs = _Inputs(body, tuple(own_pods), state.reconcile_settings, note, state.started_moves.get(key),
+                         self.writer.ledger.generation)  # fmt: skip
+        steady = self._steady.get(uid)
+        if steady is not None and steady.inputs.same(inputs, state.present) and self._still_steady(uid, steady):
+            # Nothing it depends on changed since a decision that left it Ready, and everything that
+            # decision wanted written is: the same decision, nothing to write.
+            state.outcome.skipped += 1
+            before = steady.result
+            state.samples.append(DeploymentSample(namespace, name, before.desired or 0, before.status, own_pods))
+            return None
+        started = self.monotonic()
+        try:
+            result = reconcile(current, self.catalog, state.pool, own_pods, state.now, state.settings, state.present,
+                               note)  # fmt: skip
+        except Exception as exc:  # one broken DSD must not stall the others
+            log.warning("reconciling %s failed (will retry): %s", key, describe_failure(exc))
+            self._settle(state)  # the pool may hold half of that DSD's changes: rebuild it from what is stored
+            state.pool = self.build_pool(state.snapshot)
+            state.outcome.barriers += 1
+            return None
+        result.events = [*state.plan_events.get(key, []), *result.events]
+        state.outcome.results[key] = result
+        self._remember_if_steady(uid, inputs, result)
+        self.metrics.record_moves(result.moves_finished, result.moves_rolled_back, result.devices_freed)
+        state.decision_seconds += result.decision_seconds
+        desired = result.desired if result.desired is not None else 0
+        state.samples.append(DeploymentSample(namespace, name, desired, result.status, own_pods))
+        return _Decided(key, current, own_pods, result, started)
+
+    def _status_to_write(self, state: _PassState, decided: _Decided, old_status: Mapping[str, Any]) -> dict[str, Any]:
+        """The decided status, plus what the cluster refuses of the DSD: objects the API server refused
+        (``WorkloadsAccepted``) and workloads whose pods it does not create (a ``WorkloadRefused`` event the
+        first time). Remembers which DSD owns each workload, to attribute the next pass's refusals."""
+        metadata = decided.body["metadata"]
+        namespace, result = metadata["namespace"], decided.result
+        status = with_refusals(result.status.wire(), old_status, self.writer.ledger.rejections(metadata["uid"]),
+                               state.now)  # fmt: skip
+        label = api.deployment_label_value(metadata["name"])
+        for obj in result.objects:
+            if obj["kind"] in WORKLOAD_KINDS:
+                self._workload_owners[(namespace, obj["metadata"]["name"])] = label
+        missing_pods = len(decided.pods) < pods_wanted(result.objects)
+        refusals = state.refused.get((namespace, label), []) if missing_pods else []
+        status = with_workload_refusals(status, old_status, refusals, state.now)
+        if newly_refused(old_status, refusals):
+            result.events.append(Event("Warning", "WorkloadRefused", status["message"]))
+        return status
+
+    def _settle(self, state: _PassState) -> bool:
+        """The barrier: wait for every status queued so far and count it; True when all of them were stored."""
+        settled = self.writes.settle()
+        state.outcome.written += settled.written
+        state.outcome.failed += settled.failed
+        return settled.ok
+
+    def _record_pass(self, state: _PassState, seconds: float, leader: bool) -> None:
+        """Log a pass that wrote something, and record every pass in the metrics."""
+        outcome = state.outcome
+        if outcome.written:
+            log.info("pass: %d DSDs decided in %.2f s (%d steady, not decided again), %d written, %d failed, "
+                     "%.2f s in all", len(outcome.results), state.decided, outcome.skipped, outcome.written,
+                     len(outcome.failed), seconds)  # fmt: skip
+        sample = PassSample(
+            state.pool, state.samples, seconds, leader=leader, catalog=self.catalog,
+            demand=state.demand.models if state.demand else (), node_metrics=self.settings.node_metrics, at=state.now,
+        )  # fmt: skip
+        self.metrics.record_pass(sample, state.decision_seconds)
 
     def _remember_if_steady(self, uid: str, inputs: _Inputs, result: ReconcileResult) -> None:
         """Keep a decision that leaves a DSD Ready, every replica placed and nothing moving: while none of its
@@ -475,16 +428,6 @@ class PassRunner:
         earlier one was in flight makes the DSD decided, and written, again)."""
         ledger = self.writer.ledger
         return ledger.wants(uid, steady.wanted) and all(ledger.applied_unchanged(k, d) for k, d in steady.objects)
-
-    @staticmethod
-    def _guarded(what: str, namespace: str, name: str, write: Callable[..., None], *args: Any) -> None:
-        """One follow-up write; a failure is logged and retried by the next pass (the fence is re-raised)."""
-        try:
-            write(*args)
-        except NotLeadingError:
-            raise
-        except Exception as exc:
-            log.warning("%s %s/%s failed (will retry): %s", what, namespace, name, _describe(exc))
 
     def _rebalance(
         self,

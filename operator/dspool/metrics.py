@@ -51,7 +51,6 @@ PASS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DEVICE_STATES = ("allocatable", "used", "reserved", "free")
-NODE_DEVICE_STATES = ("used", "reserved", "free")
 
 METRIC_NAMES = frozenset(
     {

@@ -1,6 +1,7 @@
 """Reconcile one DeepSeekDeployment: a pure function from (object, pool, pods) to (status, objects, events).
 
-The kopf layer (``dspool.controller``) feeds it what the watches hold and writes back what it returns;
+The pass (``dspool.loop``) calls it for every DSD with what the watches hold (``dspool.kube.runtime``
+keeps the watches; ``dspool.handlers`` is the kopf layer that starts it) and writes back what it returns;
 nothing here talks to the API server, so every rule below is unit-tested without a cluster.
 
 :func:`reconcile` runs these steps in order, each a function of its own:
@@ -98,7 +99,7 @@ class Event:
 
 @dataclass
 class ReconcileResult:
-    """What the controller must write: the status, the objects that should exist, and events.
+    """What the pass must write for the DSD: the status, the objects that should exist, and events.
 
     ``hold``: leave the DSD's existing workloads alone (the spec is unusable; nothing is re-planned).
     """
@@ -217,13 +218,13 @@ def _replica_ready(placement: ReplicaPlacement, pods: Sequence[Mapping[str, Any]
 
 
 def _lost_nodes(placement: ReplicaPlacement, pool: Pool, present_nodes: Collection[str] | None) -> list[str]:
-    """Nodes of a placement that are gone (or NotReady past the grace period the controller applies)."""
+    """Nodes of a placement that are gone (or NotReady past the grace period the pass applies)."""
     known = present_nodes if present_nodes is not None else pool.nodes
     return [node.name for node in placement.nodes if node.name not in known]
 
 
 @dataclass
-class _Pass:
+class _DeploymentDecision:
     """One DSD's decision in progress: what the steps of :func:`reconcile` read, and the replicas they change.
 
     ``current`` holds the replicas of the current spec, ``outdated`` those of an older one, ``copies`` the new
@@ -277,7 +278,10 @@ class _Pass:
         return sorted({**self.outdated, **self.current, **self.copies}.values(), key=lambda p: p.replica)
 
 
-def _drop_lost_replicas(state: _Pass, present_nodes: Collection[str] | None) -> None:
+_Pass = _DeploymentDecision  # the name :func:`_advance_moves`'s signature still uses
+
+
+def _drop_lost_replicas(state: _DeploymentDecision, present_nodes: Collection[str] | None) -> None:
     """Replicas whose node is gone or NotReady, whose accelerator the catalog no longer knows, or whose pods
     stayed unschedulable on their nodes past ``stuck_after_seconds`` give their reservation back, to be
     placed again (a stuck one away from the nodes it could not get onto)."""
@@ -322,7 +326,7 @@ def _advance_moves(state: _Pass, stored_status: Mapping[str, Any] | None) -> Mov
     return moving
 
 
-def _scale_down(state: _Pass) -> None:
+def _scale_down(state: _DeploymentDecision) -> None:
     """More replicas of the current spec than desired: remove those whose removal leaves the pool least
     fragmented (old-spec replicas are left to :func:`_retire_outdated`)."""
     if len(state.current) <= state.desired:
@@ -333,7 +337,7 @@ def _scale_down(state: _Pass) -> None:
         state.events.append(Event("Normal", "ScaledDown", f"removed replica {index}"))
 
 
-def _place_missing(state: _Pass) -> None:
+def _place_missing(state: _DeploymentDecision) -> None:
     """Place the missing replicas of the current spec (lowest free indexes first), reserving as it goes;
     stop at the first one that finds no room (``state.refusal``), unless replacing an old replica in place
     makes room for it (:func:`_replace_one_old_replica`)."""
@@ -356,12 +360,12 @@ def _place_missing(state: _Pass) -> None:
             return
 
 
-def _decide(state: _Pass, request: ReplicaRequest) -> Decision:
+def _decide(state: _DeploymentDecision, request: ReplicaRequest) -> Decision:
     """Where the replica would go now, next to the DSD's other current replicas."""
     return place_replica(state.pool, request, state.catalog, list(state.current.values()), demand=state.settings.demand)
 
 
-def _book(state: _Pass, index: int, decision: Decision) -> None:
+def _book(state: _DeploymentDecision, index: int, decision: Decision) -> None:
     """Reserve a decided placement as replica ``index`` of the current spec."""
     assert decision.placement is not None
     placement = decision.placement.model_copy(update={"replica": index, "spec_hash": state.spec_hash})
@@ -370,7 +374,7 @@ def _book(state: _Pass, index: int, decision: Decision) -> None:
     state.events.append(Event("Normal", "Placed", f"replica {index}: {decision.reason}"))
 
 
-def _replace_one_old_replica(state: _Pass, index: int, request: ReplicaRequest) -> bool:
+def _replace_one_old_replica(state: _DeploymentDecision, index: int, request: ReplicaRequest) -> bool:
     """Rolling without room: remove the highest old-spec replica and place ``index`` in its stead, at most
     once per pass, only once every current replica serves, and only if its devices make the room (else it
     keeps serving, still booked). Returns whether it did."""
@@ -393,7 +397,7 @@ def _replace_one_old_replica(state: _Pass, index: int, request: ReplicaRequest) 
     return True
 
 
-def _retire_outdated(state: _Pass) -> None:
+def _retire_outdated(state: _DeploymentDecision) -> None:
     """Make-before-break: once the current spec has every desired replica placed and serving, the old-spec
     replicas go."""
     if not state.outdated or len(state.current) < state.desired or not state.all_current_ready():
@@ -405,7 +409,7 @@ def _retire_outdated(state: _Pass) -> None:
 
 
 def _build_status(
-    state: _Pass,
+    state: _DeploymentDecision,
     final: Sequence[ReplicaPlacement],
     old: DeepSeekDeploymentStatus,
     moving: MovesOutcome,
@@ -433,7 +437,9 @@ def _build_status(
     )
 
 
-def _build_objects(state: _Pass, model: ModelSpec, final: Sequence[ReplicaPlacement]) -> list[dict[str, Any]]:
+def _build_objects(
+    state: _DeploymentDecision, model: ModelSpec, final: Sequence[ReplicaPlacement]
+) -> list[dict[str, Any]]:
     """Every replica's workloads, then the DSD's Service. Without MindCluster each replica gets its pods, from
     which a multi-node MindIE replica's rank table is written."""
     settings = state.settings
@@ -481,7 +487,7 @@ def reconcile(
         return _failed(body, "UnknownModel", str(exc), now)
 
     old = _lenient_status(body)
-    state = _Pass(dsd, catalog, pool, _pods_by_replica(pods), now, settings)
+    state = _DeploymentDecision(dsd, catalog, pool, _pods_by_replica(pods), now, settings)
     state.placements = {p.replica: p for p in old.placements}
     _drop_lost_replicas(state, present_nodes)
     moving = _advance_moves(state, body.get("status"))

@@ -18,7 +18,6 @@ from dspool.placement.fleet import ALL_TYPES, placeable_replicas, stranded_devic
 
 BAR_WIDTH = 32
 NODE_LIST_LIMIT = 40
-NODE_FIELDS = {"name", "accelerator", "allocatable", "used", "reserved", "fabric"}
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -34,7 +34,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from dspool.sim.apply import apply_pool, delete_pool, install_crd
-from dspool.sim.fleet import POOL_LABEL, Pool, PoolHandle, load_pool, node_manifests
+from dspool.sim.fleet import POOL_LABEL, PoolFile, PoolHandle, load_pool, node_manifests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "e2e" / "cluster.py"
@@ -157,7 +157,7 @@ def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]
     The nodes get a unique name prefix and pool label, the call returns when kwok reports them all
     Ready, and they are deleted after the test.
     """
-    applied: list[Pool] = []
+    applied: list[PoolFile] = []
 
     def apply(pool_file: str) -> PoolHandle:
         existing = os.environ.get("DSPOOL_EXISTING_POOL")

@@ -23,8 +23,7 @@ from dspool.inventory import (
     pod_device_requests,
     reservations_from_status,
 )
-from dspool.sim.fleet import NodeGroup, node_manifests
-from dspool.sim.fleet import Pool as FleetPool
+from dspool.sim.fleet import NodeGroup, PoolFile, node_manifests
 from dspool.sizing import Backend
 
 CATALOG = builtin_catalog()
@@ -502,7 +501,7 @@ def test_finished_pods_hold_no_devices() -> None:
 
 def test_the_node_cache_parses_a_node_again_only_when_its_view_changes_and_pools_do_not_share_nodes() -> None:
     catalog = CATALOG
-    fleet = FleetPool(name="c", groups=[NodeGroup(name="l20", count=3, accelerator="L20-48G")])
+    fleet = PoolFile(name="c", groups=[NodeGroup(name="l20", count=3, accelerator="L20-48G")])
     views = node_manifests(fleet, catalog)
     for view in views:
         view.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]

@@ -19,8 +19,7 @@ from dspool.loop import PassRunner, Snapshot
 from dspool.metrics import OperatorMetrics
 from dspool.reconcile import Event, ReconcileSettings
 from dspool.settings import OperatorSettings
-from dspool.sim.fleet import NodeGroup, node_manifests
-from dspool.sim.fleet import Pool as FleetPool
+from dspool.sim.fleet import NodeGroup, PoolFile, node_manifests
 
 CATALOG = builtin_catalog()
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -28,7 +27,7 @@ SMALL = "deepseek-r1-distill-qwen-1.5b"
 
 
 def nodes(count: int, accelerator: str = "L20-48G") -> list[dict[str, Any]]:
-    fleet = FleetPool(name="t", groups=[NodeGroup(name="n", count=count, accelerator=accelerator)])
+    fleet = PoolFile(name="t", groups=[NodeGroup(name="n", count=count, accelerator=accelerator)])
     manifests = node_manifests(fleet, CATALOG)
     for node in manifests:
         node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]

@@ -17,15 +17,14 @@ from dspool.api import (
 from dspool.catalog import builtin_catalog
 from dspool.inventory import Pool, build_pool, reservations_from_status
 from dspool.reconcile import reconcile, spec_hash
-from dspool.sim.fleet import NodeGroup, node_manifests
-from dspool.sim.fleet import Pool as FleetPool
+from dspool.sim.fleet import NodeGroup, PoolFile, node_manifests
 
 CATALOG = builtin_catalog()
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
 def ready_nodes(*groups: tuple[str, int, str]) -> list[dict[str, Any]]:
-    fleet = FleetPool(name="t", groups=[NodeGroup(name=n, count=c, accelerator=a) for n, c, a in groups])
+    fleet = PoolFile(name="t", groups=[NodeGroup(name=n, count=c, accelerator=a) for n, c, a in groups])
     nodes = node_manifests(fleet, CATALOG)
     for node in nodes:
         node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]

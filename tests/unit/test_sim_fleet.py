@@ -17,7 +17,7 @@ from dspool.sim.apply import adopt_nodes, apply_pool, delete_pool
 from dspool.sim.fleet import (
     KWOK_ANNOTATION,
     POOL_LABEL,
-    Pool,
+    PoolFile,
     load_pool,
     node_manifests,
 )
@@ -26,8 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 POOLS = REPO_ROOT / "examples" / "pools"
 
 
-def pool_of(*groups: dict[str, Any], **fields: Any) -> Pool:
-    return Pool.model_validate({"name": "unit", "groups": list(groups), **fields})
+def pool_of(*groups: dict[str, Any], **fields: Any) -> PoolFile:
+    return PoolFile.model_validate({"name": "unit", "groups": list(groups), **fields})
 
 
 def by_name(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -141,7 +141,7 @@ def load_genpool() -> Any:
 def test_generated_pool_has_exactly_the_requested_nodes(nodes: int) -> None:
     genpool = load_genpool()
     document = genpool.generate_pool(nodes, seed=1, name="gen")
-    pool = Pool.model_validate(yaml.safe_load(yaml.safe_dump(document)))
+    pool = PoolFile.model_validate(yaml.safe_load(yaml.safe_dump(document)))
     assert pool.node_count == nodes
     manifests = node_manifests(pool)
     assert len({node["metadata"]["name"] for node in manifests}) == nodes

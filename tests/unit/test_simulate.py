@@ -14,8 +14,7 @@ from dspool.api import DeepSeekDeploymentSpec, PlacementSpec, RebalanceConsent, 
 from dspool.catalog import builtin_catalog
 from dspool.cli import main
 from dspool.rebalance import RebalancePolicy
-from dspool.sim.fleet import NodeGroup
-from dspool.sim.fleet import Pool as PoolFile
+from dspool.sim.fleet import NodeGroup, PoolFile
 from dspool.sim.inputs import InputError, TraceEntry, dump_trace, load_pool_file, parse_trace
 from dspool.sim.simulate import Simulation, SimulationSettings, pool_from_file, simulate
 

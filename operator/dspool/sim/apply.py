@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dspool.catalog import Catalog
-from dspool.sim.fleet import APPLY_WORKERS, KUBELET_OWNED_LABELS, Pool, node_manifests
+from dspool.sim.fleet import APPLY_WORKERS, KUBELET_OWNED_LABELS, PoolFile, node_manifests
 
 
 def _status_resources(node: dict[str, Any]) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def _status_resources(node: dict[str, Any]) -> dict[str, Any]:
     return {key: status.get(key) for key in ("capacity", "allocatable")}
 
 
-def apply_pool(core_v1_api: Any, pool: Pool, catalog: Catalog | None = None) -> int:
+def apply_pool(core_v1_api: Any, pool: PoolFile, catalog: Catalog | None = None) -> int:
     """Create the pool's nodes, or bring existing ones to the manifest; return how many.
 
     `core_v1_api` is a ``kubernetes.client.CoreV1Api``. Requests run on a thread pool and skip
@@ -45,7 +45,7 @@ def apply_pool(core_v1_api: Any, pool: Pool, catalog: Catalog | None = None) -> 
     return len(nodes)
 
 
-def delete_pool(core_v1_api: Any, pool: Pool, catalog: Catalog | None = None) -> int:
+def delete_pool(core_v1_api: Any, pool: PoolFile, catalog: Catalog | None = None) -> int:
     """Delete the pool's nodes (ones already gone are skipped); return how many were deleted."""
     from kubernetes.client.exceptions import ApiException
 
@@ -62,7 +62,7 @@ def delete_pool(core_v1_api: Any, pool: Pool, catalog: Catalog | None = None) ->
         return sum(executor.map(delete_node, node_manifests(pool, catalog)))
 
 
-def adopt_nodes(core_v1_api: Any, pool: Pool, node_names: list[str], catalog: Catalog | None = None) -> None:
+def adopt_nodes(core_v1_api: Any, pool: PoolFile, node_names: list[str], catalog: Catalog | None = None) -> None:
     """Dress existing (real, e.g. kind) nodes as the pool's first nodes instead of creating fake ones.
 
     Each node gets the accelerator labels, taints and extended resource of the pool node in the same

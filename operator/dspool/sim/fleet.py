@@ -82,8 +82,8 @@ class NodeGroup(_PoolModel):
     memory_gib: int | None = Field(default=None, ge=1, alias="memoryGiB")
 
 
-class Pool(_PoolModel):
-    """A named set of node groups."""
+class PoolFile(_PoolModel):
+    """A pool file: a named set of node groups (``dspool.inventory.Pool`` is the pool dspool accounts)."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=63)
     name_prefix: str = Field(default="", pattern=r"^([a-z0-9][-a-z0-9]*)?$", max_length=40)
@@ -91,7 +91,7 @@ class Pool(_PoolModel):
     groups: list[NodeGroup]
 
     @model_validator(mode="after")
-    def _check_node_names(self) -> Pool:
+    def _check_node_names(self) -> PoolFile:
         for group in self.groups:
             longest = node_name(self, group, max(group.count - 1, 0))
             if len(longest) > MAX_NODE_NAME:
@@ -117,12 +117,12 @@ class PoolHandle:
         return f"{POOL_LABEL}={self.name}"
 
 
-def load_pool(path: str | Path) -> Pool:
+def load_pool(path: str | Path) -> PoolFile:
     """Read and validate a pool file."""
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a pool file is a mapping with `name` and `groups`")
-    return Pool.model_validate(data)
+    return PoolFile.model_validate(data)
 
 
 def host_profile(accelerator: AcceleratorSpec, devices: int) -> tuple[int, int]:
@@ -141,12 +141,12 @@ def host_profile(accelerator: AcceleratorSpec, devices: int) -> tuple[int, int]:
     return max(16, cores * devices), max(64, memory * devices)
 
 
-def node_name(pool: Pool, group: NodeGroup, index: int) -> str:
+def node_name(pool: PoolFile, group: NodeGroup, index: int) -> str:
     """Return the name of the index-th node of a group."""
     return f"{pool.name_prefix}{group.name}-{index:03d}"
 
 
-def node_manifests(pool: Pool, catalog: Catalog | None = None) -> list[dict[str, Any]]:
+def node_manifests(pool: PoolFile, catalog: Catalog | None = None) -> list[dict[str, Any]]:
     """Return the ``v1.Node`` objects of a pool, with status; pure apart from reading the catalog."""
     catalog = catalog or load_catalog()
     nodes = []
@@ -157,7 +157,7 @@ def node_manifests(pool: Pool, catalog: Catalog | None = None) -> list[dict[str,
     return nodes
 
 
-def _node_manifest(pool: Pool, group: NodeGroup, accelerator: AcceleratorSpec, name: str) -> dict[str, Any]:
+def _node_manifest(pool: PoolFile, group: NodeGroup, accelerator: AcceleratorSpec, name: str) -> dict[str, Any]:
     devices = group.devices_per_node or accelerator.devices_per_node
     default_cores, default_memory = host_profile(accelerator, devices)
     cores = group.cpu or default_cores
@@ -208,3 +208,6 @@ def _node_manifest(pool: Pool, group: NodeGroup, accelerator: AcceleratorSpec, n
             },
         },
     }
+
+
+Pool = PoolFile  # the old name, until dspool.sim.simulate imports PoolFile

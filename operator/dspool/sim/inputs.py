@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dspool.api import DeepSeekDeploymentSpec
 from dspool.catalog import Catalog, UnknownIdError
-from dspool.sim.fleet import Pool as PoolFile
+from dspool.sim.fleet import PoolFile
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
