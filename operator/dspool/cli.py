@@ -60,7 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dspool", description="Size, place and serve DeepSeek models on a pooled cluster.")
     parser.add_argument("--catalog", metavar="FILE", help="extra catalog YAML (adds or overrides entries)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_plan_command(sub)
+    _add_catalog_commands(sub)
+    _add_run_command(sub)
+    _add_simulate_command(sub)
+    _add_rebalance_command(sub)
+    _add_render_command(sub)
+    _add_pool_command(sub)
+    add_doctor_command(sub)
+    kubectl_conventions.apply(sub)  # --context, -n/-A, -o table|wide|json|yaml
+    return parser
 
+
+def _add_plan_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool plan``: what to size (a model, a manifest, --all), the sizing request's flags, the output."""
     p_plan = sub.add_parser("plan", help="size a model: devices, nodes, precision, TP/PP, memory account")
     p_plan.add_argument("model", nargs="?", help="model id (see 'dspool models')")
     p_plan.add_argument("-f", "--filename", help="a DeepSeekDeployment manifest to plan (with --cluster: dry run)")
@@ -99,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_plan.set_defaults(handler=_cmd_plan)
 
+
+def _add_catalog_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool models`` and ``dspool accelerators``: the catalog's entries."""
     p_models = sub.add_parser("models", help="list the models in the catalog")
     p_models.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_models.set_defaults(handler=_cmd_models)
@@ -107,11 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_acc.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_acc.set_defaults(handler=_cmd_accelerators)
 
+
+def _add_run_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool run``: the operator, with its settings' flags."""
     p_run = sub.add_parser("run", help="run the operator against the current kubeconfig (or in-cluster)")
     add_run_arguments(p_run)
     p_run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
     p_run.set_defaults(handler=_cmd_run)
 
+
+def _add_simulate_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool simulate``: a trace played on a pool file, with the rebalancing and queueing switches."""
     p_sim = sub.add_parser(
         "simulate", help="capacity what-if: play a trace of DeepSeekDeployments on a pool file, offline"
     )
@@ -129,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_sim.set_defaults(handler=_cmd_simulate)
 
+
+def _add_rebalance_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool rebalance --dry-run``: what would move on the live pool."""
     p_reb = sub.add_parser("rebalance", help="what rebalancing would move to place the waiting replicas (live pool)")
     p_reb.add_argument("--dry-run", action="store_true", required=True, help="only say what would move (required)")
     p_reb.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
@@ -138,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_reb.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_reb.set_defaults(handler=_cmd_rebalance)
 
+
+def _add_render_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool render``: the objects for DSD manifests placed on a pool file."""
     p_render = sub.add_parser(
         "render", help="the objects dspool would create for DSD manifests placed on a pool file (like helm template)"
     )
@@ -150,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_render.add_argument("--rdma-resource", help="as the operator's --rdma-resource")
     p_render.set_defaults(handler=_cmd_render)
 
+
+def _add_pool_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool pool``: the live pool's nodes, devices and replicas."""
     p_pool = sub.add_parser("pool", help="print the pool: nodes by accelerator, devices used/free, replicas")
     p_pool.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
     p_pool.add_argument("--node-selector", default="", help="only nodes with these labels (k=v,...)")
@@ -157,9 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_pool.add_argument("--nodes", action="store_true", help="list every node, not only the totals")
     p_pool.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_pool.set_defaults(handler=_cmd_pool)
-    add_doctor_command(sub)
-    kubectl_conventions.apply(sub)  # --context, -n/-A, -o table|wide|json|yaml
-    return parser
 
 
 def _request_from_args(args: argparse.Namespace) -> SizingRequest:

@@ -72,21 +72,20 @@ def openapi_schema(model: type[api.ApiModel]) -> dict[str, Any]:
     return result
 
 
+# kubectl get's columns: (name, type, JSON path).
+_PRINTER_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("Model", "string", ".spec.model"),
+    ("Precision", "string", ".status.placements[0].precision"),
+    ("Accelerator", "string", ".status.placements[0].accelerator"),
+    ("Replicas", "integer", ".spec.replicas"),
+    ("Ready", "integer", ".status.readyReplicas"),
+    ("Phase", "string", ".status.phase"),
+    ("Age", "date", ".metadata.creationTimestamp"),
+)
+
+
 def build_crd() -> dict[str, Any]:
     """The DeepSeekDeployment CRD as a dict."""
-    spec_schema = openapi_schema(api.DeepSeekDeploymentSpec)
-    spec_schema["description"] = "What to serve; dspool sizes, places and runs it."
-    status_schema = openapi_schema(api.DeepSeekDeploymentStatus)
-    status_schema["description"] = "What dspool decided and observed."
-    printer = [
-        ("Model", "string", ".spec.model"),
-        ("Precision", "string", ".status.placements[0].precision"),
-        ("Accelerator", "string", ".status.placements[0].accelerator"),
-        ("Replicas", "integer", ".spec.replicas"),
-        ("Ready", "integer", ".status.readyReplicas"),
-        ("Phase", "string", ".status.phase"),
-        ("Age", "date", ".metadata.creationTimestamp"),
-    ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -94,46 +93,61 @@ def build_crd() -> dict[str, Any]:
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
-            "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": api.SHORT_NAMES,
-                "categories": ["dspool"],
+            "names": _names(),
+            "versions": [_served_version()],
+        },
+    }
+
+
+def _names() -> dict[str, Any]:
+    """The kind, its plural, singular and short names, and the ``kubectl get dspool`` category."""
+    return {
+        "kind": api.KIND,
+        "listKind": f"{api.KIND}List",
+        "plural": api.PLURAL,
+        "singular": api.SINGULAR,
+        "shortNames": api.SHORT_NAMES,
+        "categories": ["dspool"],
+    }
+
+
+def _served_version() -> dict[str, Any]:
+    """The one served and stored version: status and scale subresources, printer columns, the schema."""
+    return {
+        "name": api.VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
             },
-            "versions": [
-                {
-                    "name": api.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": [
-                        {"name": name, "type": kind, "jsonPath": path} for name, kind, path in printer
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A DeepSeek model served on the pooled accelerators.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
-                }
-            ],
+        },
+        "additionalPrinterColumns": [
+            {"name": name, "type": kind, "jsonPath": path} for name, kind, path in _PRINTER_COLUMNS
+        ],
+        "schema": {"openAPIV3Schema": _resource_schema()},
+    }
+
+
+def _resource_schema() -> dict[str, Any]:
+    """The whole resource's schema: the spec and status schemas from the pydantic models."""
+    spec_schema = openapi_schema(api.DeepSeekDeploymentSpec)
+    spec_schema["description"] = "What to serve; dspool sizes, places and runs it."
+    status_schema = openapi_schema(api.DeepSeekDeploymentStatus)
+    status_schema["description"] = "What dspool decided and observed."
+    return {
+        "type": "object",
+        "description": "A DeepSeek model served on the pooled accelerators.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
         },
     }
 

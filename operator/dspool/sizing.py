@@ -451,142 +451,66 @@ def serving_mode_refusal(
 
 
 def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest | None = None) -> Plan:
-    """Size one replica of ``model`` on ``accelerator``; infeasible plans carry the reason."""
+    """Size one replica of ``model`` on ``accelerator``; infeasible plans carry the reason.
+
+    The steps: choose the backend and precision (or say why none), refuse what cannot be served at all,
+    enumerate the layouts the backend may run, account each layout's memory in preference order and pick
+    the first that fits with room (else the first marginal fit), then explain the pick or the closest miss.
+    """
     request = request or SizingRequest()
-    devices_per_node = request.devices_per_node or accelerator.devices_per_node
-    device_memory = request.device_memory_gib or accelerator.memory_gib
-    kv_tokens = max(request.kv_cache_tokens, request.max_model_len or 0)
     backend, backend_note = resolve_backend(accelerator, str(request.backend))
     precision, precision_note = resolve_precision(
         model, accelerator, str(request.precision), backend or Backend.VLLM, request.engine_image
     )
-
-    reserves: dict[Layout, RuntimeReserve] = {}
-
-    def reserve_for(layout: Layout) -> RuntimeReserve:
-        if layout not in reserves:
-            reserves[layout] = runtime_reserve(
-                model,
-                backend or Backend.VLLM,
-                layout,
-                request.overhead_gib,
-                device_memory_gib=device_memory,
-                accelerator_id=accelerator.id,
-            )
-        return reserves[layout]
-
-    def infeasible(reason: str, account: MemoryAccount | None = None) -> Plan:
-        overhead = reserve_for(Layout(1)).total_gib
-        return Plan(
-            model=model.id,
-            accelerator=accelerator.id,
-            precision=precision,
-            backend=backend,
-            feasible=False,
-            devices_per_replica=0,
-            nodes_per_replica=0,
-            devices_per_node=0,
-            tensor_parallel=0,
-            pipeline_parallel=0,
-            max_model_len=0,
-            kv_cache_tokens=kv_tokens,
-            kv_cache_dtype=request.kv_cache_dtype,
-            speculative_tokens=request.speculative_tokens,
-            memory_gib=account or _empty_account(device_memory, request.gpu_memory_utilization, overhead),
-            reason=reason,
-            precision_note=precision_note if precision is not None else "",
-        )
-
+    ledger = _Ledger(model, accelerator, request, backend, precision, precision_note)
     if backend is None:
-        return infeasible(backend_note)
+        return ledger.infeasible(backend_note)
     if precision is None:
-        return infeasible(precision_note)
+        return ledger.infeasible(precision_note)
+    refusal = _request_refusal(model, accelerator, backend, request)
+    if refusal is not None:
+        return ledger.infeasible(refusal)
+
+    max_nodes = _max_nodes(request, accelerator, backend)
+    layouts = _layouts_to_try(model, backend, request, ledger.devices_per_node, max_nodes)
+    search = _Search(ledger, precision, backend, layouts)
+    one_device = search.account(Layout(1))
+    if one_device.usable_per_device <= 0:
+        return ledger.infeasible(ledger.nothing_usable_reason(), one_device)
+
+    fit = search.first_fit()
+    if fit is not None:
+        return _with_cheaper_precision_hint(model, accelerator, request, search.feasible(*fit))
+    if search.marginal:
+        return search.feasible(*next(iter(search.marginal.items())))
+    return search.closest_miss(max_nodes)
+
+
+def _request_refusal(
+    model: ModelSpec, accelerator: AcceleratorSpec, backend: Backend, request: SizingRequest
+) -> str | None:
+    """Why the request cannot be served in any layout (a maxModelLen past the model's context, a serving
+    mode the backend or hardware cannot run), or None."""
     if request.max_model_len is not None and request.max_model_len > model.max_context:
-        return infeasible(f"maxModelLen {request.max_model_len} exceeds {model.id}'s context of {model.max_context}")
-    mode_refusal = serving_mode_refusal(model, accelerator, backend, request)
-    if mode_refusal is not None:
-        return infeasible(mode_refusal)
+        return f"maxModelLen {request.max_model_len} exceeds {model.id}'s context of {model.max_context}"
+    return serving_mode_refusal(model, accelerator, backend, request)
 
+
+def _max_nodes(request: SizingRequest, accelerator: AcceleratorSpec, backend: Backend) -> int:
+    """The most nodes a layout may span: one unless the request and the accelerator allow more, and never
+    past the backend's limit per instance."""
     multi_node = request.allow_multi_node and accelerator.multi_node
-    max_nodes = min(request.max_nodes if multi_node else 1, max_nodes_for(backend, accelerator))
+    return min(request.max_nodes if multi_node else 1, max_nodes_for(backend, accelerator))
 
-    def account(layout: Layout) -> MemoryAccount:
-        return memory_account(
-            model,
-            precision,
-            layout.tensor_parallel,
-            layout.pipeline_parallel,
-            kv_tokens,
-            device_memory,
-            request.gpu_memory_utilization,
-            reserve_for(layout).total_gib,
-            data_parallel=layout.data_parallel,
-            kv_cache_dtype=request.kv_cache_dtype,
-            speculative_tokens=request.speculative_tokens,
-            min_rank_tokens=request.max_model_len or 0,
-        )
 
+def _layouts_to_try(
+    model: ModelSpec, backend: Backend, request: SizingRequest, devices_per_node: int, max_nodes: int
+) -> list[Layout]:
+    """The layouts to account, in preference order: MindIE's TP-only layouts, else vLLM's candidates."""
     expert_parallel = model.moe and backend != Backend.MINDIE  # dspool starts vLLM MoE models with EP
     if backend == Backend.MINDIE:
-        layouts = mindie_layouts(devices_per_node, max_nodes)
-    else:
-        layouts = candidate_layouts(model, devices_per_node, max_nodes, request.parallelism, expert_parallel)
-    if account(Layout(1)).usable_per_device <= 0:
-        return infeasible(
-            f"{device_memory:g} GiB x {request.gpu_memory_utilization:g} leaves nothing after "
-            f"{reserve_for(Layout(1)).total_gib:.1f} GiB runtime reserve",
-            account(Layout(1)),
-        )
-    search = _Search(model, accelerator, precision, backend, request, devices_per_node, layouts)
-    outside_budget = device_memory * (1 - request.gpu_memory_utilization)
-    for layout in layouts:
-        refusals = layout_refusals(model, precision, backend, layout)
-        current = search.tried[layout] = account(layout)
-        if refusals:
-            search.refused[layout] = refusals
-            continue
-        if current.free_per_device < 0:
-            continue
-        search.outside_short[layout] = max(0.0, reserve_for(layout).outside_gib - outside_budget)
-        tight = is_marginal(current) or search.outside_short[layout] > 0
-        if tight:
-            search.marginal.setdefault(layout, current)
-            if not request.accept_marginal:
-                continue
-        result = search.feasible(layout, current, kv_tokens, precision_note)
-        return _with_cheaper_precision_hint(model, accelerator, request, result)
-    if search.marginal:
-        layout, current = next(iter(search.marginal.items()))
-        return search.feasible(layout, current, kv_tokens, precision_note)
-    accepted = [layout for layout in layouts if layout not in search.refused]
-    if not accepted:
-        first_refusals = "; ".join(f"{layout.describe()}: {'; '.join(why)}" for layout, why in search.refused.items())
-        return infeasible(
-            f"{backend.value} accepts no layout of {model.id} within {devices_per_node} devices per node: "
-            f"{first_refusals}"
-        )
-    # Nothing fits: report the largest layout tried, the closest miss.
-    largest = accepted[-1]
-    closest = search.tried[largest]
-    backend_limit = max_nodes_for(backend, accelerator)
-    limit = (
-        f"{max_nodes} nodes x {devices_per_node}"
-        + (f" ({backend.value}'s limit per instance)" if max_nodes == backend_limit < request.max_nodes else "")
-        if max_nodes > 1
-        else f"1 node x {devices_per_node} (multi-node {_why_single_node(request, accelerator, backend)})"
-    )
-    notes = "; ".join(n for n in (precision_note,) if n)
-    return _with_cheaper_precision_hint(
-        model,
-        accelerator,
-        request,
-        infeasible(
-            f"{model.id} {precision.value} does not fit in {limit} {accelerator.id}: even {largest.describe()} needs "
-            f"{closest.weights_per_device:.1f} GiB weights + {closest.kv_cache_per_device:.1f} GiB KV ({kv_tokens} "
-            f"tokens) per device, {closest.usable_per_device:.1f} GiB usable" + (f"; {notes}" if notes else ""),
-            closest,
-        ),
-    )
+        return mindie_layouts(devices_per_node, max_nodes)
+    return candidate_layouts(model, devices_per_node, max_nodes, request.parallelism, expert_parallel)
 
 
 # MindIE runs one instance over at most 4 Atlas 800I A2 servers / 32 NPUs (docs/sizing.md cites it).
@@ -628,30 +552,167 @@ def _empty_account(device_memory: float, utilization: float, overhead: float) ->
     )
 
 
-class _Search:
-    """The layouts one plan() call tried: their accounts, the engine's refusals, the marginal fits."""
+class _Ledger:
+    """What one plan() call knows before its search: the device shape and KV budget asked for, each
+    layout's runtime reserve (computed once: the search asks for it many times), and how to say no."""
 
     def __init__(
         self,
         model: ModelSpec,
         accelerator: AcceleratorSpec,
-        precision: Precision,
-        backend: Backend,
         request: SizingRequest,
-        devices_per_node: int,
-        order: list[Layout],
+        backend: Backend | None,
+        precision: Precision | None,
+        precision_note: str,
     ) -> None:
-        self.model, self.accelerator, self.precision, self.backend = model, accelerator, precision, backend
-        self.request, self.devices_per_node = request, devices_per_node
-        self.order = {layout: index for index, layout in enumerate(order)}
+        self.model, self.accelerator, self.request = model, accelerator, request
+        self.backend, self.precision, self.precision_note = backend, precision, precision_note
+        self.devices_per_node = request.devices_per_node or accelerator.devices_per_node
+        self.device_memory = request.device_memory_gib or accelerator.memory_gib
+        self.kv_tokens = max(request.kv_cache_tokens, request.max_model_len or 0)
+        self._reserves: dict[Layout, RuntimeReserve] = {}
+
+    def reserve_for(self, layout: Layout) -> RuntimeReserve:
+        """The engine's runtime reserve on each device of ``layout`` (vLLM's when no backend was chosen)."""
+        if layout not in self._reserves:
+            self._reserves[layout] = runtime_reserve(
+                self.model,
+                self.backend or Backend.VLLM,
+                layout,
+                self.request.overhead_gib,
+                device_memory_gib=self.device_memory,
+                accelerator_id=self.accelerator.id,
+            )
+        return self._reserves[layout]
+
+    def infeasible(self, reason: str, account: MemoryAccount | None = None) -> Plan:
+        """The plan that says no, with ``reason`` and the closest memory account (else an empty one)."""
+        request = self.request
+        overhead = self.reserve_for(Layout(1)).total_gib
+        return Plan(
+            model=self.model.id,
+            accelerator=self.accelerator.id,
+            precision=self.precision,
+            backend=self.backend,
+            feasible=False,
+            devices_per_replica=0,
+            nodes_per_replica=0,
+            devices_per_node=0,
+            tensor_parallel=0,
+            pipeline_parallel=0,
+            max_model_len=0,
+            kv_cache_tokens=self.kv_tokens,
+            kv_cache_dtype=request.kv_cache_dtype,
+            speculative_tokens=request.speculative_tokens,
+            memory_gib=account or _empty_account(self.device_memory, request.gpu_memory_utilization, overhead),
+            reason=reason,
+            precision_note=self.precision_note if self.precision is not None else "",
+        )
+
+    def nothing_usable_reason(self) -> str:
+        """Why not even one device has room: the utilization leaves nothing after the runtime reserve."""
+        return (
+            f"{self.device_memory:g} GiB x {self.request.gpu_memory_utilization:g} leaves nothing after "
+            f"{self.reserve_for(Layout(1)).total_gib:.1f} GiB runtime reserve"
+        )
+
+
+class _Search:
+    """The layouts one plan() call tried: their accounts, the engine's refusals, the marginal fits."""
+
+    def __init__(self, ledger: _Ledger, precision: Precision, backend: Backend, layouts: list[Layout]) -> None:
+        self.ledger, self.layouts = ledger, layouts
+        self.model, self.accelerator = ledger.model, ledger.accelerator
+        self.precision, self.backend = precision, backend
+        self.request, self.devices_per_node = ledger.request, ledger.devices_per_node
+        self.order = {layout: index for index, layout in enumerate(layouts)}
         self.tried: dict[Layout, MemoryAccount] = {}
         self.refused: dict[Layout, list[str]] = {}
         self.marginal: dict[Layout, MemoryAccount] = {}
         self.outside_short: dict[Layout, float] = {}
 
-    def feasible(self, layout: Layout, chosen: MemoryAccount, kv_tokens: int, precision_note: str) -> Plan:
+    def account(self, layout: Layout) -> MemoryAccount:
+        """The per-device memory account of ``layout`` at the chosen precision and the requested KV cache."""
+        ledger, request = self.ledger, self.request
+        return memory_account(
+            self.model,
+            self.precision,
+            layout.tensor_parallel,
+            layout.pipeline_parallel,
+            ledger.kv_tokens,
+            ledger.device_memory,
+            request.gpu_memory_utilization,
+            ledger.reserve_for(layout).total_gib,
+            data_parallel=layout.data_parallel,
+            kv_cache_dtype=request.kv_cache_dtype,
+            speculative_tokens=request.speculative_tokens,
+            min_rank_tokens=request.max_model_len or 0,
+        )
+
+    def first_fit(self) -> tuple[Layout, MemoryAccount] | None:
+        """Account the layouts in order; the first that fits with room (with accept_marginal: that fits at
+        all), or None. On the way, note the layouts the engine refuses and the marginal fits skipped."""
+        request = self.request
+        outside_budget = self.ledger.device_memory * (1 - request.gpu_memory_utilization)
+        for layout in self.layouts:
+            refusals = layout_refusals(self.model, self.precision, self.backend, layout)
+            current = self.tried[layout] = self.account(layout)
+            if refusals:
+                self.refused[layout] = refusals
+                continue
+            if current.free_per_device < 0:
+                continue
+            self.outside_short[layout] = max(0.0, self.ledger.reserve_for(layout).outside_gib - outside_budget)
+            tight = is_marginal(current) or self.outside_short[layout] > 0
+            if tight:
+                self.marginal.setdefault(layout, current)
+                if not request.accept_marginal:
+                    continue
+            return layout, current
+        return None
+
+    def closest_miss(self, max_nodes: int) -> Plan:
+        """Nothing fits: the refusals when the engine accepts no layout, else the largest layout tried (the
+        closest miss) and what it would need."""
+        model, precision, kv_tokens = self.model, self.precision, self.ledger.kv_tokens
+        accepted = [layout for layout in self.layouts if layout not in self.refused]
+        if not accepted:
+            first_refusals = "; ".join(f"{layout.describe()}: {'; '.join(why)}" for layout, why in self.refused.items())
+            return self.ledger.infeasible(
+                f"{self.backend.value} accepts no layout of {model.id} within {self.devices_per_node} devices per "
+                f"node: {first_refusals}"
+            )
+        # Nothing fits: report the largest layout tried, the closest miss.
+        largest = accepted[-1]
+        closest = self.tried[largest]
+        notes = "; ".join(n for n in (self.ledger.precision_note,) if n)
+        return _with_cheaper_precision_hint(
+            model,
+            self.accelerator,
+            self.request,
+            self.ledger.infeasible(
+                f"{model.id} {precision.value} does not fit in {self._node_limit(max_nodes)} {self.accelerator.id}: "
+                f"even {largest.describe()} needs {closest.weights_per_device:.1f} GiB weights + "
+                f"{closest.kv_cache_per_device:.1f} GiB KV ({kv_tokens} tokens) per device, "
+                f"{closest.usable_per_device:.1f} GiB usable" + (f"; {notes}" if notes else ""),
+                closest,
+            ),
+        )
+
+    def _node_limit(self, max_nodes: int) -> str:
+        """The nodes the search could span and, on one node or at the backend's limit, why no more."""
+        request, backend = self.request, self.backend
+        if max_nodes > 1:
+            at_backend_limit = max_nodes == max_nodes_for(backend, self.accelerator) < request.max_nodes
+            return f"{max_nodes} nodes x {self.devices_per_node}" + (
+                f" ({backend.value}'s limit per instance)" if at_backend_limit else ""
+            )
+        return f"1 node x {self.devices_per_node} (multi-node {_why_single_node(request, self.accelerator, backend)})"
+
+    def feasible(self, layout: Layout, chosen: MemoryAccount) -> Plan:
         """The plan for ``layout`` with a reason naming the layouts below it and why they were not taken."""
         model, request = self.model, self.request
+        kv_tokens, precision_note = self.ledger.kv_tokens, self.ledger.precision_note
         per_token = kv_bytes_per_token_per_device(
             model, layout.tensor_parallel, layout.pipeline_parallel, request.kv_cache_dtype
         )

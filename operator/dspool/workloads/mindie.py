@@ -32,6 +32,7 @@ from dspool.workloads.common import (
     OPENAI_PORT_NAME,
     PROBE_PERIOD_SECONDS,
     WORKER,
+    PodParts,
     Replica,
     add_ascend_host_mounts,
     deployment,
@@ -115,26 +116,9 @@ def build_mindie_config(
         raise ValueError(f"tensor_parallel must be >= 1, got {tensor_parallel}")
     if max_model_len < 2:
         raise ValueError(f"max_model_len must be >= 2, got {max_model_len}")
-    max_input_tokens = max_model_len - 1  # MindIE caps maxInputTokenLen at maxSeqLen - 1
     return {
         "Version": "1.0.0",
-        "ServerConfig": {
-            "ipAddress": POD_IP_PLACEHOLDER,
-            "managementIpAddress": POD_IP_PLACEHOLDER,
-            "port": MINDIE_API_PORT,
-            "managementPort": MINDIE_MANAGEMENT_PORT,
-            "metricsPort": MINDIE_METRICS_PORT,
-            "allowAllZeroIpListening": False,
-            "maxLinkNum": 1000,
-            "httpsEnabled": False,
-            "fullTextEnabled": False,
-            "inferMode": "standard",
-            "interCommTLSEnabled": False,
-            "openAiSupport": "vllm",
-            "tokenTimeout": 600,
-            "e2eTimeout": 600,
-            "distDPServerEnabled": False,
-        },
+        "ServerConfig": _server_config(),
         "BackendConfig": {
             "backendName": "mindieservice_llm_engine",
             "modelInstanceNumber": 1,
@@ -143,40 +127,75 @@ def build_mindie_config(
             "multiNodesInferEnabled": multi_node,
             "multiNodesInferPort": MINDIE_MULTI_NODE_PORT,
             "interNodeTLSEnabled": False,
-            "ModelDeployConfig": {
-                "maxSeqLen": max_model_len,
-                "maxInputTokenLen": max_input_tokens,
-                "truncation": False,
-                "ModelConfig": [
-                    {
-                        "modelInstanceType": "Standard",
-                        "modelName": model_name,
-                        "modelWeightPath": weight_path,
-                        "worldSize": tensor_parallel,
-                        "cpuMemSize": 5,
-                        "npuMemSize": -1,
-                        "backendType": "atb",
-                        "trustRemoteCode": False,
-                    }
-                ],
-            },
-            "ScheduleConfig": {
-                "templateType": "Standard",
-                "templateName": "Standard_LLM",
-                "cacheBlockSize": CACHE_BLOCK_SIZE,
-                "maxPrefillBatchSize": DEFAULT_MAX_PREFILL_BATCH_SIZE,
-                "maxPrefillTokens": max(DEFAULT_MAX_PREFILL_TOKENS, max_input_tokens),
-                "prefillTimeMsPerReq": 150,
-                "prefillPolicyType": 0,
-                "decodeTimeMsPerReq": 50,
-                "decodePolicyType": 0,
-                "maxBatchSize": DEFAULT_MAX_BATCH_SIZE,
-                "maxIterTimes": max_model_len,
-                "maxPreemptCount": 0,
-                "supportSelectBatch": False,
-                "maxQueueDelayMicroseconds": 5000,
-            },
+            "ModelDeployConfig": _model_deploy_config(model_name, weight_path, tensor_parallel, max_model_len),
+            "ScheduleConfig": _schedule_config(max_model_len),
         },
+    }
+
+
+def _max_input_tokens(max_model_len: int) -> int:
+    return max_model_len - 1  # MindIE caps maxInputTokenLen at maxSeqLen - 1
+
+
+def _server_config() -> dict[str, Any]:
+    """``ServerConfig``: listen on the pod IP (the placeholder) with dspool's ports; HTTPS and TLS off."""
+    return {
+        "ipAddress": POD_IP_PLACEHOLDER,
+        "managementIpAddress": POD_IP_PLACEHOLDER,
+        "port": MINDIE_API_PORT,
+        "managementPort": MINDIE_MANAGEMENT_PORT,
+        "metricsPort": MINDIE_METRICS_PORT,
+        "allowAllZeroIpListening": False,
+        "maxLinkNum": 1000,
+        "httpsEnabled": False,
+        "fullTextEnabled": False,
+        "inferMode": "standard",
+        "interCommTLSEnabled": False,
+        "openAiSupport": "vllm",
+        "tokenTimeout": 600,
+        "e2eTimeout": 600,
+        "distDPServerEnabled": False,
+    }
+
+
+def _model_deploy_config(model_name: str, weight_path: str, tensor_parallel: int, max_model_len: int) -> dict[str, Any]:
+    """``BackendConfig.ModelDeployConfig``: the sequence limits and the one model, its weights and world size."""
+    return {
+        "maxSeqLen": max_model_len,
+        "maxInputTokenLen": _max_input_tokens(max_model_len),
+        "truncation": False,
+        "ModelConfig": [
+            {
+                "modelInstanceType": "Standard",
+                "modelName": model_name,
+                "modelWeightPath": weight_path,
+                "worldSize": tensor_parallel,
+                "cpuMemSize": 5,
+                "npuMemSize": -1,
+                "backendType": "atb",
+                "trustRemoteCode": False,
+            }
+        ],
+    }
+
+
+def _schedule_config(max_model_len: int) -> dict[str, Any]:
+    """``BackendConfig.ScheduleConfig``: batching; a prefill batch holds at least one longest input."""
+    return {
+        "templateType": "Standard",
+        "templateName": "Standard_LLM",
+        "cacheBlockSize": CACHE_BLOCK_SIZE,
+        "maxPrefillBatchSize": DEFAULT_MAX_PREFILL_BATCH_SIZE,
+        "maxPrefillTokens": max(DEFAULT_MAX_PREFILL_TOKENS, _max_input_tokens(max_model_len)),
+        "prefillTimeMsPerReq": 150,
+        "prefillPolicyType": 0,
+        "decodeTimeMsPerReq": 50,
+        "decodePolicyType": 0,
+        "maxBatchSize": DEFAULT_MAX_BATCH_SIZE,
+        "maxIterTimes": max_model_len,
+        "maxPreemptCount": 0,
+        "supportSelectBatch": False,
+        "maxQueueDelayMicroseconds": 5000,
     }
 
 
@@ -390,59 +409,20 @@ def _rank_table_config_map(replica: Replica, pods: Sequence[Mapping[str, Any]]) 
 
 
 def _mindie_objects(replica: Replica) -> list[dict[str, Any]]:
+    """The ConfigMap and workloads of one MindIE replica: a Deployment on one node; on several, a headless
+    Service and the leader/worker StatefulSet pair (:func:`mindie_objects` adds the rank table)."""
     parts = model_parts(replica, needs_local_weights=True)
     add_ascend_host_mounts(parts)
-    config = build_mindie_config(
-        model_name=replica.model.id,
-        weight_path=parts.model_path,
-        tensor_parallel=devices_on(replica, 0),
-        max_model_len=replica.placement.max_model_len,
-        multi_node=replica.multi_node,
-    )
-    config_map_name = mindie_config_map_name(replica.name)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": replica.metadata(config_map_name),
-        "data": {
-            CONFIG_TEMPLATE_KEY: json.dumps(config, indent=2, sort_keys=False) + "\n",
-            START_SCRIPT_KEY: mindie_start_script(multi_node=replica.multi_node),
-        },
-    }
-    parts.volumes.append({"name": "mindie-config", "configMap": {"name": config_map_name, "defaultMode": 0o440}})
-    parts.mounts.append({"name": "mindie-config", "mountPath": CONFIG_TEMPLATE_DIR, "readOnly": True})
-    env: list[dict[str, Any]] = [
-        {"name": "MIES_CONTAINER_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "MIES_SERVICE_MONITOR_MODE", "value": "1"},
-        {"name": "NPU_MEMORY_FRACTION", "value": f"{replica.dsd.spec.serving.gpu_memory_utilization:g}"},
-    ]
+    config_map = _mindie_config_map(replica, parts.model_path)
+    _mount_mindie_config(replica, parts)
+    env = _mindie_env(replica)
     extra_labels: dict[str, str] = {}
     if replica.multi_node:
-        parts.volumes.append(
-            {
-                "name": "rank-table",
-                "configMap": {"name": rank_table_config_map_name(replica.name), "optional": True, "defaultMode": 0o640},
-            }
-        )
-        parts.mounts.append({"name": "rank-table", "mountPath": RANK_TABLE_DIR, "readOnly": True})
+        _mount_rank_table(replica, parts)
         env += multi_node_env()
         extra_labels[RING_CONTROLLER_LABEL] = RING_CONTROLLER_VALUE
-    ports = [
-        {"name": OPENAI_PORT_NAME, "containerPort": MINDIE_API_PORT, "protocol": "TCP"},
-        {"name": "management", "containerPort": MINDIE_MANAGEMENT_PORT, "protocol": "TCP"},
-        {"name": METRICS_PORT_NAME, "containerPort": MINDIE_METRICS_PORT, "protocol": "TCP"},
-        {"name": "multinode", "containerPort": MINDIE_MULTI_NODE_PORT, "protocol": "TCP"},
-    ]
-    probes = {
-        "startupProbe": http_probe(
-            "/v2/health/live",
-            "management",
-            period=PROBE_PERIOD_SECONDS,
-            failures=startup_failure_threshold(replica.model),
-        ),
-        "readinessProbe": http_probe("/v2/health/ready", "management", period=10, failures=3),
-        "livenessProbe": http_probe("/v2/health/live", "management", period=20, failures=6, timeout=10),
-    }
+    ports = _mindie_ports()
+    probes = _mindie_probes(replica)
     command = ["/bin/bash", f"{CONFIG_TEMPLATE_DIR}/{START_SCRIPT_KEY}"]
     nodes = [node.name for node in replica.placement.nodes]
 
@@ -481,3 +461,74 @@ def _mindie_objects(replica: Replica) -> list[dict[str, Any]]:
             template(WORKER, nodes[1:], devices_on(replica, 1)),
         ),
     ]
+
+
+def _mindie_config_map(replica: Replica, weight_path: str) -> dict[str, Any]:
+    """The ConfigMap holding the replica's ``config.json`` template and start script."""
+    config = build_mindie_config(
+        model_name=replica.model.id,
+        weight_path=weight_path,
+        tensor_parallel=devices_on(replica, 0),
+        max_model_len=replica.placement.max_model_len,
+        multi_node=replica.multi_node,
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": replica.metadata(mindie_config_map_name(replica.name)),
+        "data": {
+            CONFIG_TEMPLATE_KEY: json.dumps(config, indent=2, sort_keys=False) + "\n",
+            START_SCRIPT_KEY: mindie_start_script(multi_node=replica.multi_node),
+        },
+    }
+
+
+def _mount_mindie_config(replica: Replica, parts: PodParts) -> None:
+    """Mount the ConfigMap read-only; the start script writes the pod's own ``config.json`` from it."""
+    config_map_name = mindie_config_map_name(replica.name)
+    parts.volumes.append({"name": "mindie-config", "configMap": {"name": config_map_name, "defaultMode": 0o440}})
+    parts.mounts.append({"name": "mindie-config", "mountPath": CONFIG_TEMPLATE_DIR, "readOnly": True})
+
+
+def _mindie_env(replica: Replica) -> list[dict[str, Any]]:
+    """The environment of every MindIE pod: the pod IP to listen on, monitoring on, the NPU memory share."""
+    return [
+        {"name": "MIES_CONTAINER_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MIES_SERVICE_MONITOR_MODE", "value": "1"},
+        {"name": "NPU_MEMORY_FRACTION", "value": f"{replica.dsd.spec.serving.gpu_memory_utilization:g}"},
+    ]
+
+
+def _mount_rank_table(replica: Replica, parts: PodParts) -> None:
+    """Mount the rank table ConfigMap where MindCluster's convention puts it (optional: it may not exist yet)."""
+    parts.volumes.append(
+        {
+            "name": "rank-table",
+            "configMap": {"name": rank_table_config_map_name(replica.name), "optional": True, "defaultMode": 0o640},
+        }
+    )
+    parts.mounts.append({"name": "rank-table", "mountPath": RANK_TABLE_DIR, "readOnly": True})
+
+
+def _mindie_ports() -> list[dict[str, Any]]:
+    """The container's ports: the OpenAI API, management (health), metrics and the multi-node port."""
+    return [
+        {"name": OPENAI_PORT_NAME, "containerPort": MINDIE_API_PORT, "protocol": "TCP"},
+        {"name": "management", "containerPort": MINDIE_MANAGEMENT_PORT, "protocol": "TCP"},
+        {"name": METRICS_PORT_NAME, "containerPort": MINDIE_METRICS_PORT, "protocol": "TCP"},
+        {"name": "multinode", "containerPort": MINDIE_MULTI_NODE_PORT, "protocol": "TCP"},
+    ]
+
+
+def _mindie_probes(replica: Replica) -> dict[str, dict[str, Any]]:
+    """The leader's probes, on the management port; the startup probe waits as long as the model loads."""
+    return {
+        "startupProbe": http_probe(
+            "/v2/health/live",
+            "management",
+            period=PROBE_PERIOD_SECONDS,
+            failures=startup_failure_threshold(replica.model),
+        ),
+        "readinessProbe": http_probe("/v2/health/ready", "management", period=10, failures=3),
+        "livenessProbe": http_probe("/v2/health/live", "management", period=20, failures=6, timeout=10),
+    }
