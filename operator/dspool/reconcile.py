@@ -52,7 +52,6 @@ from dspool.api import (
 )
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError, Vendor
 from dspool.inventory import Pool
-from dspool.moves import MovesOutcome, advance_moves, moves_from_status
 from dspool.placement import (
     Decision,
     DemandMix,
@@ -60,7 +59,7 @@ from dspool.placement import (
     place_replica,
     scale_down_victims,
 )
-from dspool.rebalance import RebalancePolicy
+from dspool.rebalance import MovesOutcome, RebalancePolicy, advance_moves, moves_from_status
 from dspool.workloads import (
     NO_INTERCONNECT,
     ImageDefaults,
