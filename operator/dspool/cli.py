@@ -18,9 +18,8 @@ from dspool.catalog import Catalog, CatalogError, Precision, UnknownIdError, loa
 from dspool.doctor_cli import add_doctor_command
 from dspool.inventory import DEFAULT_FABRIC_LABEL
 from dspool.layouts import rules_table
-from dspool.moves import RebalanceMode
 from dspool.placement import ReplicaRequest, place_replicas
-from dspool.rebalance import MAX_MOVES_LIMIT, RebalancePolicy
+from dspool.rebalance import MAX_MOVES_LIMIT, RebalanceMode, RebalancePolicy
 from dspool.report import format_table
 from dspool.settings import (
     add_run_arguments,
@@ -580,8 +579,8 @@ def _cmd_rebalance(args: argparse.Namespace, catalog: Catalog) -> int:
     from datetime import UTC, datetime
 
     from dspool.kube.clusterview import api_client_from, read_cluster, read_pdbs
-    from dspool.moves import pdb_budgets, refused_replica, start_plans
     from dspool.placement import DemandMix
+    from dspool.rebalance import pdb_budgets, refused_replica, start_plans
     from dspool.report import demand_of
 
     _check_max_moves(args)

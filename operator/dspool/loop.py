@@ -40,9 +40,9 @@ from dspool.catalog import Catalog
 from dspool.inventory import NodeCache, Pool, build_pool, reservations_from_status
 from dspool.ledger import digest, object_key
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
-from dspool.moves import RebalanceMode, pdb_budgets, refused_replica, start_plans, status_with_moves, waiting_on
 from dspool.pass_writes import PassWrites, Writer, describe_failure
 from dspool.placement import DemandMix
+from dspool.rebalance import rebalance_for_pass, status_with_moves
 from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
 from dspool.refusals import (
     WORKLOAD_KINDS,
@@ -440,49 +440,14 @@ class PassRunner:
     ) -> tuple[dict[str, str], dict[str, tuple[list[Any], list[Any]]], dict[str, list[Event]]]:
         """The pass's rebalancing, before any DSD is reconciled: notes for waiting DSDs (the Rebalancing
         condition), new copies to add to moved DSDs (mode ``on``; booked in ``pool``), and events."""
-        notes: dict[str, str] = {}
-        events: dict[str, list[Event]] = {}
-        for replica, moves in waiting_on(bodies).items():
-            key = replica.rsplit("#", 1)[0]
-            listed = "; ".join(f"replica {m.replica} to {', '.join(n.name for n in m.to_nodes)} ({m.state.value})"
-                               for m in moves)  # fmt: skip
-            notes[key] = f"waiting for {len(moves)} move{'s' if len(moves) != 1 else ''} in flight: {listed}"
-        mode = self.settings.rebalance_mode
-        if mode == RebalanceMode.OFF:
-            return notes, {}, events
-        engine_image = settings.images.vllm if settings.images else None
-        refused = []
-        for body in bodies:
-            metadata = body["metadata"]
-            if not self.manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
-                continue
-            item = refused_replica(body, self.catalog, engine_image)
-            if item is not None:
-                refused.append(item)
-        if not refused:
-            return notes, {}, events
-        plans = start_plans(
-            pool, refused, bodies, self.catalog, mode, now, disruptions_allowed=pdb_budgets(pdbs, pods_by_deployment),
-            policy=settings.rebalance_policy, demand=settings.demand, engine_image=engine_image,
+        found = rebalance_for_pass(
+            pool, bodies, pods_by_deployment, pdbs, now, self.catalog, self.settings.rebalance_mode,
+            manages=self.manages, policy=settings.rebalance_policy, demand=settings.demand,
+            engine_image=settings.images.vllm if settings.images else None,
         )  # fmt: skip
-        writes: dict[str, tuple[list[Any], list[Any]]] = {}
-        for found in plans:
-            if found.plan is not None:
-                self.metrics.record_plan(len(found.plan.moves), started=found.started)
-            if found.started and found.plan is not None:
-                notes[found.deployment] = f"moving {len(found.plan.moves)} replica(s): {found.reason}"
-                events.setdefault(found.deployment, []).append(Event("Normal", "Rebalancing", found.reason))
-                for key, (placements, records) in found.writes.items():
-                    previous = writes.get(key, ([], []))
-                    writes[key] = (previous[0] + placements, previous[1] + records)
-                    for record in records:
-                        to = ", ".join(n.name for n in record.to_nodes)
-                        message = (f"replica {record.replica} moves make-before-break to {to} (new replica "
-                                   f"{record.new_replica}) to make room for {record.for_replica}")  # fmt: skip
-                        events.setdefault(key, []).append(Event("Normal", "Moving", message))
-            elif found.plan is not None:
-                notes.setdefault(found.deployment, f"dry run: would move {len(found.plan.moves)} replica(s): "
-                                                    f"{found.reason} (dspool run --rebalance on)")  # fmt: skip
-            else:
-                notes.setdefault(found.deployment, found.reason)
-        return notes, writes, events
+        for started in found.plans:
+            if started.plan is not None:
+                self.metrics.record_plan(len(started.plan.moves), started=started.started)
+        events = {key: [Event(e.type, e.reason, e.message) for e in told] for key, told in found.events.items()}
+        writes: dict[str, tuple[list[Any], list[Any]]] = dict(found.writes)
+        return found.notes, writes, events

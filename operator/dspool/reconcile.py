@@ -53,7 +53,6 @@ from dspool.api import (
 )
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError, Vendor
 from dspool.inventory import Pool, hold_pods
-from dspool.moves import MovesOutcome, advance_moves, moves_from_status
 from dspool.placement import (
     Decision,
     DemandMix,
@@ -61,7 +60,7 @@ from dspool.placement import (
     place_replica,
     scale_down_victims,
 )
-from dspool.rebalance import RebalancePolicy
+from dspool.rebalance import MovesOutcome, RebalancePolicy, advance_moves, moves_from_status
 from dspool.workloads import (
     NO_INTERCONNECT,
     ImageDefaults,
@@ -278,9 +277,6 @@ class _DeploymentDecision:
         return sorted({**self.outdated, **self.current, **self.copies}.values(), key=lambda p: p.replica)
 
 
-_Pass = _DeploymentDecision  # the name :func:`_advance_moves`'s signature still uses
-
-
 def _drop_lost_replicas(state: _DeploymentDecision, present_nodes: Collection[str] | None) -> None:
     """Replicas whose node is gone or NotReady, whose accelerator the catalog no longer knows, or whose pods
     stayed unschedulable on their nodes past ``stuck_after_seconds`` give their reservation back, to be
@@ -311,7 +307,7 @@ def _drop_lost_replicas(state: _DeploymentDecision, present_nodes: Collection[st
         state.events.append(Event("Warning", "ReplicaLost", f"replica {index}: {why}; placing it again"))
 
 
-def _advance_moves(state: _Pass, stored_status: Mapping[str, Any] | None) -> MovesOutcome:
+def _advance_moves(state: _DeploymentDecision, stored_status: Mapping[str, Any] | None) -> MovesOutcome:
     """Drive the moves of this DSD's replicas one step (new copy first; the old replica goes once the copy
     serves), then sort the placements into current, outdated and new copies in flight."""
     moving = advance_moves(

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspool.inventory import DEFAULT_FABRIC_LABEL
-from dspool.moves import RebalanceMode
-from dspool.rebalance import RebalancePolicy
+from dspool.rebalance import RebalanceMode, RebalancePolicy
 from dspool.reconcile import DEFAULT_STUCK_AFTER_SECONDS
 from dspool.views import parse_selector
 from dspool.workloads import Interconnect

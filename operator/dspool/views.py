@@ -1,4 +1,4 @@
-"""Compact views of Nodes and Pods, label selectors and node presence: pure functions of API dicts.
+"""Compact views of Nodes and Pods, the ``--node-selector`` text and node presence: pure functions of API dicts.
 
 What the watches keep of each object is what accounting needs (5,000 nodes stay small, and heartbeats do
 not change a node's view); the operator's watches (``dspool.kube.informer``) and the CLI's one-shot reader
@@ -17,7 +17,8 @@ from dspool.workloads.mindie import ASCEND_DEVICE_ANNOTATION
 
 
 def parse_selector(text: str) -> dict[str, str]:
-    """``k=v,k2=v2`` (equality only; ``k`` alone means the label exists) as a dict ('' = exists)."""
+    """``k=v,k2=v2`` (equality only; ``k`` alone means the label exists) as a dict ('' = exists); match it
+    with ``selectors.selector_selects(selectors.equality_selector(parsed), labels)``."""
     selector: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
@@ -25,11 +26,6 @@ def parse_selector(text: str) -> dict[str, str]:
             raise ValueError(f"bad label selector part {part!r}")
         selector[key.strip()] = value.strip()
     return selector
-
-
-def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """Whether labels satisfy an equality selector from :func:`parse_selector`."""
-    return all(key in labels and (value == "" or labels[key] == value) for key, value in selector.items())
 
 
 def compact_node(body: Mapping[str, Any]) -> dict[str, Any]:

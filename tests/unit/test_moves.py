@@ -8,8 +8,9 @@ from typing import Any
 from test_reconcile import CATALOG, NOW, dsd, pool_for, ready_nodes, ready_pod
 
 from dspool.api import MoveState, NodeDevices, ReplicaMove
-from dspool.moves import pdb_budgets, selector_selects
+from dspool.rebalance import pdb_budgets
 from dspool.reconcile import reconcile
+from dspool.selectors import selector_selects
 
 
 def moving_small() -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from dspool.views import compact_node, compact_pod, parse_selector, present_nodes, selector_matches
+from dspool.selectors import equality_selector, selector_selects
+from dspool.views import compact_node, compact_pod, parse_selector, present_nodes
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -26,8 +27,9 @@ def node(name: str, ready: str = "True", since: datetime = NOW, unschedulable: b
 def test_selector_parsing_and_matching() -> None:
     selector = parse_selector("dspool.io/pool=a, gpu")
     assert selector == {"dspool.io/pool": "a", "gpu": ""}
-    assert selector_matches(selector, {"dspool.io/pool": "a", "gpu": "yes"})
-    assert not selector_matches(selector, {"dspool.io/pool": "b", "gpu": "yes"})
+    assert selector_selects(equality_selector(selector), {"dspool.io/pool": "a", "gpu": "yes"})
+    assert not selector_selects(equality_selector(selector), {"dspool.io/pool": "b", "gpu": "yes"})
+    assert not selector_selects(equality_selector(selector), {"dspool.io/pool": "a"})  # gpu must exist
     with pytest.raises(ValueError, match="bad label selector"):
         parse_selector("=x")
 

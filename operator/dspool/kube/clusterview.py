@@ -14,7 +14,8 @@ from kubernetes import client, config
 from dspool import api
 from dspool.catalog import Catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, Reservation, build_pool, reservations_from_status
-from dspool.views import compact_node, compact_pdb, compact_pod, selector_matches
+from dspool.selectors import equality_selector, selector_selects
+from dspool.views import compact_node, compact_pdb, compact_pod
 
 
 @dataclass
@@ -57,7 +58,7 @@ def read_cluster(
     custom = client.CustomObjectsApi(api_client)
     sanitize = api_client.sanitize_for_serialization
     nodes = [compact_node(sanitize(n)) for n in core.list_node().items]
-    nodes = [n for n in nodes if selector_matches(node_selector or {}, n["metadata"]["labels"])]
+    nodes = [n for n in nodes if selector_selects(equality_selector(node_selector or {}), n["metadata"]["labels"])]
     pods = [p for p in (compact_pod(sanitize(pod)) for pod in core.list_pod_for_all_namespaces().items) if p]
     try:
         deployments = custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]

@@ -38,8 +38,9 @@ from dspool.loop import PassRunner, Snapshot
 from dspool.metrics import OperatorMetrics
 from dspool.reconcile import ReconcileSettings
 from dspool.refusals import compact_failed_create, compact_workload
+from dspool.selectors import equality_selector, selector_selects
 from dspool.settings import OperatorSettings
-from dspool.views import compact_deployment, compact_node, compact_pdb, compact_pod, selector_matches
+from dspool.views import compact_deployment, compact_node, compact_pdb, compact_pod
 from dspool.workloads import images_from_env
 
 log = logging.getLogger("dspool")
@@ -204,7 +205,8 @@ class OperatorRuntime:
 
     def _compact_node(self, body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         name = str(body.get("metadata", {}).get("name"))
-        if not selector_matches(self.settings.node_selector, body.get("metadata", {}).get("labels") or {}):
+        labels = body.get("metadata", {}).get("labels") or {}
+        if not selector_selects(equality_selector(self.settings.node_selector), labels):
             return name, None  # not (or no longer) in the pool
         return name, compact_node(body)
 

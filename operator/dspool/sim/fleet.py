@@ -208,6 +208,3 @@ def _node_manifest(pool: PoolFile, group: NodeGroup, accelerator: AcceleratorSpe
             },
         },
     }
-
-
-Pool = PoolFile  # the old name, until dspool.sim.simulate imports PoolFile

@@ -7,11 +7,12 @@ reconcile pass would. Departures release everything the DSD holds.
 
 A replica that cannot be placed when its DSD arrives is refused (loss model) unless ``queue`` is set: then
 it waits and is tried again, oldest first, whenever devices are released; its waiting time is reported.
-With ``rebalance``, a refused replica first asks ``rebalance.plan_rebalance``; a plan is executed the way
-the operator executes it: destinations booked while the old replicas keep theirs, each move driven by
-``rebalance.next_move_step``; a new copy is Ready ``move_seconds`` after its destination was booked
-(immediately by default), then the old copy is removed, and when every move is Done the waiting replica is
-placed. A plan whose copies are not Ready within the policy's timeout rolls back.
+With ``rebalance``, a refused replica first asks ``rebalance.plan_rebalance``; a plan is executed by the
+operator's own executor (``rebalance.executor``): destinations booked while the old replicas keep theirs
+(``start_plan``), each move driven by ``advance_move``; a new copy is Ready ``move_seconds`` after its
+destination was booked, then the old copy is removed, and when every move is Done the waiting replica is
+placed. A plan whose copies are not Ready within the policy's timeout rolls back. With no move time (the
+default) every move of a plan is done at once (``apply_plan_at_once``).
 
 Decision time is the wall time of each replica's decision (placement, plus planning when it was refused).
 """
@@ -27,28 +28,27 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from dspool.api import DeepSeekDeploymentSpec, MoveState, ReplicaPlacement, Strategy
+from dspool.api import DeepSeekDeploymentSpec, MoveState, ReplicaMove, ReplicaPlacement, Strategy
 from dspool.catalog import Catalog
 from dspool.inventory import Pool, build_pool
-from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest, place_replica
+from dspool.placement import DemandMix, ReplicaRequest, place_replica
 from dspool.rebalance import (
     TERMINAL_STATES,
-    MoveAction,
-    MoveFacts,
-    PlannedMove,
+    MoveObservation,
+    PlanNotStarted,
     PlanProgress,
     RebalancePlan,
     RebalancePolicy,
     ResidentDeployment,
-    book_destinations,
-    next_move_step,
+    abandon_move,
+    advance_move,
+    apply_plan_at_once,
+    fits_now,
     plan_progress,
     plan_rebalance,
-    release_destination,
-    release_source,
+    start_plan,
 )
-from dspool.sim.fleet import Pool as PoolFile
-from dspool.sim.fleet import node_manifests
+from dspool.sim.fleet import PoolFile, node_manifests
 from dspool.sim.inputs import TraceEntry
 
 NAMESPACE = "sim"
@@ -205,13 +205,8 @@ class _Waiter:
 class _PlanRun:
     plan: RebalancePlan
     started: float
-    states: list[MoveState]
+    records: list[ReplicaMove]  # one per plan.moves entry: the move's record as the operator would store it
     waiter: _Waiter
-
-
-def _fits(pool: Pool, placement: ReplicaPlacement) -> bool:
-    """Whether every node of the placement is in the pool with enough free devices now."""
-    return all(n.name in pool.nodes and pool.nodes[n.name].free >= n.devices for n in placement.nodes)
 
 
 def _percentile(values: Sequence[float], share: float) -> float:
@@ -299,7 +294,7 @@ class Simulation:
         ]
 
     def _in_flight(self) -> int:
-        return sum(sum(1 for s in run.states if s not in (MoveState.DONE, MoveState.ROLLED_BACK)) for run in self.plans)
+        return sum(sum(1 for r in run.records if r.state not in TERMINAL_STATES) for run in self.plans)
 
     def _placed(self, deployment: _Deployment, placement: ReplicaPlacement, waited: float | None) -> None:
         self.pool.reserve(deployment.key, placement)
@@ -335,15 +330,15 @@ class Simulation:
         if self.settings.move_seconds <= 0:
             return self._apply_instantly(plan, waiter, now)
         try:
-            book_destinations(self.pool, plan)
-        except (InsufficientDevicesError, ValueError):
+            started = start_plan(self.pool, plan)
+        except PlanNotStarted:
             return False
-        for move in plan.moves:
+        for move in started:
             owner = self.live[move.deployment]
             owner.placements[move.destination.replica] = move.destination
             owner.moves_in_flight += 1
             owner.last_move_at = now
-        run = _PlanRun(plan, now, [MoveState.DESTINATION_RESERVED] * len(plan.moves), waiter)
+        run = _PlanRun(plan, now, [move.record for move in started], waiter)
         self.plans.append(run)
         self._count_plan(plan)
         self._push(now + self.settings.move_seconds, _MOVE_CHECK, "")
@@ -357,23 +352,8 @@ class Simulation:
         self.devices_disrupted += plan.devices_freed
 
     def _apply_instantly(self, plan: RebalancePlan, waiter: _Waiter, now: float) -> bool:
-        """New copies Ready at once: sources released, destinations and the waiting replica booked, or nothing.
-
-        Release-then-book, so plans that reuse freed devices (the re-pack baseline) apply too."""
-        for move in plan.moves:
-            release_source(self.pool, move)
-        booked: list[PlannedMove] = []
-        try:
-            for move in plan.moves:
-                self.pool.reserve(move.deployment, move.destination)
-                booked.append(move)
-            if not _fits(self.pool, plan.waiting):
-                raise InsufficientDevicesError(f"{waiter.key} replica {waiter.replica} no longer fits")
-        except (InsufficientDevicesError, ValueError):
-            for move in booked:
-                release_destination(self.pool, move)
-            for move in plan.moves:
-                self.pool.reserve(move.deployment, move.source)
+        """New copies Ready at once: sources released, destinations and the waiting replica booked, or nothing."""
+        if not apply_plan_at_once(self.pool, plan):
             return False
         for move in plan.moves:
             owner = self.live[move.deployment]
@@ -385,54 +365,55 @@ class Simulation:
         return True
 
     def _advance(self, run: _PlanRun, now: float) -> None:
-        """Drive every move of a plan with the state machine, acting on what it asks for."""
+        """Drive every move of a plan one step with the operator's executor; the new copies are Ready
+        ``move_seconds`` after the plan started, and a removed replica has no pods to wait for."""
+        seen = MoveObservation(
+            new_copy_ready=now - run.started >= self.settings.move_seconds,
+            old_pods_gone=True,
+            seconds_since_start=now - run.started,
+            gone_once_removed=True,
+        )
         for position, move in enumerate(run.plan.moves):
-            state = run.states[position]
-            if state in TERMINAL_STATES:
+            record = run.records[position]
+            if record.state in TERMINAL_STATES:
                 continue
             owner = self.live.get(move.deployment)
             if owner is None:  # its DSD left: both copies are gone with it
-                run.states[position] = MoveState.DONE
+                run.records[position] = record.model_copy(update={"state": MoveState.DONE})
                 continue
-            ready = now - run.started >= self.settings.move_seconds
-            facts = MoveFacts(
-                destination_reserved=True,
-                new_replica_created=True,
-                new_replica_ready=ready,
-                seconds_since_start=now - run.started,
-            )
-            step = next_move_step(state, facts, self.settings.policy)
-            if step.action == MoveAction.REMOVE_OLD_REPLICA:
-                release_source(self.pool, move)
-                owner.placements.pop(move.source.replica, None)
-                facts = facts.model_copy(update={"old_replica_removed": True, "old_replica_gone": True})
-                step = next_move_step(step.state, facts, self.settings.policy)
-            elif step.action == MoveAction.ROLL_BACK:
-                release_destination(self.pool, move)
-                owner.placements.pop(move.destination.replica, None)
+            advanced = advance_move(move.deployment, record, owner.placements, self.pool, seen, self.settings.policy)
+            if advanced.rolled_back:
                 self.rolled_back += 1
-            if step.state in TERMINAL_STATES:
+            if advanced.move.state in TERMINAL_STATES:
                 owner.moves_in_flight = max(0, owner.moves_in_flight - 1)
-            run.states[position] = step.state
-        progress = plan_progress(run.states)
+            run.records[position] = advanced.move
+        progress = plan_progress(r.state for r in run.records)
         if progress == PlanProgress.IN_FLIGHT:
             return
         self.plans.remove(run)
         if progress == PlanProgress.ABANDONED:  # the moves still under way give their destinations back
-            for position, move in enumerate(run.plan.moves):
-                owner = self.live.get(move.deployment)
-                if owner is not None and run.states[position] not in TERMINAL_STATES:
-                    release_destination(self.pool, move)
-                    owner.placements.pop(move.destination.replica, None)
-                    owner.moves_in_flight = max(0, owner.moves_in_flight - 1)
-                    run.states[position] = MoveState.ROLLED_BACK
-                    self.rolled_back += 1
+            self._abandon(run)
+        self._plan_finished(run, progress, now)
+
+    def _abandon(self, run: _PlanRun) -> None:
+        for position, move in enumerate(run.plan.moves):
+            owner = self.live.get(move.deployment)
+            if owner is None:
+                continue
+            advanced = abandon_move(move.deployment, run.records[position], owner.placements, self.pool)
+            if advanced.rolled_back:
+                owner.moves_in_flight = max(0, owner.moves_in_flight - 1)
+                self.rolled_back += 1
+            run.records[position] = advanced.move
+
+    def _plan_finished(self, run: _PlanRun, progress: PlanProgress, now: float) -> None:
+        """Place the waiting replica once every move is Done (where planned, or wherever it now fits)."""
         deployment = self.live.get(run.waiter.key)
         if deployment is None:
             return
         if progress == PlanProgress.COMPLETE:
             placement: ReplicaPlacement | None = run.plan.waiting
-            if not _fits(self.pool, run.plan.waiting):
+            if not fits_now(self.pool, run.plan.waiting):
                 placement = self.placer.place(
                     self.pool, self._request(deployment, run.waiter.replica), list(deployment.placements.values())
                 )

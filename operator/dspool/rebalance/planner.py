@@ -1,9 +1,8 @@
 """Rebalancing: plan make-before-break moves that make room for a replica that cannot be placed. Pure.
 
 A replica W of DeepSeekDeployment A is refused (no node or gang has room), yet it would fit if a few
-replicas of *other* DSDs sat elsewhere. :func:`plan_rebalance` finds such a plan or says why there is none;
-:func:`next_move_step` tells the operator, pass after pass, what to do with each move in flight. Nothing
-here talks to the Kubernetes API or keeps state between calls: everything comes in as plain data.
+replicas of *other* DSDs sat elsewhere. :func:`plan_rebalance` finds such a plan or says why there is none.
+Nothing here talks to the Kubernetes API or keeps state between calls: everything comes in as plain data.
 
 Planning rules (``plan_rebalance``):
 
@@ -23,29 +22,14 @@ Planning rules (``plan_rebalance``):
   layout, as its own spec allows; it never lands on a node it leaves.
 - **Deterministic**: same inputs, same plan.
 
-How the operator drives a plan (one reconcile pass at a time; ``dspool simulate`` does the same):
-
-1. W refused, rebalancing on, no plan for W in flight:
-   ``outcome = plan_rebalance(pool, request_w, residents, catalog, policy, now=t, in_flight=n)``;
-   ``residents`` are every other DSD as :class:`ResidentDeployment` (spec, ``status.placements``, PDB
-   budget, moves in flight, last move time). ``outcome.reason`` goes on W's DSD either way.
-2. With a plan: :func:`book_destinations` (all or none), then write each destination into its DSD's
-   ``status.placements`` (under ``move.destination.replica``, a fresh index) together with
-   ``move.record(...)`` in ``status.moves`` - before creating any workload, as for every placement.
-3. Every pass, for each ``status.moves`` entry: observe the facts (:class:`MoveFacts`), call
-   :func:`next_move_step`, store the new state and do ``step.action``: create the new copy's workloads;
-   wait; remove the old replica (delete its workloads, release it with ``Pool.release``) only when the
-   new copy is Ready; or roll back (:func:`release_destination`, delete the new copy's workloads).
-4. When :func:`plan_progress` says ``Complete``, place W as usual: the freed nodes are now its best fit
-   (``plan.waiting`` is where it was planned). ``Abandoned`` (a move rolled back): W stays refused; the
-   moves already past ``NewReplicaReady`` have simply moved.
+Starting a plan and driving its moves is :mod:`dspool.rebalance.executor`'s part; the moves' state machine
+is :mod:`dspool.rebalance.state`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from itertools import combinations
 
 from pydantic import BaseModel, Field
@@ -62,7 +46,6 @@ from dspool.catalog import Catalog, UnknownIdError
 from dspool.inventory import NO_FABRIC, NodeState, Pool
 from dspool.placement import (
     DemandMix,
-    InsufficientDevicesError,
     ReplicaRequest,
     TypeCandidate,
     feasible_types,
@@ -351,6 +334,113 @@ def _fresh_index(taken: set[int]) -> int:
     return next(i for i in range(len(taken) + 1) if i not in taken)
 
 
+def _victims_make_room(
+    pool: Pool,
+    waiting: ReplicaRequest,
+    candidate: _Candidate,
+    catalog: Catalog,
+    demand: DemandMix | None,
+    peers: Sequence[ReplicaPlacement],
+) -> ReplicaPlacement | None:
+    """Inside a trial: where the waiting replica goes once the victims left (booked), or None.
+
+    The victims' devices are then held again: the old copies keep them until their new copies are Ready,
+    so no destination may use them."""
+    for victim in candidate.victims:
+        pool.release(victim.deployment, victim.placement.replica)
+    decision = place_replica(pool, waiting, catalog, peers, demand)
+    if decision.placement is None:
+        return None
+    pool.reserve(waiting.deployment, decision.placement)
+    for victim in candidate.victims:
+        pool.hold(victim.on_node)
+    return decision.placement
+
+
+def _home_for(
+    pool: Pool,
+    victim: _Movable,
+    resident: ResidentDeployment,
+    index: int,
+    catalog: Catalog,
+    demand: DemandMix | None,
+    engine_image: str | None,
+) -> PlannedMove | str:
+    """Inside a trial: the victim's new copy (under replica ``index``, booked), or why it has no home."""
+    namespace, _, name = resident.deployment.partition("/")
+    try:
+        request = ReplicaRequest.from_spec(namespace, name, index, resident.spec, catalog, engine_image)
+    except UnknownIdError as exc:
+        return f"{_short(victim.deployment)}#{victim.placement.replica}: {exc}"
+    request = request.model_copy(update={"avoid_nodes": sorted(victim.on_node)})
+    others = [p for p in resident.placements if p.replica != victim.placement.replica]
+    moved = place_replica(pool, request, catalog, others, demand)
+    if moved.placement is None:
+        return f"{_short(victim.deployment)}#{victim.placement.replica} has no home: {moved.reason}"
+    destination = moved.placement.model_copy(update={"spec_hash": victim.placement.spec_hash})
+    pool.reserve(victim.deployment, destination)
+    return PlannedMove(
+        deployment=victim.deployment,
+        model=resident.spec.model,
+        source=victim.placement,
+        destination=destination,
+        reason=moved.reason,
+    )
+
+
+def _homes_for_victims(
+    pool: Pool,
+    waiting: ReplicaRequest,
+    candidate: _Candidate,
+    residents: Sequence[ResidentDeployment],
+    catalog: Catalog,
+    demand: DemandMix | None,
+    engine_image: str | None,
+) -> list[PlannedMove] | str:
+    """Inside a trial: a new copy for every victim, largest first, or why one has none.
+
+    Each new copy takes the lowest replica index its DSD does not use (nor the waiting replica, when the
+    waiting DSD is the same, nor another new copy of this plan)."""
+    moves: list[PlannedMove] = []
+    new_indexes: dict[int, set[int]] = {}
+    for victim in sorted(candidate.victims, key=lambda v: (-v.devices, v.key)):
+        resident = residents[victim.resident]
+        taken = new_indexes.setdefault(victim.resident, {p.replica for p in resident.placements})
+        if resident.deployment == waiting.deployment:
+            taken.add(waiting.replica)  # the waiting replica of the same DSD holds its index in this plan
+        index = _fresh_index(taken)
+        home = _home_for(pool, victim, resident, index, catalog, demand, engine_image)
+        if isinstance(home, str):
+            return home
+        taken.add(index)
+        moves.append(home)
+    return moves
+
+
+def _plan_of(
+    pool: Pool, waiting: ReplicaRequest, placement: ReplicaPlacement, moves: list[PlannedMove]
+) -> RebalancePlan:
+    """The plan, with the sentence that explains it."""
+    moves = sorted(moves, key=lambda m: (m.deployment, m.replica))
+    devices = sum(m.devices for m in moves)
+    listed = ", ".join(
+        f"{_short(m.deployment)}#{m.replica} {_nodes_text(m.from_nodes)} -> {_nodes_text(m.to_nodes)}" for m in moves
+    )
+    reason = (
+        f"to place {_short(waiting.deployment)}#{waiting.replica} ({_where(placement, pool)}): move {listed}; "
+        f"{len(moves)} move{'s' if len(moves) != 1 else ''}, {devices} device{'s' if devices != 1 else ''} disrupted"
+    )
+    return RebalancePlan(
+        deployment=waiting.deployment,
+        replica=waiting.replica,
+        model=waiting.model.id,
+        waiting=placement,
+        moves=moves,
+        devices_freed=devices,
+        reason=reason,
+    )
+
+
 def _try_candidate(
     pool: Pool,
     waiting: ReplicaRequest,
@@ -363,65 +453,13 @@ def _try_candidate(
 ) -> tuple[RebalancePlan | None, str]:
     """Build the plan for one victim set, or say which part has no home. The pool is left as it was."""
     with pool.trial():
-        for victim in candidate.victims:
-            pool.release(victim.deployment, victim.placement.replica)
-        decision = place_replica(pool, waiting, catalog, peers, demand)
-        if decision.placement is None:
+        placement = _victims_make_room(pool, waiting, candidate, catalog, demand, peers)
+        if placement is None:
             return None, "the waiting replica still does not fit"
-        waiting_placement = decision.placement
-        pool.reserve(waiting.deployment, waiting_placement)
-        # The old copies keep their devices until their new copies are Ready: no destination may use them.
-        for victim in candidate.victims:
-            pool.hold(victim.on_node)
-        moves: list[PlannedMove] = []
-        new_indexes: dict[int, set[int]] = {}
-        for victim in sorted(candidate.victims, key=lambda v: (-v.devices, v.key)):
-            resident = residents[victim.resident]
-            taken = new_indexes.setdefault(victim.resident, {p.replica for p in resident.placements})
-            if resident.deployment == waiting.deployment:
-                taken.add(waiting.replica)  # the waiting replica of the same DSD holds its index in this plan
-            index = _fresh_index(taken)
-            namespace, _, name = resident.deployment.partition("/")
-            try:
-                request = ReplicaRequest.from_spec(namespace, name, index, resident.spec, catalog, engine_image)
-            except UnknownIdError as exc:
-                return None, f"{_short(victim.deployment)}#{victim.placement.replica}: {exc}"
-            request = request.model_copy(update={"avoid_nodes": sorted(victim.on_node)})
-            others = [p for p in resident.placements if p.replica != victim.placement.replica]
-            moved = place_replica(pool, request, catalog, others, demand)
-            if moved.placement is None:
-                return None, f"{_short(victim.deployment)}#{victim.placement.replica} has no home: {moved.reason}"
-            destination = moved.placement.model_copy(update={"spec_hash": victim.placement.spec_hash})
-            pool.reserve(victim.deployment, destination)
-            taken.add(index)
-            moves.append(
-                PlannedMove(
-                    deployment=victim.deployment,
-                    model=resident.spec.model,
-                    source=victim.placement,
-                    destination=destination,
-                    reason=moved.reason,
-                )
-            )
-    moves.sort(key=lambda m: (m.deployment, m.replica))
-    devices = sum(m.devices for m in moves)
-    listed = ", ".join(
-        f"{_short(m.deployment)}#{m.replica} {_nodes_text(m.from_nodes)} -> {_nodes_text(m.to_nodes)}" for m in moves
-    )
-    reason = (
-        f"to place {_short(waiting.deployment)}#{waiting.replica} ({_where(waiting_placement, pool)}): move {listed}; "
-        f"{len(moves)} move{'s' if len(moves) != 1 else ''}, {devices} device{'s' if devices != 1 else ''} disrupted"
-    )
-    plan = RebalancePlan(
-        deployment=waiting.deployment,
-        replica=waiting.replica,
-        model=waiting.model.id,
-        waiting=waiting_placement,
-        moves=moves,
-        devices_freed=devices,
-        reason=reason,
-    )
-    return plan, ""
+        moves = _homes_for_victims(pool, waiting, candidate, residents, catalog, demand, engine_image)
+        if isinstance(moves, str):
+            return None, moves
+    return _plan_of(pool, waiting, placement, moves), ""
 
 
 def plan_rebalance(
@@ -483,160 +521,3 @@ def plan_rebalance(
         reason=f"no rebalancing for {label}: {tried} candidate set{'s' if tried != 1 else ''} tried, "
         f"none has a home for every moved replica (first: {homeless})" + held_note,
     )
-
-
-# ----------------------------------------------------------------------------------------- execution
-
-
-def book_destinations(pool: Pool, plan: RebalancePlan) -> None:
-    """Reserve every destination of the plan, all or none (``InsufficientDevicesError`` books nothing)."""
-    booked: list[PlannedMove] = []
-    try:
-        for move in plan.moves:
-            pool.reserve(move.deployment, move.destination)
-            booked.append(move)
-    except (InsufficientDevicesError, ValueError):
-        for move in booked:
-            release_destination(pool, move)
-        raise
-
-
-def release_destination(pool: Pool, move: PlannedMove) -> None:
-    """Give back a destination (roll back, or the plan could not start)."""
-    pool.release(move.deployment, move.destination.replica)
-
-
-def release_source(pool: Pool, move: PlannedMove) -> None:
-    """Give back the devices the old replica held (once it is removed)."""
-    pool.release(move.deployment, move.source.replica)
-
-
-# ------------------------------------------------------------------------------------ the state machine
-
-
-class MoveAction(StrEnum):
-    """What the operator does next for a move."""
-
-    RESERVE_DESTINATION = "ReserveDestination"  # book it and record it in status, before any workload
-    CREATE_NEW_REPLICA = "CreateNewReplica"  # build and apply the destination's workloads
-    WAIT = "Wait"
-    REMOVE_OLD_REPLICA = "RemoveOldReplica"  # delete the old replica's workloads and release its placement
-    ROLL_BACK = "RollBack"  # delete the new copy's workloads and release the destination; the old one stays
-    NOTHING = "Nothing"
-
-
-class MoveFacts(BaseModel):
-    """What the operator observed about one move in this pass."""
-
-    destination_reserved: bool = False
-    new_replica_created: bool = False
-    new_replica_ready: bool = False
-    old_replica_removed: bool = False
-    old_replica_gone: bool = False  # its pods are gone, so its devices are really free
-    seconds_since_start: float = Field(default=0.0, ge=0, description="since the destination was reserved")
-
-
-class MoveStep(BaseModel):
-    """The next state of a move and what to do about it."""
-
-    state: MoveState
-    action: MoveAction
-    reason: str
-
-
-TERMINAL_STATES = frozenset({MoveState.DONE, MoveState.ROLLED_BACK})
-# States in which the destination is booked (the new copy's reservation) and in which the old copy still
-# holds its devices. Both hold during NewReplicaStarting/Ready: that is make-before-break.
-HOLDS_DESTINATION = frozenset(
-    {
-        MoveState.DESTINATION_RESERVED,
-        MoveState.NEW_REPLICA_STARTING,
-        MoveState.NEW_REPLICA_READY,
-        MoveState.OLD_REMOVED,
-        MoveState.DONE,
-    }
-)
-HOLDS_SOURCE = frozenset(
-    {
-        MoveState.PLANNED,
-        MoveState.DESTINATION_RESERVED,
-        MoveState.NEW_REPLICA_STARTING,
-        MoveState.NEW_REPLICA_READY,
-        MoveState.ROLLED_BACK,
-    }
-)
-
-
-def _one_step(state: MoveState, facts: MoveFacts, policy: RebalancePolicy) -> MoveStep:
-    timed_out = facts.seconds_since_start > policy.ready_timeout_seconds
-    if state == MoveState.PLANNED:
-        if facts.destination_reserved:
-            return MoveStep(state=MoveState.DESTINATION_RESERVED, action=MoveAction.CREATE_NEW_REPLICA, reason="")
-        return MoveStep(state=state, action=MoveAction.RESERVE_DESTINATION, reason="destination not booked yet")
-    if state in (MoveState.DESTINATION_RESERVED, MoveState.NEW_REPLICA_STARTING) and timed_out:
-        return MoveStep(
-            state=MoveState.ROLLED_BACK,
-            action=MoveAction.ROLL_BACK,
-            reason=f"new copy not Ready after {policy.ready_timeout_seconds:.0f}s; the old replica keeps serving",
-        )
-    if state == MoveState.DESTINATION_RESERVED:
-        if facts.new_replica_created:
-            return MoveStep(state=MoveState.NEW_REPLICA_STARTING, action=MoveAction.WAIT, reason="")
-        return MoveStep(state=state, action=MoveAction.CREATE_NEW_REPLICA, reason="new copy not created yet")
-    if state == MoveState.NEW_REPLICA_STARTING:
-        if facts.new_replica_ready:
-            return MoveStep(state=MoveState.NEW_REPLICA_READY, action=MoveAction.REMOVE_OLD_REPLICA, reason="")
-        return MoveStep(state=state, action=MoveAction.WAIT, reason="waiting for the new copy to be Ready")
-    if state == MoveState.NEW_REPLICA_READY:
-        if facts.old_replica_removed:
-            return MoveStep(state=MoveState.OLD_REMOVED, action=MoveAction.WAIT, reason="")
-        if not facts.new_replica_ready:  # it stopped serving: never remove the old one now
-            return MoveStep(
-                state=MoveState.NEW_REPLICA_STARTING, action=MoveAction.WAIT, reason="new copy no longer Ready"
-            )
-        return MoveStep(state=state, action=MoveAction.REMOVE_OLD_REPLICA, reason="new copy Ready")
-    if state == MoveState.OLD_REMOVED:
-        if facts.old_replica_gone:
-            return MoveStep(state=MoveState.DONE, action=MoveAction.NOTHING, reason="moved")
-        return MoveStep(state=state, action=MoveAction.WAIT, reason="waiting for the old pods to be gone")
-    return MoveStep(state=state, action=MoveAction.NOTHING, reason="finished")
-
-
-def next_move_step(state: MoveState, facts: MoveFacts, policy: RebalancePolicy | None = None) -> MoveStep:
-    """Advance a move as far as the observed facts allow and say what to do next.
-
-    Transitions: Planned -> DestinationReserved (booked) -> NewReplicaStarting (created) -> NewReplicaReady
-    (Ready) -> OldRemoved (old removed) -> Done (old pods gone). DestinationReserved or NewReplicaStarting
-    past ``ready_timeout_seconds`` -> RolledBack. A new copy that stops being Ready before the old one is
-    removed sends the move back to NewReplicaStarting, so ``RemoveOldReplica`` is only ever asked for while
-    the new copy serves: a DSD never has fewer Ready replicas than before the move.
-    """
-    policy = policy or RebalancePolicy()
-    step = _one_step(state, facts, policy)
-    reasons = [step.reason] if step.reason else []
-    while step.state != state and step.state not in TERMINAL_STATES:
-        state = step.state
-        step = _one_step(state, facts, policy)
-        if step.reason:
-            reasons.append(step.reason)
-        if step.state == state:
-            break
-    return MoveStep(state=step.state, action=step.action, reason="; ".join(reasons) or step.state.value)
-
-
-class PlanProgress(StrEnum):
-    """Where a whole plan is."""
-
-    IN_FLIGHT = "InFlight"
-    COMPLETE = "Complete"  # every move Done: place the waiting replica
-    ABANDONED = "Abandoned"  # a move rolled back: the waiting replica stays refused
-
-
-def plan_progress(states: Iterable[MoveState]) -> PlanProgress:
-    """The plan's progress from its moves' states."""
-    listed = list(states)
-    if any(s == MoveState.ROLLED_BACK for s in listed):
-        return PlanProgress.ABANDONED
-    if all(s == MoveState.DONE for s in listed):
-        return PlanProgress.COMPLETE
-    return PlanProgress.IN_FLIGHT

@@ -1,15 +1,18 @@
 """Rebalancing inside a reconcile pass: start plans for refused replicas, and drive moves in flight. Pure.
 
-:mod:`dspool.rebalance` plans moves and knows their state machine; this module is where a pass meets it.
+:mod:`~dspool.rebalance.planner` plans moves, :mod:`~dspool.rebalance.executor` executes them; this module is
+what only the operator does around them: read and write ``status.moves``, observe pods, PDB budgets.
 
-- :func:`start_plans` (once per pass, after every DSD was reconciled): for each replica the pass refused,
-  ask :func:`dspool.rebalance.plan_rebalance` for moves of other DSDs. ``dry-run`` only reports the plan;
-  ``on`` books every destination in the pool (all or none) and returns, per moved DSD, the destination
-  placements and ``status.moves`` records to write *before* any workload exists, as for every placement.
-- :func:`advance_moves` (inside :func:`dspool.reconcile.reconcile` of a DSD with moves): observes each
-  move (destination booked? new copy Ready? old replica gone?) and applies what
-  :func:`dspool.rebalance.next_move_step` says: remove the old replica only while the new copy serves,
-  roll back (release the destination) when it is not Ready in time or its node is gone.
+- :func:`rebalance_for_pass` (once per pass, before any DSD is reconciled): the ``Rebalancing`` notes for
+  waiting DSDs, and, through :func:`start_plans`, plans for the replicas the last passes refused.
+- :func:`start_plans`: for each refused replica, ask :func:`~dspool.rebalance.planner.plan_rebalance` for
+  moves of other DSDs. ``dry-run`` only reports the plan; ``on`` starts it
+  (:func:`~dspool.rebalance.executor.start_plan`: every destination booked in the pool, all or none) and
+  returns, per moved DSD, the destination placements and ``status.moves`` records to write *before* any
+  workload exists, as for every placement.
+- :func:`advance_moves` (inside :func:`dspool.reconcile.reconcile` of a DSD with moves): observes each move
+  (new copy Ready? old replica's pods gone?) and hands it to
+  :func:`~dspool.rebalance.executor.advance_move`.
 
 A DSD's new copies in flight do not count towards its replicas (no scale-down takes them, no second
 replica is placed for them); once the old replica is removed the new copy is an ordinary replica.
@@ -26,31 +29,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from dspool.api import (
-    REPLICA_LABEL,
     DeepSeekDeploymentSpec,
-    MoveState,
     ReplicaMove,
     ReplicaPlacement,
     placements_from_status,
 )
 from dspool.catalog import Catalog
 from dspool.inventory import TERMINAL_PHASES, Pool
-from dspool.placement import DemandMix, InsufficientDevicesError, ReplicaRequest
-from dspool.rebalance import (
-    TERMINAL_STATES,
-    MoveAction,
-    MoveFacts,
-    RebalancePlan,
-    RebalancePolicy,
-    ResidentDeployment,
-    book_destinations,
-    next_move_step,
-    plan_rebalance,
-)
+from dspool.placement import DemandMix, ReplicaRequest
+from dspool.rebalance.executor import MoveEvent, MoveObservation, PlanNotStarted, advance_move, start_plan
+from dspool.rebalance.planner import RebalancePlan, RebalancePolicy, ResidentDeployment, plan_rebalance
+from dspool.rebalance.state import IN_FLIGHT_STATES, TERMINAL_STATES
+from dspool.selectors import selector_selects
 
-IN_FLIGHT_STATES = frozenset(
-    {MoveState.PLANNED, MoveState.DESTINATION_RESERVED, MoveState.NEW_REPLICA_STARTING, MoveState.NEW_REPLICA_READY}
-)
+# Per moved DSD (``namespace/name``): the new copies to add to its placements and their ``status.moves`` records.
+MoveWrites = dict[str, tuple[list[ReplicaPlacement], list[ReplicaMove]]]
 
 
 class RebalanceMode(StrEnum):
@@ -59,16 +52,6 @@ class RebalanceMode(StrEnum):
     OFF = "off"
     DRY_RUN = "dry-run"  # plan and say what would move; move nothing
     ON = "on"
-
-
-@dataclass
-class MoveEvent:
-    """An event for the DSD whose replica moves (the pass posts it); ``devices`` = devices a move freed."""
-
-    type: str
-    reason: str
-    message: str
-    devices: int = 0
 
 
 def moves_from_status(status: Mapping[str, Any] | None) -> list[ReplicaMove]:
@@ -123,44 +106,21 @@ def advance_moves(
     policy = policy or RebalancePolicy()
     outcome = MovesOutcome(moves=[])
     for move in moves:
-        state = move.state
-        if state in TERMINAL_STATES:
+        if move.state in TERMINAL_STATES:
             if _seconds_since(move.started_at, now) <= policy.cooldown_seconds:
                 outcome.moves.append(move)
             continue
         new_copy = placements.get(move.new_replica)
-        old = placements.get(move.replica)
-        if new_copy is None and state != MoveState.PLANNED:
-            state, why = MoveState.ROLLED_BACK, "its destination was lost (node gone or NotReady)"
-            outcome.events.append(MoveEvent("Warning", "MoveRolledBack", f"replica {move.replica} stays: {why}"))
-            outcome.moves.append(move.model_copy(update={"state": state, "reason": why}))
-            continue
-        facts = MoveFacts(
-            destination_reserved=new_copy is not None,
-            new_replica_created=new_copy is not None,
-            new_replica_ready=new_copy is not None and is_ready(new_copy, pods_by_replica.get(move.new_replica, [])),
-            old_replica_removed=old is None,
-            old_replica_gone=old is None and not _live_pods(pods_by_replica.get(move.replica, [])),
+        seen = MoveObservation(
+            new_copy_ready=new_copy is not None and is_ready(new_copy, pods_by_replica.get(move.new_replica, [])),
+            old_pods_gone=not _live_pods(pods_by_replica.get(move.replica, [])),
             seconds_since_start=_seconds_since(move.started_at, now),
         )
-        step = next_move_step(state, facts, policy)
-        if step.action == MoveAction.REMOVE_OLD_REPLICA and old is not None:
-            pool.release(deployment, move.replica)
-            del placements[move.replica]
-            step = next_move_step(step.state, facts.model_copy(update={"old_replica_removed": True}), policy)
-            source, to = (", ".join(n.name for n in nodes) for nodes in (move.from_nodes, move.to_nodes))
-            message = (f"replica {move.replica} moved from {source} to replica {move.new_replica} on {to} to make "
-                       f"room for {move.for_replica}; the new copy is Ready")  # fmt: skip
-            outcome.events.append(MoveEvent("Normal", "Moved", message, sum(n.devices for n in move.from_nodes)))
-        elif step.action == MoveAction.ROLL_BACK and new_copy is not None:
-            pool.release(deployment, move.new_replica)
-            del placements[move.new_replica]
-            outcome.events.append(
-                MoveEvent("Warning", "MoveRolledBack", f"replica {move.replica} stays: {step.reason}")
-            )
-        updated = move.model_copy(update={"state": step.state})
-        outcome.moves.append(updated)
-        if updated.state in IN_FLIGHT_STATES:
+        advanced = advance_move(deployment, move, placements, pool, seen, policy)
+        outcome.moves.append(advanced.move)
+        if advanced.event is not None:
+            outcome.events.append(advanced.event)
+        if advanced.move.state in IN_FLIGHT_STATES:
             outcome.in_flight_copies.add(move.new_replica)
     return outcome
 
@@ -186,7 +146,7 @@ class StartedPlan:
     reason: str
     plan: RebalancePlan | None
     started: bool
-    writes: dict[str, tuple[list[ReplicaPlacement], list[ReplicaMove]]] = field(default_factory=dict)
+    writes: MoveWrites = field(default_factory=dict)
 
 
 def residents_of(
@@ -267,17 +227,16 @@ def start_plans(
             results.append(StartedPlan(item.deployment, item.request.replica, outcome.reason, plan, started=False))
             continue
         try:
-            book_destinations(pool, plan)
-        except (InsufficientDevicesError, ValueError) as exc:
+            started = start_plan(pool, plan, now.isoformat().replace("+00:00", "Z"))
+        except PlanNotStarted as exc:
             results.append(StartedPlan(item.deployment, item.request.replica, f"{outcome.reason} (not started: {exc})",
                                        plan, started=False))  # fmt: skip
             continue
-        started_at = now.isoformat().replace("+00:00", "Z")
-        writes: dict[str, tuple[list[ReplicaPlacement], list[ReplicaMove]]] = {}
-        for move in plan.moves:
+        writes: MoveWrites = {}
+        for move in started:
             placements, records = writes.setdefault(move.deployment, ([], []))
             placements.append(move.destination)
-            records.append(move.record(plan.for_replica, MoveState.DESTINATION_RESERVED, started_at))
+            records.append(move.record)
         in_flight += len(plan.moves)
         for resident in residents:  # they now have a move in flight: no second plan takes them this pass
             if resident.deployment in writes:
@@ -295,12 +254,6 @@ def status_with_moves(
     updated["placements"] = [*(status.get("placements") or []), *(p.wire() for p in placements)]
     updated["moves"] = [*(status.get("moves") or []), *(r.wire() for r in records)]
     return updated
-
-
-def replica_of(pod: Mapping[str, Any]) -> int | None:
-    """The replica index a dspool pod belongs to."""
-    value = (pod.get("metadata", {}).get("labels") or {}).get(REPLICA_LABEL)
-    return int(value) if value is not None and str(value).isdigit() else None
 
 
 def refused_replica(body: Mapping[str, Any], catalog: Catalog, site_vllm_image: str | None) -> RefusedReplica | None:
@@ -327,24 +280,6 @@ def refused_replica(body: Mapping[str, Any], catalog: Catalog, site_vllm_image: 
     return RefusedReplica(f"{namespace}/{name}", request, serving)
 
 
-def selector_selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """A metav1.LabelSelector (matchLabels, matchExpressions) against labels; an empty selector selects all."""
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
-        present = key in labels
-        if operator == "In" and not (present and labels[key] in values):
-            return False
-        if operator == "NotIn" and present and labels[key] in values:
-            return False
-        if operator == "Exists" and not present:
-            return False
-        if operator == "DoesNotExist" and present:
-            return False
-    return True
-
-
 def pdb_budgets(
     pdbs: Sequence[Mapping[str, Any]], pods_by_deployment: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]
 ) -> dict[str, int | None]:
@@ -362,3 +297,88 @@ def pdb_budgets(
                 current = budgets.get(key)
                 budgets[key] = allowed if current is None else min(current, allowed)
     return budgets
+
+
+# ------------------------------------------------------------------------------------------- one pass
+
+
+@dataclass
+class PassRebalance:
+    """What a pass's rebalancing decided, before any DSD is reconciled (per DSD ``namespace/name``)."""
+
+    notes: dict[str, str] = field(default_factory=dict)  # the Rebalancing condition of waiting DSDs
+    writes: MoveWrites = field(default_factory=dict)  # new copies and their records (mode ``on``; booked)
+    events: dict[str, list[MoveEvent]] = field(default_factory=dict)
+    plans: list[StartedPlan] = field(default_factory=list)  # every plan found (the metrics count them)
+
+
+def waiting_notes(bodies: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Per DSD whose waiting replica has moves in flight: which moves it waits for."""
+    notes: dict[str, str] = {}
+    for replica, moves in waiting_on(bodies).items():
+        key = replica.rsplit("#", 1)[0]
+        listed = "; ".join(f"replica {m.replica} to {', '.join(n.name for n in m.to_nodes)} ({m.state.value})"
+                           for m in moves)  # fmt: skip
+        notes[key] = f"waiting for {len(moves)} move{'s' if len(moves) != 1 else ''} in flight: {listed}"
+    return notes
+
+
+def _tell_started(found: StartedPlan, plan: RebalancePlan, result: PassRebalance) -> None:
+    """A started plan: the note and event on the waiting DSD, the new copies and a Moving event per move."""
+    result.notes[found.deployment] = f"moving {len(plan.moves)} replica(s): {found.reason}"
+    result.events.setdefault(found.deployment, []).append(MoveEvent("Normal", "Rebalancing", found.reason))
+    for key, (placements, records) in found.writes.items():
+        previous = result.writes.get(key, ([], []))
+        result.writes[key] = (previous[0] + placements, previous[1] + records)
+        for record in records:
+            to = ", ".join(n.name for n in record.to_nodes)
+            message = (f"replica {record.replica} moves make-before-break to {to} (new replica "
+                       f"{record.new_replica}) to make room for {record.for_replica}")  # fmt: skip
+            result.events.setdefault(key, []).append(MoveEvent("Normal", "Moving", message))
+
+
+def rebalance_for_pass(
+    pool: Pool,
+    bodies: Sequence[Mapping[str, Any]],
+    pods_by_deployment: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
+    pdbs: Sequence[Mapping[str, Any]],
+    now: datetime,
+    catalog: Catalog,
+    mode: RebalanceMode,
+    *,
+    manages: Callable[[str], bool] = lambda _: True,
+    policy: RebalancePolicy | None = None,
+    demand: DemandMix | None = None,
+    engine_image: str | None = None,
+) -> PassRebalance:
+    """A pass's rebalancing, before any DSD is reconciled: notes for waiting DSDs (the Rebalancing
+    condition), new copies to add to moved DSDs (mode ``on``; booked in ``pool``), and events.
+
+    ``bodies``: every DSD as the pass sees it, oldest first; ``manages(namespace)``: whether this operator
+    decides the DSDs of a namespace (only its own refused replicas get plans)."""
+    result = PassRebalance(notes=waiting_notes(bodies))
+    if mode == RebalanceMode.OFF:
+        return result
+    refused = []
+    for body in bodies:
+        metadata = body["metadata"]
+        if not manages(metadata["namespace"]) or metadata.get("deletionTimestamp"):
+            continue
+        item = refused_replica(body, catalog, engine_image)
+        if item is not None:
+            refused.append(item)
+    if not refused:
+        return result
+    result.plans = start_plans(
+        pool, refused, bodies, catalog, mode, now, disruptions_allowed=pdb_budgets(pdbs, pods_by_deployment),
+        policy=policy, demand=demand, engine_image=engine_image,
+    )  # fmt: skip
+    for found in result.plans:
+        if found.started and found.plan is not None:
+            _tell_started(found, found.plan, result)
+        elif found.plan is not None:
+            result.notes.setdefault(found.deployment, f"dry run: would move {len(found.plan.moves)} replica(s): "
+                                                       f"{found.reason} (dspool run --rebalance on)")  # fmt: skip
+        else:
+            result.notes.setdefault(found.deployment, found.reason)
+    return result
