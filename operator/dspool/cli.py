@@ -28,7 +28,7 @@ from dspool.settings import (
     positive_float,
     positive_int,
 )
-from dspool.sizing import Backend, Plan, SizingRequest, plan
+from dspool.sizing import Backend, SizingPlan, SizingRequest, plan
 
 EXIT_USAGE = 2
 
@@ -253,7 +253,7 @@ def _cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
-def format_plan_detail(result: Plan) -> str:
+def format_plan_detail(result: SizingPlan) -> str:
     """One plan as a short human-readable block."""
     mem = result.memory_gib
     lines = [
@@ -281,7 +281,7 @@ def format_plan_detail(result: Plan) -> str:
     return "\n".join(lines)
 
 
-def format_plan_table(plans: Sequence[Plan]) -> str:
+def format_plan_table(plans: Sequence[SizingPlan]) -> str:
     """Plans as an aligned table, one row each; infeasible rows carry their reason."""
     header = ["MODEL", "ACCELERATOR", "PREC", "DEVICES", "NODES", "LAYOUT", "BACKEND", "MAX-LEN",
               "WEIGHTS/DEV", "KV/DEV", "USABLE/DEV", "NOTE"]  # fmt: skip
@@ -308,7 +308,7 @@ def format_plan_table(plans: Sequence[Plan]) -> str:
     return format_table(header, rows)
 
 
-def _short_note(result: Plan) -> str:
+def _short_note(result: SizingPlan) -> str:
     """ "marginal" when the plan has little headroom, then the first clause of the precision note."""
     precision = result.precision_note.split("; ")[0].split(": vLLM's")[0]
     marginal = f"marginal ({result.memory_gib.free_per_device:.1f} GiB left)" if result.marginal else ""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from dspool.catalog import AcceleratorSpec, ModelSpec
-from dspool.sizing import Plan, SizingRequest, plan
+from dspool.sizing import SizingPlan, SizingRequest, plan
 
 PLAN_CACHE_LIMIT = 4096
 
-_PLAN_CACHE: dict[tuple[Any, ...], Plan] = {}
+_PLAN_CACHE: dict[tuple[Any, ...], SizingPlan] = {}
 
 
 def model_fingerprint(model: ModelSpec) -> tuple[Any, ...]:
@@ -51,7 +51,7 @@ def _accelerator_fingerprint(accelerator: AcceleratorSpec) -> tuple[Any, ...]:
 
 def sized_plan(
     model: ModelSpec, accelerator: AcceleratorSpec, sizing: SizingRequest, device_memory_gib: float, devices: int
-) -> Plan:
+) -> SizingPlan:
     """``sizing.plan`` with the pool's device memory and server size, memoised (the planner is called a lot)."""
     key = (
         model_fingerprint(model),

@@ -113,7 +113,7 @@ class MemoryAccount(_Camel):
         return round(value, 2)
 
 
-class Plan(_Camel):
+class SizingPlan(_Camel):
     """The planner's answer for one model on one accelerator type."""
 
     model: str
@@ -138,7 +138,7 @@ class Plan(_Camel):
     precision_note: str = Field(default="", description="why this precision, when it is not the checkpoint's own")
 
     @model_validator(mode="after")
-    def _check_shape(self) -> Plan:
+    def _check_shape(self) -> SizingPlan:
         layout_devices = self.tensor_parallel * self.pipeline_parallel * self.data_parallel
         if self.feasible and self.devices_per_replica != layout_devices:
             raise ValueError("devicesPerReplica must equal tensorParallel x pipelineParallel x dataParallel")
@@ -450,7 +450,7 @@ def serving_mode_refusal(
     return None
 
 
-def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest | None = None) -> Plan:
+def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest | None = None) -> SizingPlan:
     """Size one replica of ``model`` on ``accelerator``; infeasible plans carry the reason.
 
     The steps: choose the backend and precision (or say why none), refuse what cannot be served at all,
@@ -585,11 +585,11 @@ class _Ledger:
             )
         return self._reserves[layout]
 
-    def infeasible(self, reason: str, account: MemoryAccount | None = None) -> Plan:
+    def infeasible(self, reason: str, account: MemoryAccount | None = None) -> SizingPlan:
         """The plan that says no, with ``reason`` and the closest memory account (else an empty one)."""
         request = self.request
         overhead = self.reserve_for(Layout(1)).total_gib
-        return Plan(
+        return SizingPlan(
             model=self.model.id,
             accelerator=self.accelerator.id,
             precision=self.precision,
@@ -671,7 +671,7 @@ class _Search:
             return layout, current
         return None
 
-    def closest_miss(self, max_nodes: int) -> Plan:
+    def closest_miss(self, max_nodes: int) -> SizingPlan:
         """Nothing fits: the refusals when the engine accepts no layout, else the largest layout tried (the
         closest miss) and what it would need."""
         model, precision, kv_tokens = self.model, self.precision, self.ledger.kv_tokens
@@ -709,7 +709,7 @@ class _Search:
             )
         return f"1 node x {self.devices_per_node} (multi-node {_why_single_node(request, self.accelerator, backend)})"
 
-    def feasible(self, layout: Layout, chosen: MemoryAccount) -> Plan:
+    def feasible(self, layout: Layout, chosen: MemoryAccount) -> SizingPlan:
         """The plan for ``layout`` with a reason naming the layouts below it and why they were not taken."""
         model, request = self.model, self.request
         kv_tokens, precision_note = self.ledger.kv_tokens, self.ledger.precision_note
@@ -734,7 +734,7 @@ class _Search:
         parts += self._why_not_smaller(layout)
         if precision_note:
             parts.append(precision_note)
-        return Plan(
+        return SizingPlan(
             model=model.id,
             accelerator=self.accelerator.id,
             precision=self.precision,
@@ -816,8 +816,8 @@ class _Search:
 
 
 def _with_cheaper_precision_hint(
-    model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest, result: Plan
-) -> Plan:
+    model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest, result: SizingPlan
+) -> SizingPlan:
     """When ``auto`` fell back to BF16, say what an 8-bit quantization would need instead."""
     if request.precision != "auto" or result.precision != Precision.BF16 or model.native_precision == Precision.BF16:
         return result

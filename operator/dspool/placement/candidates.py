@@ -12,11 +12,11 @@ from dspool.inventory import NodeState
 from dspool.placement.filters import PoolView, TypeView
 from dspool.placement.request import ReplicaRequest
 from dspool.plancache import model_fingerprint, sized_plan
-from dspool.sizing import Plan
+from dspool.sizing import SizingPlan
 
 SizedKey = tuple[Any, ...]
-Sized = tuple[TypeView, Plan]
-CostGroups = list[list[tuple[float, TypeView, Plan]]]
+Sized = tuple[TypeView, SizingPlan]
+CostGroups = list[list[tuple[float, TypeView, SizingPlan]]]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class TypeCandidate:
     """An accelerator type a request may use, its nodes after the filters, and the request sized on it."""
 
     accelerator: str
-    plan: Plan
+    plan: SizingPlan
     nodes: tuple[NodeState, ...]  # sorted by name
     domains: tuple[tuple[str, tuple[NodeState, ...]], ...]  # fabric domain -> nodes, sorted by domain
 
@@ -39,14 +39,14 @@ class SizedTypes:
     """The request sized on each candidate type: the types it fits (feasible) and those it does not."""
 
     feasible: list[Sized]
-    infeasible: list[Plan]
+    infeasible: list[SizingPlan]
     _cost_groups: CostGroups | None = field(default=None, repr=False)
 
     def cost_groups(self) -> CostGroups:
         """The feasible types grouped by nodes per replica (fewest first), each group by memory claimed,
         then id: the order least-cost binpack tries them in (computed once)."""
         if self._cost_groups is None:
-            groups: dict[int, list[tuple[float, TypeView, Plan]]] = {}
+            groups: dict[int, list[tuple[float, TypeView, SizingPlan]]] = {}
             claimed = [(memory_claimed(item), *item) for item in self.feasible]
             for memory, view, sized in sorted(claimed, key=lambda i: (i[2].nodes_per_replica, i[0], i[2].accelerator)):
                 groups.setdefault(sized.nodes_per_replica, []).append((memory, view, sized))
@@ -99,7 +99,7 @@ def size_types(view: PoolView, candidates: Sequence[str], request: ReplicaReques
     """The request sized on each candidate type (the placement context keeps the answer per :func:`sized_key`)."""
     sizing = request.sizing.model_copy(update={"allow_multi_node": request.allow_multi_node})
     feasible: list[Sized] = []
-    infeasible: list[Plan] = []
+    infeasible: list[SizingPlan] = []
     for accelerator_id in candidates:
         type_view = view.types[accelerator_id]
         try:

@@ -15,7 +15,7 @@ from dspool.api import Strategy
 from dspool.inventory import FreeIndex, NodeState
 from dspool.placement.filters import TypeView
 from dspool.placement.scarcity import Loss
-from dspool.sizing import Plan
+from dspool.sizing import SizingPlan
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TypeOutcome:
     """What one accelerator type offers a request."""
 
     view: TypeView
-    plan: Plan
+    plan: SizingPlan
     choice: Choice | None = None
     shortfall: Shortfall | None = None  # why there is no room, when choice is None (None when not evaluated)
     free_total: int = 0
@@ -190,7 +190,7 @@ def _gang_shortfall(view: TypeView, stages: int, per_stage: int) -> Shortfall:
 
 def evaluate(
     view: TypeView,
-    sized: Plan,
+    sized: SizingPlan,
     strategy: Strategy,
     peer_nodes: set[str],
     free_total: bool,

@@ -10,7 +10,7 @@ from dspool.inventory import Pool
 from dspool.placement.candidates import memory_claimed
 from dspool.placement.choice import Shortfall, TypeOutcome
 from dspool.placement.request import ReplicaRequest
-from dspool.sizing import Plan
+from dspool.sizing import SizingPlan
 
 MAX_ALTERNATIVES_IN_REASON = 3
 
@@ -39,7 +39,7 @@ def shortfall_text(shortfall: Shortfall | None) -> str:
     return f"{accelerator} needs {stages} nodes x {per_stage} free{in_fabric}{detail}"
 
 
-def shape(sized: Plan) -> str:
+def shape(sized: SizingPlan) -> str:
     """A plan's footprint, e.g. '16 devices over 2 nodes' or '4 devices on one node'."""
     if sized.nodes_per_replica > 1:
         return f"{sized.devices_per_replica} devices over {sized.nodes_per_replica} nodes"
@@ -79,7 +79,7 @@ def with_notes(head: str, notes: list[str]) -> str:
 
 
 def success_reason(
-    winner: TypeOutcome, ranked: list[TypeOutcome], preferred: bool, infeasible: list[Plan], strategy: Strategy
+    winner: TypeOutcome, ranked: list[TypeOutcome], preferred: bool, infeasible: list[SizingPlan], strategy: Strategy
 ) -> str:
     """The reason of a decision taken by type order: where, why this type, and what the others lacked."""
     position = ranked.index(winner)
@@ -102,7 +102,7 @@ def success_reason(
     return with_notes(f"{describe_choice(winner, strategy)} — {why}", notes)
 
 
-def least_cost_reason(winner: TypeOutcome, ranked: list[TypeOutcome], infeasible: list[Plan]) -> str:
+def least_cost_reason(winner: TypeOutcome, ranked: list[TypeOutcome], infeasible: list[SizingPlan]) -> str:
     """The reason of a least-cost binpack decision: where, why this type, and what the others lacked."""
     position = ranked.index(winner)
     passed_over = [o for o in ranked[:position] if o.choice is not None]
@@ -165,7 +165,7 @@ def no_candidate_reason(label: str, allowed: list[str] | None, usable: Sequence[
 
 
 def no_room_reason(
-    label: str, outcomes: list[TypeOutcome], infeasible: list[Plan], missing: list[str], filtered: str
+    label: str, outcomes: list[TypeOutcome], infeasible: list[SizingPlan], missing: list[str], filtered: str
 ) -> str:
     """Why no type had room: each type's shortfall, the types too small, those missing, the nodes filtered."""
     parts = [shortfall_text(o.shortfall) for o in outcomes]

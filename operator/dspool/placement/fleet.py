@@ -29,14 +29,14 @@ from dspool.catalog import Catalog, ModelSpec, UnknownIdError
 from dspool.inventory import NodeState, Pool, devices_by_node
 from dspool.placement.context import PlacementContext
 from dspool.plancache import sized_plan
-from dspool.sizing import Plan, SizingRequest
+from dspool.sizing import SizingPlan, SizingRequest
 
 ALL_TYPES = "all"
 
 
 def type_plan(
     model: ModelSpec, accelerator: str, nodes: Sequence[NodeState], catalog: Catalog, sizing: SizingRequest
-) -> Plan | None:
+) -> SizingPlan | None:
     """The plan the engine would use for ``model`` on these nodes of one type (None when it cannot fit)."""
     try:
         spec = catalog.accelerator(accelerator)
@@ -70,7 +70,7 @@ def _gangs_in_domain(free_counts: Iterable[int], stages: int, per_stage: int) ->
     return gangs
 
 
-def replicas_that_fit(plan: Plan, nodes: Sequence[NodeState]) -> int:
+def replicas_that_fit(plan: SizingPlan, nodes: Sequence[NodeState]) -> int:
     """How many replicas of ``plan`` the engine places on these nodes (one type) before it is full."""
     per_stage = plan.devices_per_node
     if plan.nodes_per_replica == 1:

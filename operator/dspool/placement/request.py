@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from dspool.api import DeepSeekDeploymentSpec, NodeDevices, ReplicaPlacement, Strategy, Toleration
 from dspool.catalog import Catalog, ModelSpec
 from dspool.plancache import model_fingerprint
-from dspool.sizing import DEFAULT_KV_CACHE_TOKENS, Plan, SizingRequest
+from dspool.sizing import DEFAULT_KV_CACHE_TOKENS, SizingPlan, SizingRequest
 
 
 class ReplicaRequest(BaseModel):
@@ -74,7 +74,7 @@ class Decision(BaseModel):
 
     placement: ReplicaPlacement | None
     reason: str
-    plan: Plan | None = None
+    plan: SizingPlan | None = None
 
 
 DEFAULT_WEIGHT = 1.0
@@ -132,7 +132,7 @@ def catalog_mix(catalog: Catalog) -> DemandMix:
     return mix
 
 
-def placement_from_plan(sized: Plan, nodes: Sequence[str], replica: int) -> ReplicaPlacement:
+def placement_from_plan(sized: SizingPlan, nodes: Sequence[str], replica: int) -> ReplicaPlacement:
     """The placement of a feasible plan on these nodes (one pipeline stage of TP devices on each)."""
     assert sized.precision is not None and sized.backend is not None
     # built from a feasible plan, so valid by construction: no validation on the placement hot path
