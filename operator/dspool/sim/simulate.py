@@ -294,7 +294,14 @@ class Simulation:
         ]
 
     def _in_flight(self) -> int:
-        return sum(sum(1 for r in run.records if r.state not in TERMINAL_STATES) for run in self.plans)
+        """Moves in flight pool-wide, counted as the operator counts them: a DSD that left took its moves with
+        it (the operator reads moves from the statuses of the DSDs still there)."""
+        return sum(
+            1
+            for run in self.plans
+            for move, record in zip(run.plan.moves, run.records, strict=True)
+            if record.state not in TERMINAL_STATES and move.deployment in self.live
+        )
 
     def _placed(self, deployment: _Deployment, placement: ReplicaPlacement, waited: float | None) -> None:
         self.pool.reserve(deployment.key, placement)
