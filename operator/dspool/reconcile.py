@@ -61,6 +61,8 @@ from dspool.placement import (
     scale_down_victims,
 )
 from dspool.rebalance import MovesOutcome, RebalancePolicy, advance_moves, moves_from_status
+from dspool.weights.state import CacheView
+from dspool.weights.status import weights_condition
 from dspool.workloads import (
     NO_INTERCONNECT,
     ImageDefaults,
@@ -85,6 +87,8 @@ class ReconcileSettings:
     demand: DemandMix | None = None  # the models to keep room for (those of the DSDs in the cluster)
     rebalance_policy: RebalancePolicy = field(default_factory=RebalancePolicy)
     interconnect: Interconnect = NO_INTERCONNECT  # the site's RDMA resource for multi-node NVIDIA replicas
+    model_cache_dir: str | None = None  # the node model cache (None: engine pods fetch their own weights)
+    model_cache: CacheView = field(default_factory=CacheView)  # what each node's cache holds, this pass
 
 
 @dataclass
@@ -406,6 +410,7 @@ def _retire_outdated(state: _DeploymentDecision) -> None:
 
 def _build_status(
     state: _DeploymentDecision,
+    model: ModelSpec,
     final: Sequence[ReplicaPlacement],
     old: DeepSeekDeploymentStatus,
     moving: MovesOutcome,
@@ -418,6 +423,11 @@ def _build_status(
         dsd, len(state.current), ready_count, state.refusal, old.conditions, state.now, rolling=bool(state.outdated),
         rebalancing=rebalancing if state.refusal is not None else None,
         interconnect=interconnect_condition(final, state.catalog, state.settings.interconnect),
+        weights=(
+            weights_condition(dsd.spec, model, final, state.settings.model_cache)
+            if state.settings.model_cache_dir is not None
+            else None
+        ),
     )  # fmt: skip
     return DeepSeekDeploymentStatus(
         phase=phase,
@@ -442,7 +452,11 @@ def _build_objects(
     objects: list[dict[str, Any]] = []
     for placement in final:
         accelerator = state.catalog.accelerator(placement.accelerator)
-        kwargs: dict[str, Any] = {"lws_available": settings.lws_available, "interconnect": settings.interconnect}
+        kwargs: dict[str, Any] = {
+            "lws_available": settings.lws_available,
+            "interconnect": settings.interconnect,
+            "model_cache_dir": settings.model_cache_dir,
+        }
         if settings.images is not None:
             kwargs["images"] = settings.images
         if not settings.mindcluster:
@@ -491,7 +505,7 @@ def reconcile(
     _place_missing(state)
     _retire_outdated(state)
     final = state.final()
-    status = _build_status(state, final, old, moving, rebalancing)
+    status = _build_status(state, model, final, old, moving, rebalancing)
     finished = [m for m in moving.events if m.reason == "Moved"]
     return ReconcileResult(
         status=status, objects=_build_objects(state, model, final), events=state.events,
@@ -525,6 +539,7 @@ def _summarize(
     rolling: bool = False,
     rebalancing: str | None = None,
     interconnect: Condition | None = None,
+    weights: Condition | None = None,
 ) -> tuple[Phase, list[Condition], str]:
     desired, bounded = dsd.spec.bounded_replicas()
     if refusal is not None and rolling:
@@ -568,8 +583,7 @@ def _summarize(
                 type="Scaling", status="False", reason="WithinBounds", message=f"{desired} replicas asked and run"
             )
         )
-    if interconnect is not None:
-        conditions.append(interconnect)
+    conditions += [c for c in (interconnect, weights) if c is not None]
     stamped = _stamp(conditions, old_conditions, dsd.metadata.get("generation"), now)
     return phase, stamped, message
 

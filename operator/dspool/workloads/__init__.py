@@ -118,6 +118,7 @@ def build_replica_objects(
     images: ImageDefaults = DEFAULT_IMAGES,
     rank_table_pods: Sequence[Mapping[str, Any]] | None = None,
     interconnect: Interconnect = NO_INTERCONNECT,
+    model_cache_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """The objects that run one replica on its planned nodes, in apply order (ConfigMaps and Services first).
 
@@ -126,12 +127,13 @@ def build_replica_objects(
     ``rings-config-<name>``, built from the Ascend device plugin's annotations on those pods (``status:
     completed`` once every pod carries its NPUs' addresses, ``initializing`` before); other replicas ignore
     them. None writes no rank table: MindCluster's ascend-operator does. ``interconnect``: the site's RDMA
-    resource and NCCL variables, for multi-node NVIDIA replicas.
+    resource and NCCL variables, for multi-node NVIDIA replicas. ``model_cache_dir``: the node model cache, where
+    the engine reads weights fetched by dspool's fetch Jobs (None: the engine pod fetches them itself).
 
     Raises ValueError for a placement that cannot be served as given: a backend on the wrong vendor,
     a node count that is not the pipeline-parallel size, or a multi-node replica on Ascend 310P.
     """
-    replica = Replica(dsd, placement, model, accelerator, images, interconnect)
+    replica = Replica(dsd, placement, model, accelerator, images, interconnect, model_cache_dir)
     check_placement(replica)
     if replica.backend == Backend.MINDIE:
         return mindie_objects(replica, rank_table_pods)

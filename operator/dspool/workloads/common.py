@@ -28,8 +28,10 @@ from dspool.api import (
     dns_label,
     placement_fingerprint,
 )
-from dspool.catalog import AcceleratorSpec, ModelSpec, Vendor
+from dspool.catalog import AcceleratorSpec, ModelSpec, Precision, Vendor
 from dspool.sizing import Backend
+from dspool.weights.entries import entry_for
+from dspool.weights.jobs import entry_marker_path
 
 MODEL_NAME_LABEL = "app.kubernetes.io/name"
 SPEC_HASH_ANNOTATION = "dspool.io/spec-hash"
@@ -213,6 +215,7 @@ class Replica:
     accelerator: AcceleratorSpec
     images: ImageDefaults
     interconnect: Interconnect = field(default_factory=Interconnect)
+    model_cache_dir: str | None = None  # the node model cache's directory; None: no cache (downloads in the pod)
 
     @property
     def name(self) -> str:
@@ -428,6 +431,11 @@ def model_parts(replica: Replica, *, needs_local_weights: bool) -> PodParts:
         parts.mounts.append({"name": "model", "mountPath": source.mount_path, "readOnly": True})
         parts.model_path = source.mount_path
         return parts
+    if replica.model_cache_dir is not None:
+        entry = entry_for(replica.dsd.spec, replica.model, Precision(replica.placement.precision))
+        if entry is not None:
+            _mount_cache_entry(parts, replica, replica.model_cache_dir, entry.id)
+            return parts
     uri = source.uri if source is not None else None
     if uri is None and needs_local_weights:
         uri = f"hf://{replica.model.hf_id}"
@@ -453,6 +461,33 @@ def model_parts(replica: Replica, *, needs_local_weights: bool) -> PodParts:
     )
     parts.model_path = mount_path
     return parts
+
+
+WAIT_FOR_WEIGHTS_SECONDS = 10  # how often the init container looks for the entry's marker
+
+
+def _mount_cache_entry(parts: PodParts, replica: Replica, cache_dir: str, entry: str) -> None:
+    """The node model cache, read-only, and an init container that waits until the entry is complete.
+
+    Nothing is downloaded in the engine pod: a fetch Job on the node fills the cache (``dspool.weights``), and
+    the engine starts only once the entry's marker is there, so a container restart or a group recreation
+    finds the weights on local disk. The wait runs in the engine's own image (no other image to pull)."""
+    marker = entry_marker_path(cache_dir, entry)
+    parts.volumes.append({"name": "model-cache", "hostPath": {"path": cache_dir, "type": "DirectoryOrCreate"}})
+    parts.mounts.append({"name": "model-cache", "mountPath": cache_dir, "readOnly": True})
+    script = (
+        f'until [ -f "{marker}" ]; do echo "waiting for the weights of {entry} on this node"; '
+        f"sleep {WAIT_FOR_WEIGHTS_SECONDS}; done"
+    )
+    parts.init_containers.append(
+        {
+            "name": "wait-for-weights",
+            "image": replica.image(),
+            "command": ["/bin/sh", "-c", script],
+            "volumeMounts": [{"name": "model-cache", "mountPath": cache_dir, "readOnly": True}],
+        }
+    )
+    parts.model_path = f"{cache_dir.rstrip('/')}/{entry}"
 
 
 def add_ascend_host_mounts(parts: PodParts) -> None:
