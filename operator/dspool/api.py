@@ -362,6 +362,13 @@ class ModelSource(ApiModel):
     mount_path: str = Field(
         default=DEFAULT_MODEL_MOUNT_PATH, pattern=r"^/", description="where the engine sees the weights"
     )
+    credentials_secret: str | None = Field(
+        default=None,
+        pattern=OBJECT_NAME_PATTERN,
+        max_length=253,
+        description="Secret (same namespace) whose keys become the fetch's environment: HF_TOKEN, "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL",
+    )
 
 
 _NVIDIA_ONLY = "self.placement.acceleratorTypes.all(t, !t.lowerAscii().startsWith('ascend'))"

@@ -55,6 +55,9 @@ from dspool.refusals import (
 from dspool.report import demand_of
 from dspool.settings import OperatorSettings
 from dspool.views import present_nodes
+from dspool.weights.jobs import cache_view, plan_cache
+from dspool.weights.wanted import node_caches, wanted_entries
+from dspool.workloads import DEFAULT_IMAGES
 
 log = logging.getLogger("dspool")
 
@@ -72,6 +75,7 @@ class Snapshot:
     # dspool's workloads whose pod creation the cluster refuses, and FailedCreate events (dspool.refusals)
     failing_workloads: list[dict[str, Any]] = field(default_factory=list)
     failed_creates: list[dict[str, Any]] = field(default_factory=list)
+    cache_jobs: list[dict[str, Any]] = field(default_factory=list)  # the node model cache's record (fetch Jobs)
 
 
 @dataclass
@@ -187,6 +191,7 @@ class _PassState:
     demand: DemandMix | None
     reconcile_settings: ReconcileSettings  # as given: a steady decision holds it by reference
     settings: ReconcileSettings  # with the demand of this pass
+    cache_nodes: tuple[dict[str, str], dict[str, int]] = field(default_factory=lambda: ({}, {}))  # uids, capacities
     notes: dict[str, str] = field(default_factory=dict)  # the rebalancer's, per DSD key
     started_moves: dict[str, tuple[list[Any], list[Any]]] = field(default_factory=dict)
     plan_events: dict[str, list[Event]] = field(default_factory=dict)
@@ -271,6 +276,7 @@ class PassRunner:
                 if self.manages(metadata["namespace"]) and not metadata.get("deletionTimestamp"):
                     self._pass_one(state, body)
             self._settle(state)  # the pass ends when its statuses are stored; objects and events may follow
+            self._fill_model_cache(state)
         finally:
             self.writes.cancel_pending()
         self._record_pass(state, self.monotonic() - started, leader)
@@ -289,10 +295,15 @@ class PassRunner:
         pods_by_deployment = _pods_by_deployment(snapshot.pods)
         bodies = self._with_unechoed_statuses(snapshot.deployments)
         demand = DemandMix.of(demand_of(bodies, self.catalog)) if bodies else None
-        settings = dataclasses.replace(reconcile_settings, demand=demand)
+        cache_nodes = node_caches(snapshot.nodes, self.settings.model_cache_gib)
+        cache = reconcile_settings.model_cache
+        if reconcile_settings.model_cache_dir is not None:
+            cache = cache_view(snapshot.cache_jobs, *cache_nodes)
+        settings = dataclasses.replace(reconcile_settings, demand=demand, model_cache=cache)
         return _PassState(
-            snapshot, now, pool, present, pods_by_deployment, bodies, demand, reconcile_settings, settings
-        )
+            snapshot, now, pool, present, pods_by_deployment, bodies, demand, reconcile_settings, settings,
+            cache_nodes=cache_nodes,
+        )  # fmt: skip
 
     def _with_unechoed_statuses(self, deployments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The DSDs oldest first, each with the status we wrote last until the watch echoes it."""
@@ -389,6 +400,35 @@ class PassRunner:
         state.outcome.written += settled.written
         state.outcome.failed += settled.failed
         return settled.ok
+
+    def _fill_model_cache(self, state: _PassState) -> None:
+        """The node model cache: fetch Jobs for the entries the placements need where nodes lack them (within
+        the bounds), evict Jobs where a cache is full, and finished or stale records deleted. A DSD waiting
+        for weights is decided again next pass, so its WeightsReady condition follows the fetch."""
+        images = state.settings.images
+        fetch = self.settings.fetch_settings(images.fetcher if images is not None else DEFAULT_IMAGES.fetcher)
+        if fetch is None or state.settings.model_cache_dir is None:
+            return
+        deployments = []
+        for body in state.bodies:
+            metadata = body["metadata"]
+            key = f"{metadata['namespace']}/{metadata['name']}"
+            result = state.outcome.results.get(key)
+            placements = (
+                result.status.placements if result is not None else api.placements_from_status(body.get("status"))
+            )
+            deployments.append((metadata["namespace"], body.get("spec") or {}, placements))
+        wanted, known = wanted_entries(deployments, self.catalog)
+        uids, capacities = state.cache_nodes
+        plan = plan_cache(wanted, state.settings.model_cache, state.snapshot.cache_jobs, uids, capacities, known, fetch)
+        self.writes.pool_objects(plan.create, [(ns, "batch/v1", "Job", name) for ns, name in plan.delete])
+        waiting_nodes = {
+            node for item in wanted if not state.settings.model_cache.ready_on(node := item.node, item.entry.id)
+        }
+        for body in state.bodies:  # not steady while its weights are on their way: the condition must follow
+            placements = api.placements_from_status(body.get("status"))
+            if any(n.name in waiting_nodes for p in placements for n in p.nodes):
+                self._steady.pop(body["metadata"]["uid"], None)
 
     def _record_pass(self, state: _PassState, seconds: float, leader: bool) -> None:
         """Log a pass that wrote something, and record every pass in the metrics."""

@@ -23,6 +23,7 @@ from dspool.ledger import NotLeadingError, WriteLedger, digest, object_key, same
 from dspool.reconcile import Event, ReconcileResult
 
 log = logging.getLogger("dspool")
+POOL_OWNER = "dspool-pool"  # the ledger's owner of objects that belong to the pool, not to one DSD
 
 
 class Writer(Protocol):
@@ -41,6 +42,9 @@ class Writer(Protocol):
 
     def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
         """Post events on a DSD (each at most once per repeat period)."""
+
+    def delete_object(self, namespace: str, api_version: str, kind: str, name: str) -> None:
+        """Delete one object (gone already is fine)."""
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -92,6 +96,19 @@ class PassWrites:
         """Queue a DSD's writes: its status, then (once stored) its objects, stale objects and events."""
         job = self.status_threads.submit(self._write_one, dict(metadata), status, old, result)
         self._pending.append((key, job))
+
+    def pool_objects(self, apply: Sequence[dict[str, Any]], delete: Sequence[tuple[str, str, str, str]]) -> None:
+        """Write objects that belong to the pool, not to one DSD (the node model cache's Jobs): apply these,
+        delete those (namespace, apiVersion, kind, name); at most one write in flight per object."""
+        for obj in apply:
+            namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+            if not self.writer.ledger.applied_unchanged(object_key(namespace, obj), digest(obj)):
+                self._follow_up(self.secondary_threads, object_key(namespace, obj), POOL_OWNER, "applying", namespace,
+                                name, self.writer.apply_object, POOL_OWNER, namespace, obj)  # fmt: skip
+        for namespace, api_version, kind, name in delete:
+            self._follow_up(self.secondary_threads, ("delete", namespace, api_version, kind, name), POOL_OWNER,
+                            "deleting", namespace, name, self.writer.delete_object, namespace, api_version, kind,
+                            name)  # fmt: skip
 
     def settle(self) -> Settled:
         """Wait for every status queued since the last barrier (re-raises :class:`NotLeadingError` from a

@@ -20,6 +20,8 @@ from dspool.inventory import DEFAULT_FABRIC_LABEL
 from dspool.rebalance import RebalanceMode, RebalancePolicy
 from dspool.reconcile import DEFAULT_STUCK_AFTER_SECONDS
 from dspool.views import parse_selector
+from dspool.weights.jobs import FetchSettings
+from dspool.weights.state import DEFAULT_MODEL_CACHE_DIR, DEFAULT_MODEL_CACHE_GIB, MODEL_CACHE_CAPACITY_LABEL
 from dspool.workloads import Interconnect
 
 ENV_PREFIX = "DSPOOL_"
@@ -221,6 +223,41 @@ class OperatorSettings:
             repeat=True,
         ),
     )
+    model_cache: bool = field(
+        default=False,
+        metadata=flag(
+            "keep weights in a cache directory on every node, filled by fetch Jobs, instead of each engine pod "
+            "downloading them (docs/weights.md)",
+            "modelCache",
+            boolean=True,
+        ),
+    )
+    model_cache_dir: str = field(
+        default=DEFAULT_MODEL_CACHE_DIR,
+        metadata=flag("the node model cache's directory on every accelerator node (hostPath)", "modelCacheDir"),
+    )
+    model_cache_gib: float = field(
+        default=DEFAULT_MODEL_CACHE_GIB,
+        metadata=flag(
+            f"a node's cache capacity when it has no {MODEL_CACHE_CAPACITY_LABEL} label",
+            "modelCacheGiB",
+            parse=positive_float,
+        ),
+    )
+    max_fetches_per_node: int = field(
+        default=1, metadata=flag("model fetches at once on one node", "maxFetchesPerNode", parse=positive_int)
+    )
+    max_fetches: int = field(
+        default=4,
+        metadata=flag("model fetches at once pool-wide (the origin's bandwidth is shared)", "maxFetches",
+                      parse=positive_int),
+    )  # fmt: skip
+    hf_endpoint: str = field(
+        default="",
+        metadata=flag(
+            "the Hugging Face hub (or mirror) fetch Jobs read hf:// models from ($HF_ENDPOINT)", "hfEndpoint"
+        ),
+    )
     log_level: str = field(
         default="info", metadata=flag("log verbosity (JSON lines on stderr)", "logLevel", choices=LOG_LEVELS)
     )
@@ -233,6 +270,18 @@ class OperatorSettings:
         """What multi-node replicas add for the site's RDMA fabric."""
         pairs = tuple((name, value) for name, _, value in (item.partition("=") for item in self.rdma_env))
         return Interconnect(rdma_resource=self.rdma_resource or None, env=pairs)
+
+    def fetch_settings(self, image: str) -> FetchSettings | None:
+        """How model-cache fetch Jobs run (``image``: the fetcher image), or None without a model cache."""
+        if not self.model_cache:
+            return None
+        return FetchSettings(
+            image=image,
+            cache_dir=self.model_cache_dir,
+            hf_endpoint=self.hf_endpoint,
+            max_per_node=self.max_fetches_per_node,
+            max_in_flight=self.max_fetches,
+        )
 
     @property
     def rebalance_mode(self) -> RebalanceMode:

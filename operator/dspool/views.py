@@ -32,7 +32,11 @@ def compact_node(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a Node that inventory needs (keeps 5,000 nodes small; heartbeats do not change it)."""
     metadata, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
     return {
-        "metadata": {"name": metadata.get("name"), "labels": dict(metadata.get("labels") or {})},
+        "metadata": {
+            "name": metadata.get("name"),
+            "uid": metadata.get("uid"),  # a node replaced under the same name has another: its model cache is new
+            "labels": dict(metadata.get("labels") or {}),
+        },
         "spec": {"unschedulable": spec.get("unschedulable", False), "taints": list(spec.get("taints") or [])},
         "status": {
             "allocatable": dict(status.get("allocatable") or {}),
@@ -124,4 +128,31 @@ def compact_pdb(body: Mapping[str, Any]) -> dict[str, Any]:
         "namespace": body.get("metadata", {}).get("namespace"),
         "selector": dict(spec.get("selector") or {}),
         "disruptionsAllowed": status.get("disruptionsAllowed", 0),
+    }
+
+
+def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a model-cache Job its record needs: which entry on which node, and how it ended."""
+    metadata, status = body.get("metadata", {}), body.get("status", {})
+    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith("dspool.io/")}
+    return {
+        "metadata": {
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "labels": dict(metadata.get("labels") or {}),
+            "annotations": annotations,
+        },
+        "status": {
+            "succeeded": status.get("succeeded"),
+            "active": status.get("active"),
+            "conditions": [
+                {
+                    "type": c.get("type"),
+                    "status": c.get("status"),
+                    "message": c.get("message"),
+                    "reason": c.get("reason"),
+                }
+                for c in status.get("conditions") or []
+            ],
+        },
     }

@@ -56,6 +56,7 @@ class FakeWriter:
         self.log: list[tuple[str, str]] = []
         self.statuses: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, name) -> the object last applied
         self._lock = threading.Lock()
         self._in_flight = 0
         self.max_in_flight = 0
@@ -81,6 +82,7 @@ class FakeWriter:
     def apply_object(self, uid: str, namespace: str, obj: dict[str, Any]) -> None:
         label = obj["metadata"]["labels"].get("dspool.io/deployment", "?")
         self._call(f"apply {obj['kind']}", label)
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
         self.ledger.record_applied(object_key(namespace, obj), digest(obj))
         self.ledger.record_owned(uid, namespace, label, (obj["apiVersion"], obj["kind"], obj["metadata"]["name"]))
 
@@ -92,6 +94,10 @@ class FakeWriter:
 
     def post_events(self, metadata: Mapping[str, Any], events: Sequence[Event]) -> None:
         self._call("events", metadata["name"])
+
+    def delete_object(self, namespace: str, api_version: str, kind: str, name: str) -> None:
+        self._call(f"delete {kind}", name)
+        self.deleted.append(f"{kind}/{name}")
 
 
 def runner(writer: FakeWriter, **settings: Any) -> PassRunner:
@@ -317,3 +323,66 @@ def test_the_writer_addresses_every_kind_it_builds_without_discovery() -> None:
     assert object_path("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", None) == (
         "/apis/leaderworkerset.x-k8s.io/v1/leaderworkersets"
     )
+
+
+# ------------------------------------------------------------------------------------- the node model cache
+
+
+def cache_nodes(count: int) -> list[dict[str, Any]]:
+    manifests = nodes(count)
+    for index, node in enumerate(manifests):
+        node["metadata"]["uid"] = f"uid-{index}"
+    return manifests
+
+
+def jobs_of(writer: FakeWriter, **status: Any) -> list[dict[str, Any]]:
+    """The Jobs the pass applied, as the watch reports them with this status."""
+    return [{**obj, "status": status} for (kind, _), obj in writer.objects.items() if kind == "Job"]
+
+
+def test_with_a_model_cache_the_pass_fetches_once_per_node_and_the_engine_waits_for_the_weights() -> None:
+    writer = FakeWriter()
+    pass_runner = runner(writer, model_cache=True)
+    settings = ReconcileSettings(model_cache_dir="/var/lib/dspool/models")
+    pass_runner.run_pass(Snapshot(cache_nodes(1), [], [dsd("a"), dsd("b")]), settings)
+    pass_runner.drain()
+    fetches = jobs_of(writer)
+    assert len(fetches) == 1  # two DSDs of one model on one node: one fetch
+    assert fetches[0]["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["n-000"]
+    engine = writer.objects[("Deployment", "a-0")]["spec"]["template"]["spec"]
+    assert [c["name"] for c in engine["initContainers"]] == ["wait-for-weights"]
+    condition = next(c for c in writer.statuses["a"]["conditions"] if c["type"] == "WeightsReady")
+    assert condition["status"] == "False" and "queued on n-000" in condition["message"]
+
+    stored = [dsd(name, status=writer.statuses[name]) for name in ("a", "b")]
+    running = Snapshot(cache_nodes(1), [], stored, cache_jobs=jobs_of(writer, active=1))
+    applied_before = sum(1 for what, _ in writer.log if what == "apply Job")
+    pass_runner.run_pass(running, settings)  # a restarted operator sees the Job: never a second one
+    pass_runner.drain()
+    assert sum(1 for what, _ in writer.log if what == "apply Job") == applied_before
+    condition = next(c for c in writer.statuses["a"]["conditions"] if c["type"] == "WeightsReady")
+    assert "fetching" in condition["message"]
+
+    done = Snapshot(cache_nodes(1), [], [dsd(n, status=writer.statuses[n]) for n in ("a", "b")],
+                    cache_jobs=jobs_of(writer, succeeded=1))  # fmt: skip
+    pass_runner.run_pass(done, settings)
+    condition = next(c for c in writer.statuses["a"]["conditions"] if c["type"] == "WeightsReady")
+    assert condition["status"] == "True"
+
+
+def test_a_node_replaced_under_the_same_name_fetches_again() -> None:
+    writer = FakeWriter()
+    pass_runner = runner(writer, model_cache=True)
+    settings = ReconcileSettings(model_cache_dir="/var/lib/dspool/models")
+    pass_runner.run_pass(Snapshot(cache_nodes(1), [], [dsd("a")]), settings)
+    pass_runner.drain()
+    finished = jobs_of(writer, succeeded=1)
+    replaced = cache_nodes(1)
+    replaced[0]["metadata"]["uid"] = "uid-of-the-new-machine"
+    pass_runner.run_pass(Snapshot(replaced, [], [dsd("a", status=writer.statuses["a"])], cache_jobs=finished), settings)
+    pass_runner.drain()
+    assert writer.deleted == [f"Job/{finished[0]['metadata']['name']}"]  # the stale record goes, a fetch follows
+    condition = next(c for c in writer.statuses["a"]["conditions"] if c["type"] == "WeightsReady")
+    assert condition["status"] == "False" and "missing on n-000" in condition["message"]

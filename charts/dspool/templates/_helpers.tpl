@@ -71,6 +71,11 @@ app.kubernetes.io/component: operator
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
   verbs: ["list", "create", "patch", "delete"]
+# The node model cache: a fetch Job per (checkpoint, node), in the namespace of the DSD that wants it (beside
+# its credentials Secret), and evict Jobs. The Jobs are the cache's record (read cluster-wide, see -read).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "patch", "delete"]
 # Events on DSDs ("Placed", "Unschedulable", "ReplicaLost") for `kubectl describe dsd`.
 - apiGroups: [""]
   resources: ["events"]

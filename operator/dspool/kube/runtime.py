@@ -40,13 +40,15 @@ from dspool.reconcile import ReconcileSettings
 from dspool.refusals import compact_failed_create, compact_workload
 from dspool.selectors import equality_selector, selector_selects
 from dspool.settings import OperatorSettings
-from dspool.views import compact_deployment, compact_node, compact_pdb, compact_pod
+from dspool.views import compact_deployment, compact_job, compact_node, compact_pdb, compact_pod
+from dspool.weights.jobs import COMPONENT_LABEL, EVICT_COMPONENT, FETCH_COMPONENT
 from dspool.workloads import images_from_env
 
 log = logging.getLogger("dspool")
 
 LWS_API = ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
 MINDCLUSTER_API = ("mindxdl.gitee.com/v1", "AscendJob")
+MODEL_CACHE_JOBS = f"{COMPONENT_LABEL} in ({FETCH_COMPONENT},{EVICT_COMPONENT})"
 REAPPLY_SECONDS = 600  # every object is applied again this often, restoring any deleted or edited by hand
 
 
@@ -101,6 +103,7 @@ class OperatorRuntime:
             mindcluster=mindcluster,
             rebalance_policy=self.settings.rebalance_policy,
             interconnect=self.settings.interconnect,
+            model_cache_dir=self.settings.model_cache_dir if self.settings.model_cache else None,
         )
         self.runner = PassRunner(self.settings, self.catalog, self.writer, self.metrics)
         self.keeper = LeaseKeeper(self.lease, max(1.0, self.settings.lease_seconds / 5), self._leadership_changed)
@@ -137,6 +140,15 @@ class OperatorRuntime:
                 self.notify,
             ),
         }
+        if self.settings.model_cache:  # the node model cache's record: dspool's fetch and evict Jobs
+            self.informers["modelcachejobs"] = Informer(
+                "jobs",
+                functools.partial(
+                    client.BatchV1Api(api_client).list_job_for_all_namespaces, label_selector=MODEL_CACHE_JOBS
+                ),
+                _by_uid(compact_job),
+                self.notify,
+            )
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
         log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
@@ -223,6 +235,7 @@ class OperatorRuntime:
             pdbs=self.informers["poddisruptionbudgets"].values(),
             failing_workloads=self.informers["failingworkloads"].values(),
             failed_creates=self.informers["failedcreates"].values(),
+            cache_jobs=self.informers["modelcachejobs"].values() if "modelcachejobs" in self.informers else [],
         )
 
     def run_pass(self) -> None:

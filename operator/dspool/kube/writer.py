@@ -206,6 +206,10 @@ class ApiWriter:
         for api_version, kind, object_name in sorted(stale):
             self._delete(namespace, api_version, kind, object_name)
 
+    def delete_object(self, namespace: str, api_version: str, kind: str, name: str) -> None:
+        """Delete one object (the node model cache's Jobs); already gone is fine."""
+        self._delete(namespace, api_version, kind, name)
+
     def _delete(self, namespace: str, api_version: str, kind: str, name: str) -> None:
         # Already gone (404, or the kind itself, e.g. the LWS CRD removed); anything else: retried next term.
         with contextlib.suppress(ApiException):

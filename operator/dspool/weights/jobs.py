@@ -339,8 +339,10 @@ def plan_cache(
             plan.waiting[key] = f"queued: {in_flight} fetches in flight (at most {settings.max_in_flight} at once, "
             plan.waiting[key] += f"{settings.max_per_node} per node)"
             continue
-        if record is not None:  # Failed or Missing: its old record goes, a new fetch starts
+        if record is not None:  # Failed or Missing: its old record goes first (the new Job takes its name)
             plan.delete.extend(records_of(jobs, entry.id, node))
+            plan.waiting[key] = f"fetching again once the old record goes ({record.state.value.lower()})"
+            continue
         evict = _evictions(cache, entry.size_bytes, in_use.get(node, set()), known_entries)
         if evict is None:
             plan.waiting[key] = (

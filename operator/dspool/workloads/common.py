@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from importlib.resources import files
 from typing import Any
 
+from dspool import __version__
 from dspool.api import (
     API_VERSION,
     DEFAULT_MODEL_MOUNT_PATH,
@@ -81,6 +82,8 @@ class ImageDefaults:
     mindie: str = "ascendhub/mindie:2.1.RC1-800I-A2-py311-openeuler24.03-lts"
     mindie_310p: str = "ascendhub/mindie:2.1.RC1-300I-Duo-py311-openeuler24.03-lts"
     downloader: str = "python:3.12-slim"
+    # The model-cache fetch Jobs run dspool's own image: its fetcher needs nothing but Python's standard library.
+    fetcher: str = f"dspool/operator:{__version__}"
     # Secrets every engine and fetch pod pulls its images with (a private registry or mirror).
     pull_secrets: tuple[str, ...] = ()
 
@@ -436,6 +439,14 @@ def model_parts(replica: Replica, *, needs_local_weights: bool) -> PodParts:
         if entry is not None:
             _mount_cache_entry(parts, replica, replica.model_cache_dir, entry.id)
             return parts
+    _mount_download(parts, replica, needs_local_weights)
+    return parts
+
+
+def _mount_download(parts: PodParts, replica: Replica, needs_local_weights: bool) -> None:
+    """Without a node model cache: the engine pod downloads the weights itself (an init container into an
+    emptyDir), or vLLM fetches them from the hub into ``HF_HOME``."""
+    source = replica.dsd.spec.model_source
     uri = source.uri if source is not None else None
     if uri is None and needs_local_weights:
         uri = f"hf://{replica.model.hf_id}"
@@ -443,7 +454,7 @@ def model_parts(replica: Replica, *, needs_local_weights: bool) -> PodParts:
         parts.volumes.append({"name": "hf-cache", "emptyDir": {}})
         parts.mounts.append({"name": "hf-cache", "mountPath": HF_CACHE_PATH})
         parts.env.append({"name": "HF_HOME", "value": HF_CACHE_PATH})
-        return parts
+        return
     mount_path = source.mount_path if source is not None else MODEL_MOUNT_PATH
     parts.volumes.append({"name": "model", "emptyDir": {}})
     parts.mounts.append({"name": "model", "mountPath": mount_path})
@@ -460,7 +471,6 @@ def model_parts(replica: Replica, *, needs_local_weights: bool) -> PodParts:
         }
     )
     parts.model_path = mount_path
-    return parts
 
 
 WAIT_FOR_WEIGHTS_SECONDS = 10  # how often the init container looks for the entry's marker
