@@ -29,6 +29,7 @@ from dspool.settings import (
     positive_int,
 )
 from dspool.sizing import Backend, SizingPlan, SizingRequest, plan
+from dspool.weights.state import DEFAULT_MODEL_CACHE_GIB
 
 EXIT_USAGE = 2
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rebalance_command(sub)
     _add_render_command(sub)
     _add_pool_command(sub)
+    _add_cache_command(sub)
     add_doctor_command(sub)
     kubectl_conventions.apply(sub)  # --context, -n/-A, -o table|wide|json|yaml
     return parser
@@ -187,6 +189,16 @@ def _add_pool_command(sub: argparse._SubParsersAction[Any]) -> None:
     p_pool.add_argument("--nodes", action="store_true", help="list every node, not only the totals")
     p_pool.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_pool.set_defaults(handler=_cmd_pool)
+
+
+def _add_cache_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dspool cache``: every node's model cache (what the fetch Jobs recorded)."""
+    p_cache = sub.add_parser("cache", help="print the node model cache: entries per node, state, size, progress")
+    p_cache.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
+    p_cache.add_argument("--model-cache-gib", type=float, default=DEFAULT_MODEL_CACHE_GIB,
+                         help="capacity of nodes without the dspool.io/model-cache-gib label")  # fmt: skip
+    p_cache.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p_cache.set_defaults(handler=_cmd_cache)
 
 
 def _request_from_args(args: argparse.Namespace) -> SizingRequest:
@@ -644,6 +656,23 @@ def _cmd_pool(args: argparse.Namespace, catalog: Catalog) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(format_pool(summary, view.pool, show_nodes=True if args.nodes else None))
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace, catalog: Catalog) -> int:
+    from dspool.kube.clusterview import api_client_from, read_model_cache
+    from dspool.weights.jobs import cache_view
+    from dspool.weights.report import cache_rows, format_cache
+    from dspool.weights.wanted import node_caches
+
+    jobs, nodes = read_model_cache(api_client_from(args.kubeconfig, args.context))
+    rows = cache_rows(cache_view(jobs, *node_caches(nodes, args.model_cache_gib)))
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False), end="")
+    else:
+        print(format_cache(rows))
     return 0
 
 

@@ -18,6 +18,7 @@ from dspool.weights.jobs import (
     job_name,
     plan_cache,
 )
+from dspool.weights.report import cache_rows, format_cache
 from dspool.weights.state import EntryState
 
 GIB = 1024**3
@@ -156,3 +157,11 @@ def test_a_finished_eviction_removes_the_record_and_the_entry_is_missing_meanwhi
     finished = [done(LLAMA, "n0"), with_status(eviction, succeeded=1)]
     plan = plan_cache([], cache_view(finished, uids, CAPACITY), finished, uids, CAPACITY, ENTRIES, SETTINGS)
     assert len(plan.delete) == 2 and not plan.create
+
+
+def test_dspool_cache_prints_one_row_per_node_and_entry_with_its_state() -> None:
+    jobs = [done(R1, "n0"), with_status(fetch_job(wanted(QWEN, "n1"), UIDS["n1"], SETTINGS), active=1)]
+    rows = cache_rows(cache_view(jobs, UIDS, CAPACITY))
+    assert [(r["node"], r["state"], r["sizeGiB"]) for r in rows] == [("n0", "Ready", 641.0), ("n1", "Fetching", 15.0)]
+    table = format_cache(rows).splitlines()
+    assert table[0].split()[:3] == ["NODE", "ENTRY", "STATE"] and "641/1000Gi" in table[1]

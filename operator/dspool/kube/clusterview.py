@@ -15,7 +15,8 @@ from dspool import api
 from dspool.catalog import Catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, Reservation, build_pool, reservations_from_status
 from dspool.selectors import equality_selector, selector_selects
-from dspool.views import compact_node, compact_pdb, compact_pod
+from dspool.views import compact_job, compact_node, compact_pdb, compact_pod
+from dspool.weights.jobs import COMPONENT_LABEL, EVICT_COMPONENT, FETCH_COMPONENT
 
 
 @dataclass
@@ -73,6 +74,15 @@ def read_cluster(
         reservations.extend(reservations_from_status(meta["namespace"], meta["name"], placements))
     pool = build_pool(nodes, pods, reservations, catalog, fabric_label)
     return ClusterView(pool=pool, deployments=deployments, reservations=reservations, pods=pods)
+
+
+def read_model_cache(api_client: client.ApiClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model cache's record (dspool's fetch and evict Jobs, compacted) and the nodes, listed once."""
+    sanitize = api_client.sanitize_for_serialization
+    selector = f"{COMPONENT_LABEL} in ({FETCH_COMPONENT},{EVICT_COMPONENT})"
+    jobs = client.BatchV1Api(api_client).list_job_for_all_namespaces(label_selector=selector).items
+    nodes = client.CoreV1Api(api_client).list_node().items
+    return [compact_job(sanitize(j)) for j in jobs], [compact_node(sanitize(n)) for n in nodes]
 
 
 def read_pdbs(api_client: client.ApiClient) -> list[dict[str, Any]]:
