@@ -216,6 +216,17 @@ POOL = Dashboard(
             width=24,
             height=10,
         ),
+        Panel(
+            "Model cache: nodes per entry",
+            "Nodes whose model cache holds each checkpoint, by state (Ready, Fetching, Failed, Missing); needs dspool "
+            "run --model-cache. 0 when no cache is kept.",
+            (Query("sum by (entry, state) (dspool_model_cache_nodes) or vector(0)", "{{entry}} {{state}}"),),
+        ),
+        Panel(
+            "Model fetches",
+            "Fetches of weights into node caches per hour, by event: started, finished, failed.",
+            (Query("sum by (event) (increase(dspool_model_fetches_total[1h]))", "{{event}}"),),
+        ),
     ),
 )
 

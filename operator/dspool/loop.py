@@ -56,6 +56,7 @@ from dspool.report import demand_of
 from dspool.settings import OperatorSettings
 from dspool.views import present_nodes
 from dspool.weights.jobs import cache_view, plan_cache
+from dspool.weights.state import CacheView, EntryState
 from dspool.weights.wanted import node_caches, wanted_entries
 from dspool.workloads import DEFAULT_IMAGES
 
@@ -238,6 +239,7 @@ class PassRunner:
         self.writes = PassWrites(writer, settings.write_concurrency)
         self._steady: dict[str, _Steady] = {}  # uid -> a decision that left it Ready
         self._workload_owners: dict[tuple[str, str], str] = {}  # (namespace, workload name) -> DSD label
+        self._cache_states: dict[tuple[str, str], EntryState] = {}  # (entry, node) -> state, last pass
 
     def manages(self, namespace: str | None) -> bool:
         """Whether DSDs in this namespace are ours."""
@@ -430,6 +432,16 @@ class PassRunner:
             if any(n.name in waiting_nodes for p in placements for n in p.nodes):
                 self._steady.pop(body["metadata"]["uid"], None)
 
+    def _count_fetches(self, cache: CacheView, started: int) -> None:
+        """The fetch metrics: Jobs created this pass, and records that became Ready or Failed since the last."""
+        states = {(e.entry, node): e.state for node, c in cache.nodes.items() for e in c.entries.values()}
+        ended = [
+            state for key, state in states.items()
+            if state != self._cache_states.get(key) and self._cache_states.get(key) == EntryState.FETCHING
+        ]  # fmt: skip
+        self.metrics.record_fetches(started, ended.count(EntryState.READY), ended.count(EntryState.FAILED))
+        self._cache_states = states
+
     def _record_pass(self, state: _PassState, seconds: float, leader: bool) -> None:
         """Log a pass that wrote something, and record every pass in the metrics."""
         outcome = state.outcome
@@ -440,6 +452,7 @@ class PassRunner:
         sample = PassSample(
             state.pool, state.samples, seconds, leader=leader, catalog=self.catalog,
             demand=state.demand.models if state.demand else (), node_metrics=self.settings.node_metrics, at=state.now,
+            model_cache=state.settings.model_cache if state.settings.model_cache_dir is not None else None,
         )  # fmt: skip
         self.metrics.record_pass(sample, state.decision_seconds)
 

@@ -22,8 +22,11 @@ Two kinds of families, both served at ``/metrics`` of ``dspool run --metrics-por
   ``dspool_placement_decision_seconds`` (histograms), ``dspool_api_write_errors_total{verb,kind,code}``
   (409 = a conflict), ``dspool_api_requests_total{verb,kind}`` (every write and list the operator makes;
   watches and the Lease excluded), ``dspool_events_posted_total{type,reason}``,
-  ``dspool_rebalance_moves_total{event}`` (planned, started, finished, rolled_back) and
-  ``dspool_rebalance_devices_freed_total``.
+  ``dspool_rebalance_moves_total{event}`` (planned, started, finished, rolled_back),
+  ``dspool_rebalance_devices_freed_total`` and ``dspool_model_fetches_total{event}`` (started, finished, failed).
+- **The node model cache** (with ``--model-cache``): ``dspool_model_cache_bytes{entry,state}`` and
+  ``dspool_model_cache_nodes{entry,state}`` (entries x 4 series, whatever the pool size), and
+  ``dspool_node_model_cache_bytes{node}`` (with node metrics on).
 
 Cardinality grows with models x types (~150), DSDs x 12, serving pods, and, with node metrics on,
 nodes x 3. :data:`METRIC_NAMES` lists every family, so dashboards and alerts can be checked against it.
@@ -46,6 +49,7 @@ from dspool.catalog import Catalog, ModelSpec
 from dspool.inventory import Pool
 from dspool.placement import fragmentation
 from dspool.placement.fleet import placeable_replicas, stranded_devices, whole_free_nodes
+from dspool.weights.state import CacheView, EntryState
 
 PASS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
@@ -77,8 +81,14 @@ METRIC_NAMES = frozenset(
         "dspool_events_posted_total",
         "dspool_rebalance_moves_total",
         "dspool_rebalance_devices_freed_total",
+        "dspool_model_cache_bytes",
+        "dspool_model_cache_nodes",
+        "dspool_node_model_cache_bytes",
+        "dspool_model_fetches_total",
     }
 )
+CACHE_STATES = tuple(state.value for state in EntryState)
+FETCH_EVENTS = ("started", "finished", "failed")
 
 
 @dataclass
@@ -108,6 +118,7 @@ class PassSample:
     demand: Sequence[ModelSpec] = ()
     node_metrics: bool = True
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    model_cache: CacheView | None = None  # what every node's model cache holds (None: no model cache)
 
 
 def _gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
@@ -161,6 +172,33 @@ def _pool_families(sample: PassSample) -> list[Metric]:
             for state, value in (("used", node.used), ("reserved", node.reserved), ("free", node.free)):
                 per_node.add_metric([name, node.accelerator, state], value)
     return families
+
+
+def _cache_families(sample: PassSample) -> list[Metric]:
+    """Per entry and state, the bytes and nodes of the node model cache (entries x 4 series, whatever the pool
+    size); per node, the bytes it holds (with node metrics on)."""
+    size = _gauge("dspool_model_cache_bytes", "Bytes of a cache entry over all nodes, by state", ["entry", "state"])
+    count = _gauge("dspool_model_cache_nodes", "Nodes holding a cache entry, by state", ["entry", "state"])
+    per_node = _gauge("dspool_node_model_cache_bytes", "Bytes a node's model cache holds or is fetching", ["node"])
+    view = sample.model_cache
+    if view is None:
+        return [size, count, per_node]
+    totals: dict[tuple[str, str], list[int]] = {}
+    for cache in view.nodes.values():
+        for entry in cache.entries.values():
+            held = entry.size_bytes if entry.state == EntryState.READY else entry.bytes_done
+            bucket = totals.setdefault((entry.entry, entry.state.value), [0, 0])
+            bucket[0] += held
+            bucket[1] += 1
+    for entry_id in sorted({entry for entry, _ in totals}):
+        for state in CACHE_STATES:
+            held, nodes = totals.get((entry_id, state), [0, 0])
+            size.add_metric([entry_id, state], held)
+            count.add_metric([entry_id, state], nodes)
+    if sample.node_metrics:
+        for name in sorted(view.nodes):
+            per_node.add_metric([name], view.nodes[name].used_bytes)
+    return [size, count, per_node]
 
 
 def _pending_since(status: DeepSeekDeploymentStatus) -> datetime | None:
@@ -232,7 +270,7 @@ def metric_families(sample: PassSample, passes: int) -> list[Metric]:
     leader.add_metric([], 1.0 if sample.leader else 0.0)
     if not sample.leader:
         return [total, seconds, leader]
-    return [*_pool_families(sample), *_deployment_families(sample), total, seconds, leader]
+    return [*_pool_families(sample), *_deployment_families(sample), *_cache_families(sample), total, seconds, leader]
 
 
 class PassCollector(Collector):
@@ -303,6 +341,18 @@ class OperatorMetrics:
         )
         for event in ("planned", "started", "finished", "rolled_back"):
             self.rebalance_moves.labels(event)  # every series exists from the start (0), for rate()
+        self.model_fetches = Counter(
+            "dspool_model_fetches", "Model-cache fetches by event: started, finished, failed", ["event"],
+            registry=self.registry,
+        )  # fmt: skip
+        for event in FETCH_EVENTS:
+            self.model_fetches.labels(event)
+
+    def record_fetches(self, started: int, finished: int, failed: int) -> None:
+        """Fetch Jobs the pass created, and fetches that ended since the last pass."""
+        for event, count in (("started", started), ("finished", finished), ("failed", failed)):
+            if count:
+                self.model_fetches.labels(event).inc(count)
 
     def record_plan(self, moves: int, *, started: bool) -> None:
         """A rebalancing plan was found (and, unless it is a dry run, started)."""
