@@ -55,7 +55,7 @@ from dspool.refusals import (
 from dspool.report import demand_of
 from dspool.settings import OperatorSettings
 from dspool.views import present_nodes
-from dspool.weights.jobs import cache_view, plan_cache
+from dspool.weights.jobs import LAST_USED_ANNOTATION, cache_view, plan_cache
 from dspool.weights.state import CacheView, EntryState
 from dspool.weights.wanted import node_caches, wanted_entries
 from dspool.workloads import DEFAULT_IMAGES
@@ -422,8 +422,14 @@ class PassRunner:
             deployments.append((metadata["namespace"], body.get("spec") or {}, placements))
         wanted, known = wanted_entries(deployments, self.catalog)
         uids, capacities = state.cache_nodes
-        plan = plan_cache(wanted, state.settings.model_cache, state.snapshot.cache_jobs, uids, capacities, known, fetch)
-        self.writes.pool_objects(plan.create, [(ns, "batch/v1", "Job", name) for ns, name in plan.delete])
+        plan = plan_cache(wanted, state.settings.model_cache, state.snapshot.cache_jobs, uids, capacities, known, fetch,
+                          state.now)  # fmt: skip
+        stamp = {LAST_USED_ANNOTATION: state.now.isoformat().replace("+00:00", "Z")}
+        self.writes.pool_objects(
+            plan.create,
+            [(ns, "batch/v1", "Job", name) for ns, name in plan.delete],
+            [((ns, "batch/v1", "Job", name), stamp) for ns, name in plan.touch],
+        )
         waiting_nodes = {
             node for item in wanted if not state.settings.model_cache.ready_on(node := item.node, item.entry.id)
         }

@@ -46,6 +46,9 @@ class Writer(Protocol):
     def delete_object(self, namespace: str, api_version: str, kind: str, name: str) -> None:
         """Delete one object (gone already is fine)."""
 
+    def annotate(self, namespace: str, api_version: str, kind: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge-patch annotations onto one object (gone already is fine)."""
+
 
 def describe_failure(exc: BaseException) -> str:
     """A failed call in one line: the API server's status and reason, else the exception."""
@@ -97,9 +100,19 @@ class PassWrites:
         job = self.status_threads.submit(self._write_one, dict(metadata), status, old, result)
         self._pending.append((key, job))
 
-    def pool_objects(self, apply: Sequence[dict[str, Any]], delete: Sequence[tuple[str, str, str, str]]) -> None:
+    def pool_objects(
+        self,
+        apply: Sequence[dict[str, Any]],
+        delete: Sequence[tuple[str, str, str, str]],
+        annotate: Sequence[tuple[tuple[str, str, str, str], dict[str, str]]] = (),
+    ) -> None:
         """Write objects that belong to the pool, not to one DSD (the node model cache's Jobs): apply these,
-        delete those (namespace, apiVersion, kind, name); at most one write in flight per object."""
+        delete those and annotate others ((namespace, apiVersion, kind, name)); at most one write in flight per
+        object."""
+        for (namespace, api_version, kind, name), stamped in annotate:
+            self._follow_up(self.secondary_threads, ("annotate", namespace, api_version, kind, name), POOL_OWNER,
+                            "annotating", namespace, name, self.writer.annotate, namespace, api_version, kind, name,
+                            stamped)  # fmt: skip
         for obj in apply:
             namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
             if not self.writer.ledger.applied_unchanged(object_key(namespace, obj), digest(obj)):

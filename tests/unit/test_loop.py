@@ -57,6 +57,7 @@ class FakeWriter:
         self.statuses: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, name) -> the object last applied
+        self.annotated: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._in_flight = 0
         self.max_in_flight = 0
@@ -98,6 +99,10 @@ class FakeWriter:
     def delete_object(self, namespace: str, api_version: str, kind: str, name: str) -> None:
         self._call(f"delete {kind}", name)
         self.deleted.append(f"{kind}/{name}")
+
+    def annotate(self, namespace: str, api_version: str, kind: str, name: str, annotations: dict[str, str]) -> None:
+        self._call(f"annotate {kind}", name)
+        self.annotated[name] = annotations
 
 
 def runner(writer: FakeWriter, **settings: Any) -> PassRunner:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from dspool.catalog import Precision
@@ -165,3 +166,13 @@ def test_dspool_cache_prints_one_row_per_node_and_entry_with_its_state() -> None
     assert [(r["node"], r["state"], r["sizeGiB"]) for r in rows] == [("n0", "Ready", 641.0), ("n1", "Fetching", 15.0)]
     table = format_cache(rows).splitlines()
     assert table[0].split()[:3] == ["NODE", "ENTRY", "STATE"] and "641/1000Gi" in table[1]
+
+
+def test_entries_in_use_get_their_last_used_time_refreshed_at_most_hourly() -> None:
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    jobs = [done(R1, "n0"), done(QWEN, "n0", last_used="2026-12-05T11:30:00Z"), done(LLAMA, "n0")]
+    plan = plan_cache(
+        [wanted(R1, "n0"), wanted(QWEN, "n0")], cache_view(jobs, UIDS, CAPACITY), jobs, UIDS, CAPACITY, ENTRIES,
+        SETTINGS, now,
+    )  # fmt: skip
+    assert plan.touch == [("ai", jobs[0]["metadata"]["name"])]  # never stamped; QWEN's is recent; LLAMA unused

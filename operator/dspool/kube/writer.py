@@ -206,6 +206,14 @@ class ApiWriter:
         for api_version, kind, object_name in sorted(stale):
             self._delete(namespace, api_version, kind, object_name)
 
+    def annotate(self, namespace: str, api_version: str, kind: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge-patch annotations onto one object (the model cache's last-used times); gone already is fine."""
+        with contextlib.suppress(ApiException):
+            self._counted(
+                "patch", kind, self._request, "PATCH", object_path(api_version, kind, namespace, name),
+                body={"metadata": {"annotations": annotations}}, content_type="application/merge-patch+json",
+            )  # fmt: skip
+
     def delete_object(self, namespace: str, api_version: str, kind: str, name: str) -> None:
         """Delete one object (the node model cache's Jobs); already gone is fine."""
         self._delete(namespace, api_version, kind, name)

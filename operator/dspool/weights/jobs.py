@@ -48,6 +48,7 @@ LAST_USED_ANNOTATION = "dspool.io/last-used"
 NODE_NAME_FIELD = "metadata.name"
 DEVICE_TAINT_KEYS = ("nvidia.com/gpu", "huawei.com/Ascend910", "huawei.com/Ascend310P")
 CACHE_VOLUME = "model-cache"
+TOUCH_SECONDS = 3600.0  # an entry in use has its last-used time refreshed at most this often (one write an hour)
 FETCH_BACKOFF_LIMIT = 6  # container restarts resume the fetch; a Job that fails this often records Failed
 
 
@@ -80,6 +81,7 @@ class CachePlan:
 
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)  # (namespace, name)
+    touch: list[tuple[str, str]] = field(default_factory=list)  # (namespace, name): records of entries in use
     waiting: dict[tuple[str, str], str] = field(default_factory=dict)  # (entry, node) -> why not fetched yet
 
 
@@ -309,13 +311,15 @@ def plan_cache(
     capacities: Mapping[str, int],
     known_entries: Mapping[str, CacheEntry],
     settings: FetchSettings,
+    now: datetime | None = None,
 ) -> CachePlan:
     """The Jobs to create and delete so that every wanted entry gets onto its node, within the bounds
     (``max_per_node`` and ``max_in_flight`` fetches at once), evicting what no replica uses when a cache is full.
 
     ``wanted`` is in priority order (the oldest DSD first); ``capacities``: each node's cache size in bytes;
     ``known_entries``: every entry a DSD describes (by id), which eviction needs. Failed and Missing records
-    are deleted and fetched again."""
+    are deleted and fetched again. Ready records in use whose last-used time is older than ``TOUCH_SECONDS``
+    (or unset) are listed in ``touch``: the caller stamps them with ``now`` (what eviction's LRU order reads)."""
     plan = CachePlan(delete=_finished_evictions(jobs))
     in_use: dict[str, set[str]] = {}
     for item in wanted:
@@ -329,7 +333,13 @@ def plan_cache(
         node, entry = item.node, item.entry
         cache = view.nodes.get(node) or NodeModelCache(node=node, capacity_bytes=capacities.get(node, 0))
         record = cache.entries.get(entry.id)
-        if record is not None and record.state in (EntryState.READY, EntryState.FETCHING):
+        if record is not None and record.state == EntryState.READY:
+            if record.last_used is None or (
+                now is not None and (now - record.last_used).total_seconds() > TOUCH_SECONDS
+            ):
+                plan.touch.extend(records_of(jobs, entry.id, node))
+            continue
+        if record is not None and record.state == EntryState.FETCHING:
             continue
         key = (entry.id, node)
         if record is not None and record.reason == "being evicted":
