@@ -44,6 +44,9 @@ PLURALS = {
     ("v1", "Service"): "services",
 }
 OBJECT_KINDS = list(PLURALS)
+# Kinds that belong to the pool rather than to a DSD (the node model cache's fetch and evict Jobs): written and
+# deleted by name, never seeded or deleted as a DSD's stale objects.
+POOL_PLURALS = {("batch/v1", "Job"): "jobs"}
 FIELD_MANAGER = "dspool"
 REQUEST_TIMEOUT = 30  # seconds; a hung API call must not stall every decision
 
@@ -63,7 +66,8 @@ def object_path(api_version: str, kind: str, namespace: str | None, name: str | 
     """The REST path of a kind dspool builds: a collection (in a namespace or cluster-wide) or one object."""
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     scope = f"/namespaces/{namespace}" if namespace else ""
-    return f"{prefix}{scope}/{PLURALS[(api_version, kind)]}" + (f"/{name}" if name else "")
+    plural = PLURALS.get((api_version, kind)) or POOL_PLURALS[(api_version, kind)]
+    return f"{prefix}{scope}/{plural}" + (f"/{name}" if name else "")
 
 
 class ApiWriter:
