@@ -599,7 +599,8 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
         ready = report.time_to_ready_seconds
         print(
             f"weights     model cache {args.model_cache}: time-to-ready mean {ready.mean / 60:.1f} min, "
-            f"p50 {ready.p50 / 60:.1f} min, p95 {ready.p95 / 60:.1f} min over {ready.replicas} replicas; "
+            f"p50 {ready.p50 / 60:.1f} min, p95 {ready.p95 / 60:.1f} min over {ready.replicas} replicas "
+            f"({ready.never_ready} left before Ready); "
             f"{(report.origin_bytes or 0) / 1024**4:.2f} TiB from the origin; "
             f"{report.cache_hit_ratio or 0.0:.1%} cache hits"
         )

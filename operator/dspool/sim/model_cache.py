@@ -54,6 +54,7 @@ class WeightsStats:
     """What the caches measured: time-to-ready per model, bytes from the origin, hits."""
 
     time_to_ready: dict[str, list[float]] = field(default_factory=dict)
+    never_ready: dict[str, int] = field(default_factory=dict)  # replicas that left before their weights were in
     origin_bytes: float = 0.0
     node_placements: int = 0  # (replica, node) pairs placed
     node_hits: int = 0  # of which the node held the entry Ready
@@ -105,7 +106,9 @@ class ModelCaches:
     def release(self, key: str, entry: CacheEntry, nodes: list[str], now: float) -> None:
         """A replica left ``nodes``: its entries are no longer in use by it; its own copies (cache off) go."""
         self.advance(now)
-        self.pending.pop(key, None)
+        left = self.pending.pop(key, None)
+        if left is not None and left.counted:
+            self.stats.never_ready[left.model] = self.stats.never_ready.get(left.model, 0) + 1
         self.ready_at.pop(key, None)
         for node in nodes:
             count = self.in_use.get((node, entry.id), 0) - 1

@@ -197,18 +197,20 @@ class ReadyTimes(_Report):
     mean: float = 0.0
     p50: float = 0.0
     p95: float = 0.0
-    replicas: int = 0
+    replicas: int = Field(default=0, description="replicas that became Ready")
+    never_ready: int = Field(default=0, description="replicas that left before their weights were in")
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> ReadyTimes:
+    def of(cls, seconds: Sequence[float], never_ready: int = 0) -> ReadyTimes:
         """The summary of these times."""
         if not seconds:
-            return cls()
+            return cls(never_ready=never_ready)
         return cls(
             mean=round(sum(seconds) / len(seconds), 1),
             p50=round(_percentile(seconds, 0.5), 1),
             p95=round(_percentile(seconds, 0.95), 1),
             replicas=len(seconds),
+            never_ready=never_ready,
         )
 
 
@@ -732,8 +734,12 @@ class Simulation:
             return {}
         stats = self.weights.stats
         everything = [seconds for times in stats.time_to_ready.values() for seconds in times]
-        overall = ReadyTimes.of(everything)
-        per_model = {model: ReadyTimes.of(times) for model, times in sorted(stats.time_to_ready.items())}
+        overall = ReadyTimes.of(everything, sum(stats.never_ready.values()))
+        models = sorted(set(stats.time_to_ready) | set(stats.never_ready))
+        per_model = {
+            model: ReadyTimes.of(stats.time_to_ready.get(model, []), stats.never_ready.get(model, 0))
+            for model in models
+        }
         hits = stats.node_hits / stats.node_placements if stats.node_placements else 0.0
         return {
             "time_to_ready_seconds": TimeToReady(**overall.model_dump(), per_model=per_model),
