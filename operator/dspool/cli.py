@@ -135,6 +135,8 @@ def _add_run_command(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _add_simulate_command(sub: argparse._SubParsersAction[Any]) -> None:
     """``dspool simulate``: a trace played on a pool file, with the rebalancing and queueing switches."""
+    from dspool.weights.estimate import DEFAULT_DISK_GBPS, DEFAULT_ORIGIN_GBPS, DEFAULT_ORIGIN_TOTAL_GBPS
+
     p_sim = sub.add_parser(
         "simulate", help="capacity what-if: play a trace of DeepSeekDeployments on a pool file, offline"
     )
@@ -148,6 +150,27 @@ def _add_simulate_command(sub: argparse._SubParsersAction[Any]) -> None:
     p_sim.add_argument("--queue", action="store_true", help="refused replicas wait for room instead of being lost")
     p_sim.add_argument(
         "--move-seconds", type=non_negative_float, default=0.0, help="until a moved replica's new copy is Ready"
+    )
+    weights = p_sim.add_argument_group("weights (time-to-ready; not simulated unless --model-cache is given)")
+    weights.add_argument(
+        "--model-cache",
+        choices=["on", "off"],
+        help="on: node model caches (placement prefers warm nodes); off: every replica fetches its own copy",
+    )
+    weights.add_argument(
+        "--origin-gbps", type=positive_float, default=DEFAULT_ORIGIN_GBPS, help="origin -> one node, Gbit/s"
+    )
+    weights.add_argument(
+        "--origin-total-gbps",
+        type=positive_float,
+        default=DEFAULT_ORIGIN_TOTAL_GBPS,
+        help="origin -> the whole pool, Gbit/s (shared by every fetch)",
+    )
+    weights.add_argument(
+        "--disk-gbps", type=positive_float, default=DEFAULT_DISK_GBPS, help="local disk -> engine, Gbit/s"
+    )
+    weights.add_argument(
+        "--warm-nodes", type=int, default=0, help="prefetch each entry to N more nodes than its replicas use"
     )
     p_sim.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p_sim.set_defaults(handler=_cmd_simulate)
@@ -527,8 +550,13 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
     """Play a trace on a pool file with the operator's own placement (and rebalancing) code."""
     from dspool.sim.inputs import InputError, load_pool_file, load_trace
     from dspool.sim.simulate import SimulationSettings, pool_from_file, simulate
+    from dspool.weights.estimate import Bandwidth
 
     _check_max_moves(args)
+    if args.warm_nodes < 0:
+        raise UsageError("--warm-nodes must be at least 0")
+    if args.warm_nodes and args.model_cache != "on":
+        raise UsageError("--warm-nodes needs --model-cache on")
     try:
         pool_file = load_pool_file(args.pool, catalog)
         trace = load_trace(args.trace, catalog)
@@ -540,10 +568,15 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
         policy=RebalancePolicy(max_moves=args.max_moves),
         queue=args.queue,
         move_seconds=args.move_seconds,
+        model_cache=None if args.model_cache is None else args.model_cache == "on",
+        bandwidth=Bandwidth(
+            origin_gbps=args.origin_gbps, origin_total_gbps=args.origin_total_gbps, disk_gbps=args.disk_gbps
+        ),
+        warm_nodes=args.warm_nodes,
     )
     report = simulate(pool_from_file(pool_file, catalog), trace, catalog, settings)
     if args.output == "json":
-        print(json.dumps(report.model_dump(mode="json", by_alias=True), indent=2))
+        print(json.dumps(report.as_json(), indent=2))
         return 0
     span_hours = (trace[-1].at - trace[0].at) / 3600 if trace else 0.0
     rebalancing = (
@@ -573,6 +606,15 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
         print(
             f"waiting     {report.waiting.replicas} replicas waited (mean {report.waiting.mean_seconds:.0f} s, "
             f"p99 {report.waiting.p99_seconds:.0f} s); {report.waiting.never_placed} never placed"
+        )
+    if report.time_to_ready_seconds is not None:
+        ready = report.time_to_ready_seconds
+        print(
+            f"weights     model cache {args.model_cache}: time-to-ready mean {ready.mean / 60:.1f} min, "
+            f"p50 {ready.p50 / 60:.1f} min, p95 {ready.p95 / 60:.1f} min over {ready.replicas} replicas "
+            f"({ready.never_ready} left before Ready); "
+            f"{(report.origin_bytes or 0) / 1024**4:.2f} TiB from the origin; "
+            f"{report.cache_hit_ratio or 0.0:.1%} cache hits"
         )
     for example in report.refusal_examples[:1]:
         print(f"first refusal: {example}")

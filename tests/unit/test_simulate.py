@@ -17,6 +17,9 @@ from dspool.rebalance import RebalancePolicy
 from dspool.sim.fleet import NodeGroup, PoolFile
 from dspool.sim.inputs import InputError, TraceEntry, dump_trace, load_pool_file, parse_trace
 from dspool.sim.simulate import Simulation, SimulationSettings, pool_from_file, simulate
+from dspool.weights.entries import GIB as GIB_BYTES
+from dspool.weights.estimate import Bandwidth
+from dspool.weights.state import EntryState
 
 CATALOG = builtin_catalog()
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,3 +312,105 @@ def test_no_device_booked_twice_no_victim_homeless_and_never_dsds_never_move(
     report = sim.run()
     assert report.replicas_placed <= report.replicas_requested
     assert all(n.reserved == 0 for n in sim.pool.nodes.values())  # everything released at the end
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+R1_BYTES = 641 * GIB_BYTES
+FETCH_R1 = R1_BYTES / 200e6  # 200 MB/s from the origin to one node
+LOAD_R1 = R1_BYTES / 2e9  # 2 GB/s from local NVMe
+
+
+def one_h200_r1s(count: int) -> list[TraceEntry]:
+    """R1 DSDs one after another, each long after the previous one left."""
+    return [
+        TraceEntry(at=i * 10_000, lifetime=5_000, name=f"r1-{i}", spec=DeepSeekDeploymentSpec(model=R1))
+        for i in range(count)
+    ]
+
+
+def test_time_to_ready_is_the_fetch_then_the_load_and_a_warm_node_only_loads() -> None:
+    report = run(one_h200_r1s(2), model_cache=True)
+    ready = report.time_to_ready_seconds
+    assert ready is not None and ready.replicas == 2 and ready.never_ready == 0
+    assert ready.per_model[R1].p95 == pytest.approx(FETCH_R1 + LOAD_R1, abs=1)  # the first fetches, cold
+    assert ready.mean == pytest.approx(FETCH_R1 / 2 + LOAD_R1, abs=1)  # the second only loads
+    assert report.origin_bytes == pytest.approx(R1_BYTES, rel=1e-6) and report.cache_hit_ratio == 0.5
+
+
+def test_with_the_cache_off_every_placement_fetches_from_the_origin() -> None:
+    report = run(one_h200_r1s(3), model_cache=False)
+    assert report.replicas_placed == 3 and report.cache_hit_ratio == 0.0
+    assert report.origin_bytes == pytest.approx(3 * R1_BYTES, rel=1e-6)
+    assert report.time_to_ready_seconds is not None
+    assert report.time_to_ready_seconds.mean == pytest.approx(FETCH_R1 + LOAD_R1, abs=1)
+
+
+def test_the_pool_wide_cap_slows_fetches_that_share_it() -> None:
+    trace = [TraceEntry(at=0, lifetime=50_000, name="r1", spec=DeepSeekDeploymentSpec(model=R1, replicas=2))]
+    narrow = run(trace, model_cache=True, bandwidth=Bandwidth(origin_gbps=1.6, origin_total_gbps=1.6))
+    assert narrow.time_to_ready_seconds is not None  # two nodes share 200 MB/s: both done at twice the time
+    assert narrow.time_to_ready_seconds.mean == pytest.approx(2 * FETCH_R1 + LOAD_R1, abs=1)
+
+
+def test_a_move_completes_only_once_its_new_copy_has_its_weights() -> None:
+    report = run(blocked_r1_trace(), rebalance=True, queue=True, model_cache=True)
+    assert report.per_model[R1].placed == 1 and report.moves == 1
+    # the new copy goes to the other H200, still fetching the 1.5B's 3.3 GiB for the replica placed there at
+    # 0 s; the move (started at 10 s, when R1 arrives) is Done once that fetch and the load are over
+    small = 3.3 * GIB_BYTES
+    assert report.waiting.mean_seconds == pytest.approx(small / 200e6 + small / 2e9 - 10, abs=0.1)
+
+
+def test_without_model_cache_the_json_has_no_weights_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    pool = ROOT / "examples" / "pools" / "small.yaml"
+    trace = ROOT / "examples" / "traces" / "enterprise-mixed-churn.jsonl"
+    assert main(["simulate", "--pool", str(pool), "--trace", str(trace), "-o", "json"]) == 0
+    assert not {"timeToReadySeconds", "originBytes", "cacheHitRatio"} & set(json.loads(capsys.readouterr().out))
+    assert main(["simulate", "--pool", str(pool), "--trace", str(trace), "--model-cache", "on", "-o", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["timeToReadySeconds"]) >= {"mean", "p50", "p95", "perModel"}
+    assert report["originBytes"] > 0 and 0 < report["cacheHitRatio"] < 1
+
+
+TIGHT_CACHES = PoolFile(  # room for one R1 entry per node, or a few distills: eviction all the time
+    name="tight",
+    groups=[
+        NodeGroup(name="h200", count=2, accelerator="H200-141G", model_cache_gib=700),
+        NodeGroup(name="h100", count=2, accelerator="H100-80G", model_cache_gib=150),
+        NodeGroup(name="l20", count=1, accelerator="L20-48G", model_cache_gib=100),
+    ],
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(trace_spec=arrivals, warm_nodes=st.integers(0, 2), aware=st.booleans())
+def test_eviction_never_removes_an_entry_in_use_and_caches_stay_within_capacity(
+    trace_spec: list[tuple[float, float, str, int, RebalanceConsent, Strategy]], warm_nodes: int, aware: bool
+) -> None:
+    trace = []
+    at = 0.0
+    for index, (gap, lifetime, model, replicas, _, strategy) in enumerate(trace_spec):
+        at += gap * 100
+        spec = DeepSeekDeploymentSpec(model=model, replicas=replicas, placement=PlacementSpec(strategy=strategy))
+        trace.append(TraceEntry(at=round(at, 3), lifetime=lifetime * 10, name=f"d{index}", spec=spec))
+    held_in_use: set[tuple[str, str]] = set()
+
+    def check(sim: Simulation, now: float) -> None:
+        assert sim.weights is not None
+        for name, cache in sim.weights.view.nodes.items():
+            assert cache.used_bytes <= cache.capacity_bytes
+            for entry_id, entry in cache.entries.items():
+                if entry.state == EntryState.READY and (name, entry_id) in sim.weights.in_use:
+                    held_in_use.add((name, entry_id))
+        for node_entry in list(held_in_use):
+            if node_entry not in sim.weights.in_use:
+                held_in_use.discard(node_entry)  # no longer used: it may go
+                continue
+            assert sim.weights.view.ready_on(*node_entry)  # still used: still there
+
+    settings_ = SimulationSettings(model_cache=True, warm_nodes=warm_nodes, cache_aware=aware)
+    sim = Simulation(pool_from_file(TIGHT_CACHES, CATALOG), trace, CATALOG, settings_, observer=check)
+    report = sim.run()
+    assert report.time_to_ready_seconds is not None
+    assert report.time_to_ready_seconds.replicas + report.time_to_ready_seconds.never_ready == report.replicas_placed

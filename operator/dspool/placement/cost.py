@@ -17,14 +17,19 @@ LeastCost = tuple[TypeOutcome | None, list[TypeOutcome], list[TypeOutcome]]
 
 
 def least_cost(
-    groups: CostGroups, shapes: MixShapes, request: ReplicaRequest, index: FreeIndex[NodeState]
+    groups: CostGroups,
+    shapes: MixShapes,
+    request: ReplicaRequest,
+    index: FreeIndex[NodeState],
+    slack: float = 0.0,
 ) -> LeastCost:
     """binpack without a preference order: (winner, evaluated outcomes, every type in rank order).
 
     ``groups``: the feasible types by nodes per replica (fewest first; the first group with room decides),
     each by memory claimed. Each type with room costs memory claimed + its loss to the demand mix; the
     lowest cost wins (ties: most free devices, then id). The loss is never negative, so once a type claims
-    more memory than the best cost so far, it and the rest of the group cannot win.
+    more memory than the best cost so far, it and the rest of the group cannot win. ``slack``: evaluate the
+    types up to that share above the best cost too (the winner is the same; :mod:`.readiness` weighs them).
     """
     winner: TypeOutcome | None = None
     evaluated: list[TypeOutcome] = []
@@ -34,7 +39,7 @@ def least_cost(
             ranked.extend(TypeOutcome(view=v, plan=p) for _, v, p in group)
             continue
         for memory, type_view, sized in group:
-            if winner is not None and memory > winner.cost + COST_EPSILON_GIB:
+            if winner is not None and memory > winner.cost * (1 + slack) + COST_EPSILON_GIB:
                 ranked.append(TypeOutcome(view=type_view, plan=sized))
                 continue
             outcome = evaluate(type_view, sized, Strategy.BINPACK, set(), free_total=False, index=index)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dspool.api import ReplicaPlacement, Strategy
 from dspool.catalog import Catalog
 from dspool.inventory import Pool
-from dspool.placement import explain
+from dspool.placement import explain, readiness
 from dspool.placement.candidates import (
     Sized,
     SizedTypes,
@@ -26,6 +26,9 @@ from dspool.placement.choice import TypeOutcome, evaluate
 from dspool.placement.context import PlacementContext
 from dspool.placement.cost import LeastCost, least_cost
 from dspool.placement.request import Decision, DemandMix, ReplicaRequest, catalog_mix, placement_from_plan
+from dspool.placement.scarcity import MixShapes
+from dspool.weights.estimate import Bandwidth
+from dspool.weights.state import CacheView
 
 
 def place_replica(
@@ -34,6 +37,8 @@ def place_replica(
     catalog: Catalog,
     peers: Sequence[ReplicaPlacement] = (),
     demand: DemandMix | None = None,
+    cache: CacheView | None = None,
+    bandwidth: Bandwidth | None = None,
 ) -> Decision:
     """Decide where one replica goes without changing the pool; the reason always says why.
 
@@ -42,6 +47,8 @@ def place_replica(
     for (those of the DSDs in the cluster); default every catalog model. ``binpack`` without
     ``acceleratorTypes`` takes, among the types with the fewest nodes per replica, the one whose best-fit
     placement costs least: memory claimed plus what it takes from the other models (:mod:`.scarcity`).
+    ``cache`` (the node model caches) with the request's ``cache_entry``: among equally good candidates,
+    the one whose weights are ready first (:mod:`.readiness`; ``bandwidth`` for the estimate).
     """
     context = PlacementContext.of(pool)
     view = context.view(request)  # filter
@@ -57,14 +64,20 @@ def place_replica(
 
     sized = context.sized_types(view, candidates, request, catalog)  # size
     least = request.strategy == Strategy.BINPACK and allowed is None
+    warm = readiness.warmth(request, cache, bandwidth)
+    peer_nodes = _peer_nodes(pool, request, peers) if request.strategy == Strategy.SPREAD else set()
+    shapes = None
     if least:  # rank and choose
         shapes = context.mix_shapes(demand if demand is not None else catalog_mix(catalog), catalog)
-        winner, outcomes, ranked = least_cost(sized.cost_groups(), shapes, request, pool.free_index())
+        slack = readiness.READY_TOLERANCE if warm is not None else 0.0
+        winner, outcomes, ranked = least_cost(sized.cost_groups(), shapes, request, pool.free_index(), slack)
     else:
-        winner, outcomes, ranked = _by_tiers(pool, request, sized, peers, preferred=allowed is not None)
+        winner, outcomes, ranked = _by_tiers(request, sized, peer_nodes, preferred=allowed is not None)
 
     if winner is not None:  # explain
         assert winner.choice is not None
+        if warm is not None:
+            return _ready_sooner(pool, request, warm, winner, outcomes, ranked, sized, peer_nodes, shapes, allowed)
         placement = placement_from_plan(winner.plan, [n.name for n in winner.choice.nodes], request.replica)
         if least:
             reason = explain.least_cost_reason(winner, ranked, sized.infeasible)
@@ -77,16 +90,43 @@ def place_replica(
     return Decision(placement=None, reason=reason, plan=closest)
 
 
-def _by_tiers(
-    pool: Pool, request: ReplicaRequest, sized: SizedTypes, peers: Sequence[ReplicaPlacement], preferred: bool
-) -> LeastCost:
+def _ready_sooner(
+    pool: Pool,
+    request: ReplicaRequest,
+    warm: readiness.Warmth,
+    winner: TypeOutcome,
+    outcomes: list[TypeOutcome],
+    ranked: list[TypeOutcome],
+    sized: SizedTypes,
+    peer_nodes: set[str],
+    shapes: MixShapes | None,
+    allowed: list[str] | None,
+) -> Decision:
+    """The decision when the caches are known: among the winner's equally good alternatives (least-cost: and
+    the types within the tolerance), the one ready first, and the reason says so (:mod:`.readiness`)."""
+    contenders, limit = readiness.contenders_within(outcomes, winner) if shapes is not None else ([], 0.0)
+    packing = readiness.Packing(request.strategy, peer_nodes, shapes, pool.free_index(), limit)
+    ready = readiness.prefer_ready(winner, contenders, request, warm, packing)
+    chosen = ready.outcome
+    assert chosen.choice is not None
+    if chosen is not winner:
+        head = explain.ready_type_reason(chosen, winner)
+    elif shapes is not None:
+        head = explain.least_cost_reason(winner, ranked, sized.infeasible)
+    else:
+        head = explain.success_reason(winner, ranked, allowed is not None, sized.infeasible, request.strategy)
+    placement = placement_from_plan(chosen.plan, [n.name for n in chosen.choice.nodes], request.replica)
+    return Decision(placement=placement, reason=f"{head}; {explain.readiness_note(ready)}", plan=chosen.plan)
+
+
+def _by_tiers(request: ReplicaRequest, sized: SizedTypes, peer_nodes: set[str], preferred: bool) -> LeastCost:
     """binpack in the user's order, or spread: (winner, evaluated outcomes, every type in rank order).
 
     Tiers are tried in order; within a tier, the type with room and most free devices wins. ``spread``
-    looks further: a node free of peers on any adequate type beats sharing one.
+    looks further: a node free of peers on any adequate type beats sharing one (``peer_nodes``: the nodes
+    of the deployment's other replicas, spread only).
     """
     spread = request.strategy == Strategy.SPREAD
-    peer_nodes = _peer_nodes(pool, request, peers) if spread else set()
     tiers = type_tiers(sized.feasible, preferred)
     outcomes: list[TypeOutcome] = []
     winner: TypeOutcome | None = None

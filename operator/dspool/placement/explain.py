@@ -9,8 +9,11 @@ from dspool.api import Strategy
 from dspool.inventory import Pool
 from dspool.placement.candidates import memory_claimed
 from dspool.placement.choice import Shortfall, TypeOutcome
+from dspool.placement.readiness import READY_TOLERANCE, Readiness
 from dspool.placement.request import ReplicaRequest
 from dspool.sizing import SizingPlan
+from dspool.weights.entries import GIB
+from dspool.weights.estimate import ReadyEstimate
 
 MAX_ALTERNATIVES_IN_REASON = 3
 
@@ -175,3 +178,42 @@ def no_room_reason(
     if filtered:
         parts.append(filtered)
     return f"no room for {label}: {'; '.join(parts)}"
+
+
+def duration(seconds: float) -> str:
+    """A wait as people say it: '~55 min', '~2 h', '<1 min'."""
+    if seconds < 60:
+        return "<1 min"
+    if seconds < 100 * 60:
+        return f"~{round(seconds / 60)} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+def _node_names(estimate: ReadyEstimate) -> str:
+    return "+".join(n.node for n in estimate.nodes)
+
+
+def _weights_state(estimate: ReadyEstimate) -> str:
+    if estimate.cached:
+        return "weights cached"
+    return f"fetches {estimate.missing_bytes / GIB:.0f} GiB"
+
+
+def readiness_note(ready: Readiness) -> str:
+    """How soon the chosen nodes serve, and when readiness changed the choice, what the engine's own choice
+    would have waited: 'h200-003: weights cached, ready in ~6 min; h200-001 would fetch 641 GiB, ~63 min'."""
+    chosen = ready.estimate
+    note = f"{_node_names(chosen)}: {_weights_state(chosen)}, ready in {duration(chosen.seconds)}"
+    if ready.changed:
+        blind = ready.blind_estimate
+        what = "weights cached" if blind.cached else f"would fetch {blind.missing_bytes / GIB:.0f} GiB"
+        note += f"; {_node_names(blind)} {what}, {duration(blind.seconds)}"
+    return note
+
+
+def ready_type_reason(chosen: TypeOutcome, blind: TypeOutcome) -> str:
+    """Why a type other than the cheapest won: it packs nearly as well and its weights are ready sooner."""
+    return (
+        f"{describe_choice(chosen, Strategy.BINPACK)} — {chosen.plan.accelerator} chosen over "
+        f"{blind.plan.accelerator}: packing cost within {READY_TOLERANCE:.0%} and weights ready sooner"
+    )

@@ -12,6 +12,7 @@ from dspool.api import DeepSeekDeploymentSpec, NodeDevices, ReplicaPlacement, St
 from dspool.catalog import Catalog, ModelSpec
 from dspool.plancache import model_fingerprint
 from dspool.sizing import DEFAULT_KV_CACHE_TOKENS, SizingPlan, SizingRequest
+from dspool.weights.entries import CacheEntry
 
 
 class ReplicaRequest(BaseModel):
@@ -27,6 +28,9 @@ class ReplicaRequest(BaseModel):
     tolerations: list[Toleration] = Field(default_factory=list)
     allow_multi_node: bool = True
     avoid_nodes: list[str] = Field(default_factory=list, description="nodes this replica just failed on")
+    cache_entry: CacheEntry | None = Field(
+        default=None, description="the weights it serves from a node cache (None: the user's own volume)"
+    )
 
     @classmethod
     def from_spec(

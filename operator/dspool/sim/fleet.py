@@ -11,6 +11,8 @@ A pool file lists node groups::
         devicesPerNode: 8            # optional; default is the catalog's server size
         labels: {dspool.io/fabric: rack-a}
         taints: []                   # optional; default is the vendor's device taint
+        modelCacheGiB: 4096          # optional: the node model cache (label dspool.io/model-cache-gib);
+                                     # default DEFAULT_MODEL_CACHE_GIB (dspool.weights.state)
 
 Every node is a plain ``v1.Node`` annotated ``kwok.x-k8s.io/node: fake`` so that kwok (started by
 ``e2e/cluster.py``) keeps it Ready and runs the pods bound to it. The labels come from the catalog
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from dspool.catalog import AcceleratorSpec, Catalog, Vendor, load_catalog
+from dspool.weights.state import MODEL_CACHE_CAPACITY_LABEL
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_ANNOTATION_VALUE = "fake"
@@ -80,6 +83,9 @@ class NodeGroup(_PoolModel):
     taints: list[Taint] | None = Field(default=None, description="None means the vendor's device taint")
     cpu: int | None = Field(default=None, ge=1, description="CPU cores; default from the host profile")
     memory_gib: int | None = Field(default=None, ge=1, alias="memoryGiB")
+    model_cache_gib: float | None = Field(
+        default=None, ge=0, alias="modelCacheGiB", description="model cache capacity; None: the default"
+    )
 
 
 class PoolFile(_PoolModel):
@@ -174,6 +180,8 @@ def _node_manifest(pool: PoolFile, group: NodeGroup, accelerator: AcceleratorSpe
         POOL_LABEL: pool.name,
         GROUP_LABEL: group.name,
     }
+    if group.model_cache_gib is not None:
+        labels[MODEL_CACHE_CAPACITY_LABEL] = f"{group.model_cache_gib:g}"
     taints = default_taints(accelerator) if group.taints is None else [t.model_dump() for t in group.taints]
     capacity = {
         "cpu": str(cores),

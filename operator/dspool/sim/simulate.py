@@ -14,12 +14,19 @@ destination was booked, then the old copy is removed, and when every move is Don
 placed. A plan whose copies are not Ready within the policy's timeout rolls back. With no move time (the
 default) every move of a plan is done at once (``apply_plan_at_once``).
 
+With ``model_cache`` set, weights take time (:mod:`dspool.sim.model_cache`): a replica is Ready once every
+node of it holds its entry and has loaded it, a move's new copy likewise (and its ready timeout comes from
+the estimate, :mod:`dspool.weights.estimate`), and placement reads the node caches (``cache_aware``).
+``warm_nodes`` keeps each entry on that many more nodes than its replicas use, fetched in the background.
+Without it (the default) nothing about weights is simulated or reported, as before.
+
 Decision time is the wall time of each replica's decision (placement, plus planning when it was refused).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from dspool.api import DeepSeekDeploymentSpec, MoveState, ReplicaMove, ReplicaPlacement, Strategy
-from dspool.catalog import Catalog
+from dspool.catalog import Catalog, Precision
 from dspool.inventory import Pool, build_pool
 from dspool.placement import DemandMix, ReplicaRequest, place_replica
 from dspool.rebalance import (
@@ -50,9 +57,14 @@ from dspool.rebalance import (
 )
 from dspool.sim.fleet import PoolFile, node_manifests
 from dspool.sim.inputs import TraceEntry
+from dspool.sim.model_cache import ModelCaches
+from dspool.weights.entries import GIB, CacheEntry, entry_for
+from dspool.weights.estimate import Bandwidth, entry_in_precision, fetches_in_flight, time_to_ready
+from dspool.weights.state import DEFAULT_MODEL_CACHE_GIB, MODEL_CACHE_CAPACITY_LABEL, CacheView
 
 NAMESPACE = "sim"
 EXAMPLES_KEPT = 3
+READY_TIMEOUT_FACTOR = 2.0  # a move's new copy may take twice its estimated time-to-ready before rolling back
 
 # Events at the same instant: departures free devices before moves complete, and both before arrivals.
 _DEPART, _MOVE_CHECK, _ARRIVE = 0, 1, 2
@@ -66,6 +78,13 @@ class SimulationSettings(BaseModel):
     policy: RebalancePolicy = Field(default_factory=RebalancePolicy)
     queue: bool = Field(default=False, description="refused replicas wait for room instead of being lost")
     move_seconds: float = Field(default=0.0, ge=0, description="until a moved replica's new copy is Ready")
+    model_cache: bool | None = Field(
+        default=None,
+        description="None: weights not simulated; True: node model caches; False: every replica fetches its own copy",
+    )
+    bandwidth: Bandwidth = Field(default_factory=Bandwidth)
+    warm_nodes: int = Field(default=0, ge=0, description="keep each entry on this many more nodes than it is used on")
+    cache_aware: bool = Field(default=True, description="placement reads the node caches (False: cache-blind)")
 
 
 class Placer(Protocol):
@@ -91,16 +110,26 @@ class Placer(Protocol):
 class DspoolPlacer:
     """dspool's placement engine and, when a policy is given, its rebalancer."""
 
-    def __init__(self, catalog: Catalog, demand: DemandMix | None, policy: RebalancePolicy | None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        demand: DemandMix | None,
+        policy: RebalancePolicy | None,
+        cache: CacheView | None = None,
+        bandwidth: Bandwidth | None = None,
+    ) -> None:
+        """``cache``: the node model caches placement reads (None: placement ignores weights)."""
         self.catalog = catalog
         self.demand = demand
         self.policy = policy
+        self.cache = cache
+        self.bandwidth = bandwidth
         self.last_reason = ""  # why the last replica was refused (and why no plan helped)
         self.plans: list[str] = []
 
     def place(self, pool: Pool, request: ReplicaRequest, peers: Sequence[ReplicaPlacement]) -> ReplicaPlacement | None:
         """``placement.place_replica``."""
-        decision = place_replica(pool, request, self.catalog, peers, self.demand)
+        decision = place_replica(pool, request, self.catalog, peers, self.demand, self.cache, self.bandwidth)
         if decision.placement is None:
             self.last_reason = decision.reason
         return decision.placement
@@ -162,6 +191,38 @@ class Waiting(_Report):
     p99_seconds: float = 0.0
 
 
+class ReadyTimes(_Report):
+    """Time-to-ready (placement to Ready: weights fetched and loaded) of the replicas that became Ready."""
+
+    mean: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
+    replicas: int = Field(default=0, description="replicas that became Ready")
+    never_ready: int = Field(default=0, description="replicas that left before their weights were in")
+
+    @classmethod
+    def of(cls, seconds: Sequence[float], never_ready: int = 0) -> ReadyTimes:
+        """The summary of these times."""
+        if not seconds:
+            return cls(never_ready=never_ready)
+        return cls(
+            mean=round(sum(seconds) / len(seconds), 1),
+            p50=round(_percentile(seconds, 0.5), 1),
+            p95=round(_percentile(seconds, 0.95), 1),
+            replicas=len(seconds),
+            never_ready=never_ready,
+        )
+
+
+class TimeToReady(ReadyTimes):
+    """Time-to-ready over every replica, and per model."""
+
+    per_model: dict[str, ReadyTimes] = Field(default_factory=dict)
+
+
+WEIGHTS_FIELDS = {"time_to_ready_seconds", "origin_bytes", "cache_hit_ratio"}
+
+
 class SimulationReport(_Report):
     """What a run measured; ``-o json`` prints it."""
 
@@ -182,6 +243,16 @@ class SimulationReport(_Report):
     pool_devices: int
     refusal_examples: list[str] = Field(default_factory=list)
     plan_examples: list[str] = Field(default_factory=list)
+    time_to_ready_seconds: TimeToReady | None = Field(default=None, description="with the model cache simulated")
+    origin_bytes: int | None = Field(default=None, description="bytes fetched from the origin, prefetch included")
+    cache_hit_ratio: float | None = Field(
+        default=None, description="share of (replica, node) placements whose node held the entry Ready"
+    )
+
+    def as_json(self) -> dict[str, object]:
+        """The ``-o json`` document (the weights keys only when the model cache was simulated)."""
+        exclude = WEIGHTS_FIELDS if self.time_to_ready_seconds is None else None
+        return self.model_dump(mode="json", by_alias=True, exclude=exclude)
 
 
 @dataclass
@@ -192,6 +263,7 @@ class _Deployment:
     placements: dict[int, ReplicaPlacement] = field(default_factory=dict)
     moves_in_flight: int = 0
     last_move_at: float | None = None
+    weights: CacheEntry | None = None  # what its replicas serve from a node cache (None: not simulated, or a PVC)
 
 
 @dataclass
@@ -207,6 +279,7 @@ class _PlanRun:
     started: float
     records: list[ReplicaMove]  # one per plan.moves entry: the move's record as the operator would store it
     waiter: _Waiter
+    policy: RebalancePolicy  # the settings' policy; with weights, its ready timeout from the estimate
 
 
 def _percentile(values: Sequence[float], share: float) -> float:
@@ -222,6 +295,14 @@ def pool_from_file(pool_file: PoolFile, catalog: Catalog) -> Pool:
     for node in nodes:  # what kwok reports for every fake node once it runs
         node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
     return build_pool(nodes, [], [], catalog)
+
+
+def cache_capacities(pool: Pool) -> dict[str, int]:
+    """Each node's model cache, bytes: its ``dspool.io/model-cache-gib`` label, else the default."""
+    return {
+        name: int(float(node.labels.get(MODEL_CACHE_CAPACITY_LABEL, DEFAULT_MODEL_CACHE_GIB)) * GIB)
+        for name, node in pool.nodes.items()
+    }
 
 
 def trace_demand(trace: Sequence[TraceEntry], catalog: Catalog) -> DemandMix:
@@ -247,8 +328,19 @@ class Simulation:
         self.trace = trace
         self.catalog = catalog
         self.settings = settings or SimulationSettings()
+        cache_on = self.settings.model_cache is not None
+        self.weights = (
+            ModelCaches(cache_capacities(pool), self.settings.bandwidth, keep=bool(self.settings.model_cache))
+            if cache_on
+            else None
+        )
+        seen = self.weights.view if self.weights and self.weights.keep and self.settings.cache_aware else None
         self.placer: Placer = placer or DspoolPlacer(
-            catalog, trace_demand(trace, catalog), self.settings.policy if self.settings.rebalance else None
+            catalog,
+            trace_demand(trace, catalog),
+            self.settings.policy if self.settings.rebalance else None,
+            seen,
+            self.settings.bandwidth,
         )
         self.live: dict[str, _Deployment] = {}
         self.queue: list[_Waiter] = []
@@ -279,7 +371,10 @@ class Simulation:
         return sum(n.allocatable - n.free for n in self.pool.nodes.values())
 
     def _request(self, deployment: _Deployment, replica: int) -> ReplicaRequest:
-        return ReplicaRequest.from_spec(NAMESPACE, deployment.entry.name, replica, deployment.spec, self.catalog)
+        request = ReplicaRequest.from_spec(NAMESPACE, deployment.entry.name, replica, deployment.spec, self.catalog)
+        if deployment.weights is not None:
+            request.cache_entry = deployment.weights
+        return request
 
     def _residents(self) -> list[ResidentDeployment]:
         return [
@@ -309,6 +404,72 @@ class Simulation:
         self.placed[deployment.spec.model] = self.placed.get(deployment.spec.model, 0) + 1
         if waited is not None:
             self.waits.append(waited)
+        self._weights_placed(deployment, placement, counted=True)
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def _placement_entry(self, deployment: _Deployment, placement: ReplicaPlacement) -> CacheEntry | None:
+        if deployment.weights is None:
+            return None
+        return entry_in_precision(deployment.weights, self.catalog.model(deployment.spec.model), placement.precision)
+
+    def _weights_placed(self, deployment: _Deployment, placement: ReplicaPlacement, counted: bool) -> None:
+        """A placement starts waiting for its weights; then the entry is prefetched to warm nodes."""
+        entry = self._placement_entry(deployment, placement)
+        if self.weights is None or entry is None:
+            return
+        nodes = [n.name for n in placement.nodes]
+        self.weights.place(f"{deployment.key}#{placement.replica}", entry, nodes, self.clock, counted)
+        if self.settings.warm_nodes and self.weights.keep:
+            self._prefetch(entry, placement.accelerator)
+
+    def _weights_released(self, deployment: _Deployment, placement: ReplicaPlacement) -> None:
+        entry = self._placement_entry(deployment, placement)
+        if self.weights is not None and entry is not None:
+            nodes = [n.name for n in placement.nodes]
+            self.weights.release(f"{deployment.key}#{placement.replica}", entry, nodes, self.clock)
+
+    def _released_since(self, deployment: _Deployment, before: dict[int, ReplicaPlacement]) -> None:
+        """Placements the executor dropped (a source removed, a new copy rolled back) release their weights."""
+        for replica, placement in before.items():
+            if deployment.placements.get(replica) is not placement:
+                self._weights_released(deployment, placement)
+
+    def _prefetch(self, entry: CacheEntry, accelerator: str) -> None:
+        """Keep ``entry`` on ``warm_nodes`` more nodes of this type than its replicas use: the nodes with the
+        most free devices (where the next replica is likeliest to fit) that have room in their cache."""
+        assert self.weights is not None
+        used = {node for node, held in self.weights.in_use if held == entry.id}
+        holders = {name for name in self.pool.nodes if self.weights.holds(name, entry.id)}
+        wanted = self.settings.warm_nodes - len(holders - used)
+        candidates = sorted(
+            (n for n in self.pool.nodes.values() if n.accelerator == accelerator and n.name not in holders),
+            key=lambda n: (-n.free, n.name),
+        )
+        for node in candidates:
+            if wanted <= 0:
+                return
+            if self.weights.prefetch(entry, node.name, self.clock):
+                wanted -= 1
+
+    def _plan_policy(self, plan: RebalancePlan) -> RebalancePolicy:
+        """The policy a plan's moves run under: with weights, a new copy gets READY_TIMEOUT_FACTOR x its
+        estimated time-to-ready (fetch and load) before rolling back, and never less than the policy's."""
+        policy = self.settings.policy
+        if self.weights is None:
+            return policy
+        view = self.weights.view if self.weights.keep else CacheView()
+        slowest = 0.0
+        for move in plan.moves:
+            entry = self._placement_entry(self.live[move.deployment], move.destination)
+            if entry is None:
+                continue
+            nodes = [n.name for n in move.destination.nodes]
+            in_flight = fetches_in_flight(view)
+            estimate = time_to_ready(entry.id, entry.size_bytes, nodes, view, self.settings.bandwidth, in_flight)
+            slowest = max(slowest, estimate.seconds)
+        timeout = max(policy.ready_timeout_seconds, READY_TIMEOUT_FACTOR * (slowest + self.settings.move_seconds))
+        return policy.model_copy(update={"ready_timeout_seconds": timeout})
 
     # ------------------------------------------------------------------------------------------ decisions
 
@@ -334,8 +495,9 @@ class Simulation:
         return False
 
     def _start_plan(self, plan: RebalancePlan, waiter: _Waiter, now: float) -> bool:
-        if self.settings.move_seconds <= 0:
+        if self.settings.move_seconds <= 0 and self.weights is None:
             return self._apply_instantly(plan, waiter, now)
+        policy = self._plan_policy(plan)
         try:
             started = start_plan(self.pool, plan)
         except PlanNotStarted:
@@ -345,11 +507,12 @@ class Simulation:
             owner.placements[move.destination.replica] = move.destination
             owner.moves_in_flight += 1
             owner.last_move_at = now
-        run = _PlanRun(plan, now, [move.record for move in started], waiter)
+            self._weights_placed(owner, move.destination, counted=False)
+        run = _PlanRun(plan, now, [move.record for move in started], waiter, policy)
         self.plans.append(run)
         self._count_plan(plan)
         self._push(now + self.settings.move_seconds, _MOVE_CHECK, "")
-        self._push(now + self.settings.policy.ready_timeout_seconds + 1e-6, _MOVE_CHECK, "")
+        self._push(now + policy.ready_timeout_seconds + 1e-6, _MOVE_CHECK, "")
         self._advance(run, now)
         return True
 
@@ -373,13 +536,9 @@ class Simulation:
 
     def _advance(self, run: _PlanRun, now: float) -> None:
         """Drive every move of a plan one step with the operator's executor; the new copies are Ready
-        ``move_seconds`` after the plan started, and a removed replica has no pods to wait for."""
-        seen = MoveObservation(
-            new_copy_ready=now - run.started >= self.settings.move_seconds,
-            old_pods_gone=True,
-            seconds_since_start=now - run.started,
-            gone_once_removed=True,
-        )
+        ``move_seconds`` after the plan started (and, with weights, once fetched and loaded), and a removed
+        replica has no pods to wait for."""
+        timed = now - run.started >= self.settings.move_seconds
         for position, move in enumerate(run.plan.moves):
             record = run.records[position]
             if record.state in TERMINAL_STATES:
@@ -388,7 +547,16 @@ class Simulation:
             if owner is None:  # its DSD left: both copies are gone with it
                 run.records[position] = record.model_copy(update={"state": MoveState.DONE})
                 continue
-            advanced = advance_move(move.deployment, record, owner.placements, self.pool, seen, self.settings.policy)
+            weights_ready = self.weights is None or self.weights.ready(f"{owner.key}#{move.destination.replica}", now)
+            seen = MoveObservation(
+                new_copy_ready=timed and weights_ready,
+                old_pods_gone=True,
+                seconds_since_start=now - run.started,
+                gone_once_removed=True,
+            )
+            before = dict(owner.placements)
+            advanced = advance_move(move.deployment, record, owner.placements, self.pool, seen, run.policy)
+            self._released_since(owner, before)
             if advanced.rolled_back:
                 self.rolled_back += 1
             if advanced.move.state in TERMINAL_STATES:
@@ -407,7 +575,9 @@ class Simulation:
             owner = self.live.get(move.deployment)
             if owner is None:
                 continue
+            before = dict(owner.placements)
             advanced = abandon_move(move.deployment, run.records[position], owner.placements, self.pool)
+            self._released_since(owner, before)
             if advanced.rolled_back:
                 owner.moves_in_flight = max(0, owner.moves_in_flight - 1)
                 self.rolled_back += 1
@@ -442,6 +612,9 @@ class Simulation:
                 update={"placement": spec.placement.model_copy(update={"strategy": self.settings.strategy})}
             )
         deployment = _Deployment(entry=entry, key=f"{NAMESPACE}/{entry.name}", spec=spec)
+        if self.weights is not None:
+            seed = spec.precision if spec.precision != "auto" else Precision.BF16  # each plan's own precision wins
+            deployment.weights = entry_for(spec, self.catalog.model(spec.model), Precision(seed))
         self.live[deployment.key] = deployment
         self.requested[spec.model] = self.requested.get(spec.model, 0) + spec.replicas
         self._push(entry.leaves_at, _DEPART, deployment.key)
@@ -455,6 +628,7 @@ class Simulation:
             return
         for placement in deployment.placements.values():
             self.pool.release(key, placement.replica)
+            self._weights_released(deployment, placement)
         waiting = [w for w in self.queue if w.key == key]
         self.never_placed += len(waiting)
         self.queue = [w for w in self.queue if w.key != key]
@@ -479,6 +653,16 @@ class Simulation:
                 still.append(waiter)
         self.queue = still
 
+    def _fetch_due(self) -> float:
+        return self.weights.next_completion() if self.weights is not None else math.inf
+
+    def _fetch_done(self) -> None:
+        """The next fetches finish; moves waiting for a new copy look again when it is Ready."""
+        assert self.weights is not None
+        for _, ready_at in self.weights.complete_next():
+            if self.plans:
+                self._push(ready_at, _MOVE_CHECK, "")
+
     def run(self) -> SimulationReport:
         """Play the whole trace and report."""
         for index, entry in enumerate(self.trace):
@@ -486,7 +670,10 @@ class Simulation:
         first = self.trace[0].at if self.trace else 0.0
         last = self.trace[-1].at if self.trace else 0.0
         self.clock = first
-        while self.events:
+        while self.events or self._fetch_due() < math.inf:
+            if self._fetch_due() <= (self.events[0][0] if self.events else math.inf):
+                self._fetch_done()
+                continue
             at, kind, _, payload = heapq.heappop(self.events)
             if first <= self.clock < last:
                 self.booked_area += self._booked() * (min(at, last) - self.clock)
@@ -539,7 +726,26 @@ class Simulation:
             pool_devices=self.devices,
             refusal_examples=self.refusals,
             plan_examples=examples.plans if examples else [],
+            **self._weights_report(),
         )
+
+    def _weights_report(self) -> dict[str, object]:
+        if self.weights is None:
+            return {}
+        stats = self.weights.stats
+        everything = [seconds for times in stats.time_to_ready.values() for seconds in times]
+        overall = ReadyTimes.of(everything, sum(stats.never_ready.values()))
+        models = sorted(set(stats.time_to_ready) | set(stats.never_ready))
+        per_model = {
+            model: ReadyTimes.of(stats.time_to_ready.get(model, []), stats.never_ready.get(model, 0))
+            for model in models
+        }
+        hits = stats.node_hits / stats.node_placements if stats.node_placements else 0.0
+        return {
+            "time_to_ready_seconds": TimeToReady(**overall.model_dump(), per_model=per_model),
+            "origin_bytes": int(stats.origin_bytes),
+            "cache_hit_ratio": round(hits, 4),
+        }
 
 
 def simulate(
