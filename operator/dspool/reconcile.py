@@ -61,6 +61,8 @@ from dspool.placement import (
     scale_down_victims,
 )
 from dspool.rebalance import MovesOutcome, RebalancePolicy, advance_moves, moves_from_status
+from dspool.weights.entries import request_entry
+from dspool.weights.estimate import Bandwidth
 from dspool.weights.state import CacheView
 from dspool.weights.status import weights_condition
 from dspool.workloads import (
@@ -361,8 +363,13 @@ def _place_missing(state: _DeploymentDecision) -> None:
 
 
 def _decide(state: _DeploymentDecision, request: ReplicaRequest) -> Decision:
-    """Where the replica would go now, next to the DSD's other current replicas."""
-    return place_replica(state.pool, request, state.catalog, list(state.current.values()), demand=state.settings.demand)
+    """Where the replica would go now, next to the DSD's other current replicas; with a node model cache,
+    among equally good places the one whose weights are ready sooner."""
+    settings, peers = state.settings, list(state.current.values())
+    if settings.model_cache_dir is None:
+        return place_replica(state.pool, request, state.catalog, peers, demand=settings.demand)
+    request.cache_entry = request_entry(state.dsd.spec, request.model)
+    return place_replica(state.pool, request, state.catalog, peers, settings.demand, settings.model_cache, Bandwidth())
 
 
 def _book(state: _DeploymentDecision, index: int, decision: Decision) -> None:

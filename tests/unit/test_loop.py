@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from dspool import api
 from dspool.api import ReplicaPlacement
-from dspool.catalog import builtin_catalog
+from dspool.catalog import Precision, builtin_catalog
 from dspool.kube.writer import ApiWriter
 from dspool.ledger import NotLeadingError, WriteLedger, digest, object_key
 from dspool.loop import PassRunner, Snapshot
@@ -20,6 +21,8 @@ from dspool.metrics import OperatorMetrics
 from dspool.reconcile import Event, ReconcileSettings
 from dspool.settings import OperatorSettings
 from dspool.sim.fleet import NodeGroup, PoolFile, node_manifests
+from dspool.weights.entries import entry_for
+from dspool.weights.jobs import FetchSettings, WantedEntry, fetch_job
 
 CATALOG = builtin_catalog()
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -391,3 +394,21 @@ def test_a_node_replaced_under_the_same_name_fetches_again() -> None:
     assert writer.deleted == [f"Job/{finished[0]['metadata']['name']}"]  # the stale record goes, a fetch follows
     condition = next(c for c in writer.statuses["a"]["conditions"] if c["type"] == "WeightsReady")
     assert condition["status"] == "False" and "missing on n-000" in condition["message"]
+
+
+def test_with_a_model_cache_a_replica_goes_to_the_warm_node_when_a_cold_one_is_as_good() -> None:
+    writer = FakeWriter()
+    pass_runner = runner(writer, model_cache=True)
+    settings = ReconcileSettings(model_cache_dir="/var/lib/dspool/models")
+    spec = api.DeepSeekDeploymentSpec(model=SMALL)
+    entry = entry_for(spec, CATALOG.model(SMALL), Precision.BF16)
+    assert entry is not None
+    warm = {
+        **fetch_job(WantedEntry(entry, "n-001", "ai"), "uid-1", FetchSettings(image="x")),
+        "status": {"succeeded": 1},
+    }
+    pass_runner.run_pass(Snapshot(cache_nodes(2), [], [dsd("a")], cache_jobs=[warm]), settings)
+    placed = writer.statuses["a"]["placements"][0]
+    assert [n["name"] for n in placed["nodes"]] == ["n-001"]  # binpack alone would take n-000 (first by name)
+    condition = next(c for c in writer.statuses["a"]["conditions"] if c["type"] == "WeightsReady")
+    assert condition["status"] == "True"

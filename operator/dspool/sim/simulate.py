@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from dspool.api import DeepSeekDeploymentSpec, MoveState, ReplicaMove, ReplicaPlacement, Strategy
-from dspool.catalog import Catalog, Precision
+from dspool.catalog import Catalog
 from dspool.inventory import Pool, build_pool
 from dspool.placement import DemandMix, ReplicaRequest, place_replica
 from dspool.rebalance import (
@@ -58,7 +58,7 @@ from dspool.rebalance import (
 from dspool.sim.fleet import PoolFile, node_manifests
 from dspool.sim.inputs import TraceEntry
 from dspool.sim.model_cache import ModelCaches
-from dspool.weights.entries import GIB, CacheEntry, entry_for
+from dspool.weights.entries import GIB, CacheEntry, request_entry
 from dspool.weights.estimate import Bandwidth, entry_in_precision, fetches_in_flight, time_to_ready
 from dspool.weights.state import DEFAULT_MODEL_CACHE_GIB, MODEL_CACHE_CAPACITY_LABEL, CacheView
 
@@ -613,8 +613,7 @@ class Simulation:
             )
         deployment = _Deployment(entry=entry, key=f"{NAMESPACE}/{entry.name}", spec=spec)
         if self.weights is not None:
-            seed = spec.precision if spec.precision != "auto" else Precision.BF16  # each plan's own precision wins
-            deployment.weights = entry_for(spec, self.catalog.model(spec.model), Precision(seed))
+            deployment.weights = request_entry(spec, self.catalog.model(spec.model))
         self.live[deployment.key] = deployment
         self.requested[spec.model] = self.requested.get(spec.model, 0) + spec.replicas
         self._push(entry.leaves_at, _DEPART, deployment.key)

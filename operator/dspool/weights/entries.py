@@ -78,3 +78,11 @@ def entry_for(spec: DeepSeekDeploymentSpec, model: ModelSpec, precision: Precisi
         revision=revision,
         size_gib=round(weights_total_gib(model, precision), 1),
     )
+
+
+def request_entry(spec: DeepSeekDeploymentSpec, model: ModelSpec) -> CacheEntry | None:
+    """The entry a replica request carries into placement: the spec's source in its precision (BF16 when the
+    precision is ``auto``; each candidate type's plan then serves the same source in its own precision,
+    :func:`dspool.weights.estimate.entry_in_precision`). None for weights on a PVC or a hostPath."""
+    seed = spec.precision if spec.precision != "auto" else Precision.BF16
+    return entry_for(spec, model, Precision(seed))
