@@ -49,6 +49,8 @@ class Served:
     redirects: dict[str, str] = field(default_factory=dict)  # path -> location
     slow: dict[str, float] = field(default_factory=dict)  # path -> seconds to sleep after each 64 KiB
     corrupt: set[str] = field(default_factory=set)  # paths served with one byte flipped
+    cut_once: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before dropping the connection
+    ranges: bool = True  # False: Range headers are ignored (200 and the whole file)
     requests: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -106,7 +108,7 @@ class ServedHandler(BaseHTTPRequestHandler):
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         start = 0
         found = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if found:
+        if found and self.served.ranges:
             start = int(found.group(1))
             if start >= len(body):
                 return self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
@@ -115,18 +117,21 @@ class ServedHandler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
-        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Accept-Ranges", "bytes" if self.served.ranges else "none")
         self.end_headers()
         if not body_wanted:
             return
+        end = start + self.served.cut_once.pop(path, len(body))
         try:
-            for offset in range(start, len(body), CHUNK):
+            for offset in range(start, min(end, len(body)), CHUNK):
                 self.wfile.write(body[offset : offset + CHUNK])
                 if self.served.slow.get(path):
                     self.wfile.flush()
                     time.sleep(self.served.slow[path])
         except (BrokenPipeError, ConnectionResetError):
             pass
+        if end < len(body):
+            self.close_connection = True  # short of its Content-Length: the client sees the connection drop
 
 
 @pytest.fixture
@@ -270,6 +275,7 @@ def test_a_checksum_mismatch_leaves_no_ready_entry_and_says_why(server: tuple[Se
     cache = tmp_path / "cache"
     cache.mkdir()
     argv = ["--source", source, "--cache-dir", str(cache), "--entry", ENTRY, "--termination-log", str(termination)]
+    argv += ["--parallel", "1"]  # good.bin (listed first) is verified before bad.bin starts
     code = main([*argv, "--retries", "0"])
     assert code == ExitCode.VERIFY
     reason = termination.read_text().strip()
@@ -341,6 +347,55 @@ def test_a_bandwidth_cap_and_one_file_at_a_time_still_complete(server: tuple[Ser
     assert_ready(tmp_path, files)
 
 
+def test_a_dropped_connection_is_resumed_with_a_range_request_in_the_same_run(
+    server: tuple[Served, str], tmp_path: Path
+) -> None:
+    served, base = server
+    files = random_files({"w.bin": 1_000_000})
+    source = publish_manifest(served, base, files)
+    served.cut_once["/m/w.bin"] = 5 * CHUNK
+    fetch(options(source, tmp_path, retries=2), log=quiet)
+    assert_ready(tmp_path, files)
+    assert [r["range"] for r in served.gets("/m/w.bin")] == ["", f"bytes={5 * CHUNK}-"]
+
+
+def test_a_server_without_range_support_restarts_only_the_partial_file(
+    server: tuple[Served, str], tmp_path: Path
+) -> None:
+    served, base = server
+    files = random_files({"done.bin": 200_000, "half.bin": 3 * 1024 * 1024})
+    source = publish_manifest(served, base, files)
+    served.slow["/m/half.bin"] = 0.05
+    command = [sys.executable, "-m", "dspool.weights.fetch", "--source", source, "--cache-dir", str(tmp_path)]
+    command += ["--entry", ENTRY, "--progress-interval", "0.2"]
+    partial = tmp_path / PARTIAL_DIR / ENTRY
+    killed = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": OPERATOR_DIR}, stdout=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: "done.bin" in _journaled(partial), "done.bin to be verified")
+        half = partial / "half.bin.part"
+        _wait_for(lambda: half.exists() and half.stat().st_size >= 1024 * 1024, "1 MiB of half.bin")
+    finally:
+        killed.kill()
+        killed.wait()
+    served.slow.clear()
+    served.requests.clear()
+    served.ranges = False
+    fetch(options(source, tmp_path), log=quiet)
+    assert_ready(tmp_path, files)
+    assert served.gets("/m/done.bin") == []
+    assert len(served.gets("/m/half.bin")) == 1 and served.gets("/m/half.bin")[0]["range"].startswith("bytes=")
+
+
+def test_the_fetch_imports_nothing_outside_the_standard_library() -> None:
+    # The operator image is the fetch image and nothing is installed at run time; an air-gapped site mirrors it.
+    probe = "import sys, dspool.weights.fetch; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": OPERATOR_DIR}, capture_output=True, text=True
+    )
+    outside = set(loaded.stdout.split()) - set(sys.stdlib_module_names) - {"dspool", "__main__", "_distutils_hack"}
+    assert loaded.returncode == 0 and outside == set(), outside
+
+
 def test_modelscope_and_unknown_sources_are_refused_with_a_reason(tmp_path: Path) -> None:
     for source, words in (("modelscope://deepseek-ai/DeepSeek-R1", "not supported"), ("ftp://x/y", "unsupported")):
         with pytest.raises(FetchError) as failed:
@@ -376,8 +431,8 @@ def _git_blob_sha1(body: bytes) -> str:
     return hashlib.sha1(f"blob {len(body)}\0".encode() + body).hexdigest()
 
 
-def publish_hub(served: Served, files: dict[str, bytes], lfs: set[str], token: str) -> None:
-    """A repository ``org/tiny`` whose ``main`` is COMMIT; LFS files redirect to a CDN path."""
+def publish_hub(served: Served, files: dict[str, bytes], lfs: set[str], cdn: str) -> None:
+    """A repository ``org/tiny`` whose ``main`` is COMMIT; LFS files redirect to ``cdn`` (another host name)."""
     repo = "/api/models/org/tiny"
     served.documents[f"{repo}/revision/main"] = (json.dumps({"id": "org/tiny", "sha": COMMIT}).encode(), {})
     items: list[dict[str, Any]] = [{"type": "directory", "oid": "0" * 40, "path": "sub"}]
@@ -386,7 +441,7 @@ def publish_hub(served: Served, files: dict[str, bytes], lfs: set[str], token: s
         if name in lfs:
             sha = hashlib.sha256(body).hexdigest()
             item["lfs"] = {"oid": sha, "size": len(body), "pointerSize": 134}
-            served.redirects[f"/org/tiny/resolve/{COMMIT}/{name}"] = f"/cdn/{sha}"
+            served.redirects[f"/org/tiny/resolve/{COMMIT}/{name}"] = f"{cdn}/cdn/{sha}"
             served.files[f"/cdn/{sha}"] = body
         else:
             served.files[f"/org/tiny/resolve/{COMMIT}/{name}"] = body
@@ -401,7 +456,8 @@ def test_an_hf_source_is_pinned_to_its_commit_listed_across_pages_and_verified(
 ) -> None:
     served, base = server
     files = random_files({"config.json": 700, "sub/model-00001.safetensors": 900_000, "model-00002.safetensors": 500})
-    publish_hub(served, files, lfs={"sub/model-00001.safetensors", "model-00002.safetensors"}, token="hf_test")
+    cdn = base.replace("127.0.0.1", "localhost")  # the same server under another name: another host
+    publish_hub(served, files, lfs={"sub/model-00001.safetensors", "model-00002.safetensors"}, cdn=cdn)
     env = {"HF_ENDPOINT": base, "HF_TOKEN": "hf_test"}
     fetch(options("hf://org/tiny", tmp_path, env=env, revision="main"), log=quiet)
     marker = assert_ready(tmp_path, files)
@@ -414,6 +470,8 @@ def test_an_hf_source_is_pinned_to_its_commit_listed_across_pages_and_verified(
     }
     api_calls = [r for r in served.requests if r["path"].startswith("/api/")]
     assert len(api_calls) == 3 and all(r["authorization"] == "Bearer hf_test" for r in api_calls)
+    cdn_calls = [r for r in served.requests if r["path"].startswith("/cdn/")]
+    assert len(cdn_calls) == 2 and all(r["authorization"] == "" for r in cdn_calls)  # the token stays with the hub
 
     served.corrupt.add(f"/cdn/{hashlib.sha256(files['sub/model-00001.safetensors']).hexdigest()}")
     with pytest.raises(FetchError) as failed:

@@ -250,7 +250,6 @@ def _fetch_tarball(plan: SourcePlan, partial: Path, journal: Journal, transfer: 
     log(f"extracting {archive.path.split('/')[-1]}")
     _clear_extracted(partial)
     members = extract(partial / archive.path, partial, transfer.stop)
-    shutil.rmtree(partial / ARCHIVE_DIR)
     return [{"path": path, "size": size, "verified": "tarball"} for path, size in members]
 
 
@@ -258,10 +257,8 @@ def _marker_files(plan: SourcePlan, journal: Journal) -> list[dict[str, Any]]:
     return [{k: journal.records[f.path][k] for k in ("path", "size", "sha256", "verified")} for f in plan.files]
 
 
-def _finish(options: FetchOptions, plan: SourcePlan, partial: Path, files: list[dict[str, Any]]) -> Path:
-    """Write the marker, drop the fetch's own files, and rename the partial entry into place."""
-    for name in (PROGRESS_FILE, JOURNAL_FILE, f"{PROGRESS_FILE}.tmp"):
-        (partial / name).unlink(missing_ok=True)
+def _write_marker(options: FetchOptions, plan: SourcePlan, partial: Path, files: list[dict[str, Any]]) -> None:
+    """The marker, written (and synced) only once every file is verified."""
     marker = {
         "entry": options.entry,
         "source": options.source,
@@ -275,6 +272,14 @@ def _finish(options: FetchOptions, plan: SourcePlan, partial: Path, files: list[
         json.dump(marker, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _move_into_place(options: FetchOptions, partial: Path) -> Path:
+    """Drop the fetch's own files from a partial entry that holds its marker, and rename it into place. A kill
+    anywhere in here leaves the marker in the partial entry, and the next run starts here again."""
+    for name in (PROGRESS_FILE, f"{PROGRESS_FILE}.tmp", JOURNAL_FILE):
+        (partial / name).unlink(missing_ok=True)
+    shutil.rmtree(partial / ARCHIVE_DIR, ignore_errors=True)
     final = options.cache_dir / options.entry
     if final.exists():  # a directory without a marker (a wiped or hand-made entry): replaced
         shutil.rmtree(final)
@@ -293,6 +298,10 @@ def _transfer(options: FetchOptions, plan: SourcePlan) -> Transfer:
 
 
 def _run_locked(options: FetchOptions, partial: Path, log: Log, started: float) -> FetchResult:
+    if (partial / ENTRY_MARKER).is_file():  # verified, then killed before the rename
+        final = _move_into_place(options, partial)
+        marker = json.loads((final / ENTRY_MARKER).read_text(encoding="utf-8"))
+        return FetchResult(final, marker["total_bytes"], len(marker["files"]), 0, time.monotonic() - started)
     check_disk(options.cache_dir, options.expected_bytes, _bytes_under(partial))
     plan = plan_source(options.source, options.revision, options.s3_endpoint, options.env)
     check_disk(options.cache_dir, plan.needed_bytes(options.expected_bytes), _bytes_under(partial))
@@ -310,7 +319,8 @@ def _run_locked(options: FetchOptions, partial: Path, log: Log, started: float) 
             files = _marker_files(plan, journal)
         reporter.report()
     fetched = max(0, transfer.progress.done_bytes - on_disk)
-    final = _finish(options, plan, partial, files)
+    _write_marker(options, plan, partial, files)
+    final = _move_into_place(options, partial)
     total = sum(f["size"] for f in files)
     return FetchResult(final, total, len(files), fetched, time.monotonic() - started)
 

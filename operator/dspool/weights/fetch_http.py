@@ -222,29 +222,41 @@ def _stream(response: http.client.HTTPResponse, sink: IO[bytes], verifier: _Veri
         transfer.progress.add(len(block))
         if limit is not None and verifier.written > limit:
             return  # longer than the source says: the size check fails it
+    if response.length:  # http.client ends a body cut short with b"", not an error: make it one (retried)
+        raise http.client.IncompleteRead(b"", response.length)
+
+
+def _open_rest(remote: RemoteFile, part: Path, verifier: _Verifier, transfer: Transfer) -> http.client.HTTPResponse:
+    """The response carrying the file from ``verifier.written`` on: a ``Range`` request when bytes are on disk;
+    a server that ignores it (200) restarts the file with that body; one that refuses it (416) or answers
+    another range restarts it with a new request."""
+    offset = verifier.written
+    if not offset:
+        return transfer.origin.open(remote.url)
+    try:
+        response = transfer.origin.open(remote.url, {"Range": f"bytes={offset}-"})
+    except urllib.error.HTTPError as error:
+        if error.code != 416:
+            raise
+        _restart(part, verifier, transfer)
+        return transfer.origin.open(remote.url)
+    if response.status == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+        return response
+    _restart(part, verifier, transfer)
+    if response.status == 200:
+        return response
+    response.close()
+    return transfer.origin.open(remote.url)
 
 
 def _one_attempt(remote: RemoteFile, part: Path, verifier: _Verifier, transfer: Transfer) -> None:
-    """One request for the rest of the file: ``Range`` from the bytes on disk; a server that ignores it (200)
-    or refuses it (416) restarts the file."""
-    offset = verifier.written
-    if remote.size is not None and offset == remote.size:
+    """One request for the rest of the file, appended to ``part`` and synced."""
+    if remote.size is not None and verifier.written == remote.size:
         return  # complete on disk (killed between the last byte and the journal)
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    try:
-        response = transfer.origin.open(remote.url, headers)
-    except urllib.error.HTTPError as error:
-        if error.code != 416 or not offset:
-            raise
-        _restart(part, verifier, transfer)
-        response = transfer.origin.open(remote.url)
-    with response:
-        if offset and response.status != 206:
-            _restart(part, verifier, transfer)
-        with part.open("ab") as sink:
-            _stream(response, sink, verifier, transfer)
-            sink.flush()
-            os.fsync(sink.fileno())
+    with _open_rest(remote, part, verifier, transfer) as response, part.open("ab") as sink:
+        _stream(response, sink, verifier, transfer)
+        sink.flush()
+        os.fsync(sink.fileno())
 
 
 def _restart(part: Path, verifier: _Verifier, transfer: Transfer) -> None:
