@@ -9,7 +9,7 @@ A replica is ready when its slowest node is. The figures are estimates for choos
 and sizing timeouts, not promises: the simulator (:mod:`dspool.sim.simulate`) plays the same bandwidths
 over time, with fetches starting and finishing.
 
-Default bandwidths (sources in docs/weights-placement.md): the origin at 200 MB/s per node and 1 GB/s for
+Default bandwidths (sources in docs/weights.md): the origin at 200 MB/s per node and 1 GB/s for
 the whole pool, local NVMe at 2 GB/s, the figures issue 20 states; each is a conservative reading of what
 vendors publish (one S3 connection, a single NVMe drive's sequential read).
 """

@@ -48,6 +48,14 @@ LAST_USED_ANNOTATION = "dspool.io/last-used"
 NODE_NAME_FIELD = "metadata.name"
 DEVICE_TAINT_KEYS = ("nvidia.com/gpu", "huawei.com/Ascend910", "huawei.com/Ascend310P")
 CACHE_VOLUME = "model-cache"
+# The cache directory is a root-owned hostPath: the Jobs write it as root, with no capability and no escalation
+# (the operator image's own user cannot). Engine pods only read it.
+WRITER_SECURITY = {
+    "runAsUser": 0,
+    "runAsNonRoot": False,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 TOUCH_SECONDS = 3600.0  # an entry in use has its last-used time refreshed at most this often (one write an hour)
 FETCH_BACKOFF_LIMIT = 6  # container restarts resume the fetch; a Job that fails this often records Failed
 
@@ -160,6 +168,7 @@ def fetch_job(wanted: WantedEntry, node_uid: str, settings: FetchSettings) -> di
         "command": command,
         "env": [{"name": "HF_ENDPOINT", "value": settings.hf_endpoint}] if settings.hf_endpoint else [],
         "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": settings.cache_dir}],
+        "securityContext": WRITER_SECURITY,
         "resources": {
             "requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": f"{max(1, round(entry.size_gib))}Gi"},
             "limits": {"memory": "2Gi"},
@@ -182,6 +191,7 @@ def evict_job(entry: CacheEntry, node: str, node_uid: str, namespace: str, setti
         "image": settings.image,
         "command": ["/bin/sh", "-c", script],
         "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": settings.cache_dir}],
+        "securityContext": WRITER_SECURITY,
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
     }
     job["spec"]["template"]["spec"] = {**_pinned_pod(node, (), settings.cache_dir), "containers": [container]}
