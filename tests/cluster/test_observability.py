@@ -63,7 +63,8 @@ def test_alert_rules_check_and_pass_their_unit_tests() -> None:
     promtool = str(TOOLS.binary("promtool"))
     checked = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    rules = yaml.safe_load(RULES.read_text())
+    assert f"SUCCESS: {sum(len(group['rules']) for group in rules['groups'])} rules found" in checked.stdout
     tested = subprocess.run([promtool, "test", "rules", str(RULE_TESTS)], capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
