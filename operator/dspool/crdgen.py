@@ -80,6 +80,7 @@ _PRINTER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Replicas", "integer", ".spec.replicas"),
     ("Ready", "integer", ".status.readyReplicas"),
     ("Phase", "string", ".status.phase"),
+    ("Weights", "string", '.status.conditions[?(@.type=="WeightsReady")].status'),
     ("Age", "date", ".metadata.creationTimestamp"),
 )
 

@@ -23,6 +23,7 @@ def test_crd_has_scale_subresource_printer_columns_and_cel_rules() -> None:
         "Replicas",
         "Ready",
         "Phase",
+        "Weights",
         "Age",
     ]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
