@@ -332,6 +332,18 @@ class PlacementSpec(ApiModel):
     )
 
 
+class WeightsSpec(ApiModel):
+    """How the node model cache serves this DSD (when the operator runs with --model-cache)."""
+
+    warm_nodes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="keep the weights on this many more nodes than the replicas use, of the accelerator type they "
+        "run on, so that a scale-out or a move lands on a warm node",
+    )
+
+
 class PvcSource(ApiModel):
     """Weights on a PersistentVolumeClaim."""
 
@@ -447,6 +459,7 @@ class DeepSeekDeploymentSpec(ApiModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     model_source: ModelSource | None = None
+    weights: WeightsSpec | None = None
     scaling: ScalingSpec | None = None
 
     def bounded_replicas(self) -> tuple[int, str]:

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 from pydantic import ValidationError
@@ -32,6 +32,9 @@ from dspool.sizing import Backend, SizingPlan, SizingRequest, plan
 from dspool.weights.state import DEFAULT_MODEL_CACHE_GIB
 
 EXIT_USAGE = 2
+
+if TYPE_CHECKING:  # the simulator is imported when `dspool simulate` runs, not at every start
+    from dspool.sim.simulate import SimulationReport
 
 
 class UsageError(Exception):
@@ -577,13 +580,19 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
     report = simulate(pool_from_file(pool_file, catalog), trace, catalog, settings)
     if args.output == "json":
         print(json.dumps(report.as_json(), indent=2))
-        return 0
-    span_hours = (trace[-1].at - trace[0].at) / 3600 if trace else 0.0
-    rebalancing = (
-        f"rebalancing on (at most {args.max_moves} moves per plan)" if settings.rebalance else "rebalancing off"
-    )
+    else:
+        span_hours = (trace[-1].at - trace[0].at) / 3600 if trace else 0.0
+        _print_simulation(args, pool_file.name, report, span_hours, settings.rebalance)
+    return 0
+
+
+def _print_simulation(
+    args: argparse.Namespace, pool_name: str, report: SimulationReport, span_hours: float, rebalance: bool
+) -> None:
+    """The text report of ``dspool simulate``: the header, acceptance per model, then one line per figure."""
+    rebalancing = f"rebalancing on (at most {args.max_moves} moves per plan)" if rebalance else "rebalancing off"
     print(
-        f"pool {pool_file.name}: {report.pool_nodes} nodes, {report.pool_devices} devices; trace: {report.arrivals} "
+        f"pool {pool_name}: {report.pool_nodes} nodes, {report.pool_devices} devices; trace: {report.arrivals} "
         f"arrivals over {span_hours:.1f} h; {args.strategy or 'strategy from each spec'}, {rebalancing}"
         + (", refused replicas queue" if args.queue else "")
     )
@@ -620,7 +629,6 @@ def _cmd_simulate(args: argparse.Namespace, catalog: Catalog) -> int:
         print(f"first refusal: {example}")
     for example in report.plan_examples[:1]:
         print(f"first plan:    {example}")
-    return 0
 
 
 def _check_max_moves(args: argparse.Namespace) -> None:

@@ -42,6 +42,7 @@ from dspool.ledger import digest, object_key
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.pass_writes import PassWrites, Writer, describe_failure
 from dspool.placement import DemandMix
+from dspool.placement.warm import prefetch_entries
 from dspool.rebalance import rebalance_for_pass, status_with_moves
 from dspool.reconcile import Event, ReconcileResult, ReconcileSettings, reconcile
 from dspool.refusals import (
@@ -411,19 +412,12 @@ class PassRunner:
         fetch = self.settings.fetch_settings(images.fetcher if images is not None else DEFAULT_IMAGES.fetcher)
         if fetch is None or state.settings.model_cache_dir is None:
             return
-        deployments = []
-        for body in state.bodies:
-            metadata = body["metadata"]
-            key = f"{metadata['namespace']}/{metadata['name']}"
-            result = state.outcome.results.get(key)
-            placements = (
-                result.status.placements if result is not None else api.placements_from_status(body.get("status"))
-            )
-            deployments.append((metadata["namespace"], body.get("spec") or {}, placements))
+        deployments = self._final_placements(state)
         wanted, known = wanted_entries(deployments, self.catalog)
+        prefetch = prefetch_entries(state.pool, deployments, self.catalog, state.settings.model_cache)
         uids, capacities = state.cache_nodes
         plan = plan_cache(wanted, state.settings.model_cache, state.snapshot.cache_jobs, uids, capacities, known, fetch,
-                          state.now)  # fmt: skip
+                          state.now, prefetch)  # fmt: skip
         stamp = {LAST_USED_ANNOTATION: state.now.isoformat().replace("+00:00", "Z")}
         self.writes.pool_objects(
             plan.create,
@@ -437,6 +431,19 @@ class PassRunner:
             placements = api.placements_from_status(body.get("status"))
             if any(n.name in waiting_nodes for p in placements for n in p.nodes):
                 self._steady.pop(body["metadata"]["uid"], None)
+
+    @staticmethod
+    def _final_placements(state: _PassState) -> list[tuple[str, Mapping[str, Any], list[api.ReplicaPlacement]]]:
+        """(namespace, spec, placements) of every DSD, oldest first, as this pass left them."""
+        deployments = []
+        for body in state.bodies:
+            metadata = body["metadata"]
+            result = state.outcome.results.get(f"{metadata['namespace']}/{metadata['name']}")
+            placements = (
+                result.status.placements if result is not None else api.placements_from_status(body.get("status"))
+            )
+            deployments.append((metadata["namespace"], body.get("spec") or {}, list(placements)))
+        return deployments
 
     def _count_fetches(self, cache: CacheView, started: int) -> None:
         """The fetch metrics: Jobs created this pass, and records that became Ready or Failed since the last."""

@@ -412,3 +412,16 @@ def test_with_a_model_cache_a_replica_goes_to_the_warm_node_when_a_cold_one_is_a
     assert [n["name"] for n in placed["nodes"]] == ["n-001"]  # binpack alone would take n-000 (first by name)
     condition = next(c for c in writer.statuses["a"]["conditions"] if c["type"] == "WeightsReady")
     assert condition["status"] == "True"
+
+
+def test_warm_nodes_keep_the_weights_on_more_nodes_than_the_replicas_use() -> None:
+    writer = FakeWriter()
+    pass_runner = runner(writer, model_cache=True, max_fetches=8)
+    settings = ReconcileSettings(model_cache_dir="/var/lib/dspool/models")
+    body = dsd("a")
+    body["spec"]["weights"] = {"warmNodes": 2}
+    pass_runner.run_pass(Snapshot(cache_nodes(4), [], [body]), settings)
+    pass_runner.drain()
+    fetched_on = sorted(job["metadata"]["annotations"]["dspool.io/node"] for job in jobs_of(writer))
+    placed = writer.statuses["a"]["placements"][0]["nodes"][0]["name"]
+    assert len(fetched_on) == 3 and placed in fetched_on  # its node, and two more of the same type

@@ -107,9 +107,18 @@ class OperatorRuntime:
         )
         self.runner = PassRunner(self.settings, self.catalog, self.writer, self.metrics)
         self.keeper = LeaseKeeper(self.lease, max(1.0, self.settings.lease_seconds / 5), self._leadership_changed)
+        self.informers = self._informers(api_client)
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
+        log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
+        if mindcluster:
+            log.info("MindCluster's ascend-operator is installed: it writes the MindIE rank tables, dspool does not")
+
+    def _informers(self, api_client: client.ApiClient) -> dict[str, Informer]:
+        """The watches a pass reads: nodes, pods, DSDs, PDBs, refused workloads, and the model cache's Jobs."""
         core, policy = client.CoreV1Api(api_client), client.PolicyV1Api(api_client)
         custom = client.CustomObjectsApi(api_client)
-        self.informers = {
+        informers = {
             "nodes": Informer("nodes", core.list_node, self._compact_node, self.notify),
             "pods": Informer("pods", core.list_pod_for_all_namespaces, _compact_pod, self.notify),
             "deepseekdeployments": Informer(
@@ -141,7 +150,7 @@ class OperatorRuntime:
             ),
         }
         if self.settings.model_cache:  # the node model cache's record: dspool's fetch and evict Jobs
-            self.informers["modelcachejobs"] = Informer(
+            informers["modelcachejobs"] = Informer(
                 "jobs",
                 functools.partial(
                     client.BatchV1Api(api_client).list_job_for_all_namespaces, label_selector=MODEL_CACHE_JOBS
@@ -149,11 +158,7 @@ class OperatorRuntime:
                 _by_uid(compact_job),
                 self.notify,
             )
-        if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
-        log.info("connected; LeaderWorkerSet %s", "available" if lws else "not installed (StatefulSets instead)")
-        if mindcluster:
-            log.info("MindCluster's ascend-operator is installed: it writes the MindIE rank tables, dspool does not")
+        return informers
 
     async def start(self) -> None:
         """Connect (blocking calls on a thread), then start the watches, the Lease keeper and the loop."""

@@ -313,6 +313,80 @@ def _finished_evictions(jobs: Sequence[Mapping[str, Any]]) -> list[tuple[str, st
     return done
 
 
+@dataclass
+class _Planner:
+    """One pass's cache planning: the inputs, the fetches counted so far, and the plan being written."""
+
+    view: CacheView
+    jobs: Sequence[Mapping[str, Any]]
+    node_uids: Mapping[str, str]
+    capacities: Mapping[str, int]
+    known_entries: Mapping[str, CacheEntry]
+    settings: FetchSettings
+    now: datetime | None
+    in_use: dict[str, set[str]]
+    plan: CachePlan = field(default_factory=CachePlan)
+    per_node: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        for cache in self.view.nodes.values():
+            fetching = sum(1 for e in cache.entries.values() if e.state == EntryState.FETCHING)
+            if fetching:
+                self.per_node[cache.node] = fetching
+                self.in_flight += fetching
+
+    def step(self, item: WantedEntry) -> None:
+        """What ``item`` needs this pass: nothing (Ready, Fetching), a stamp, a fetch, evictions, or to wait."""
+        node, entry = item.node, item.entry
+        cache = self.view.nodes.get(node) or NodeModelCache(node=node, capacity_bytes=self.capacities.get(node, 0))
+        record = cache.entries.get(entry.id)
+        if record is not None and record.state == EntryState.READY:
+            self._touch_if_stale(record, entry.id, node)
+            return
+        if record is not None and record.state == EntryState.FETCHING:
+            return
+        key, settings = (entry.id, node), self.settings
+        if record is not None and record.reason == "being evicted":
+            self.plan.waiting[key] = "waiting for its eviction to finish before fetching it again"
+        elif self.in_flight >= settings.max_in_flight or self.per_node.get(node, 0) >= settings.max_per_node:
+            self.plan.waiting[key] = (
+                f"queued: {self.in_flight} fetches in flight (at most {settings.max_in_flight} at once, "
+                f"{settings.max_per_node} per node)"
+            )
+        elif record is not None:  # Failed or Missing: its old record goes first (the new Job takes its name)
+            self.plan.delete.extend(records_of(self.jobs, entry.id, node))
+            self.plan.waiting[key] = f"fetching again once the old record goes ({record.state.value.lower()})"
+        else:
+            self._fetch_or_evict(item, cache)
+
+    def _touch_if_stale(self, record: NodeEntry, entry: str, node: str) -> None:
+        if record.last_used is None or (
+            self.now is not None and (self.now - record.last_used).total_seconds() > TOUCH_SECONDS
+        ):
+            self.plan.touch.extend(records_of(self.jobs, entry, node))
+
+    def _fetch_or_evict(self, item: WantedEntry, cache: NodeModelCache) -> None:
+        node, entry, key = item.node, item.entry, (item.entry.id, item.node)
+        evict = _evictions(cache, entry.size_bytes, self.in_use.get(node, set()), self.known_entries)
+        if evict is None:
+            self.plan.waiting[key] = (
+                f"{node}'s model cache ({cache.capacity_bytes / 1024**3:.0f} GiB) cannot hold "
+                f"{entry.size_gib:.0f} GiB besides the entries in use"
+            )
+            return
+        for victim in evict:
+            self.plan.create.append(
+                evict_job(self.known_entries[victim], node, self.node_uids[node], item.namespace, self.settings)
+            )
+        if evict:
+            self.plan.waiting[key] = f"evicting {', '.join(evict)} first"
+            return
+        self.plan.create.append(fetch_job(item, self.node_uids[node], self.settings))
+        self.in_flight += 1
+        self.per_node[node] = self.per_node.get(node, 0) + 1
+
+
 def plan_cache(
     wanted: Sequence[WantedEntry],
     view: CacheView,
@@ -322,6 +396,7 @@ def plan_cache(
     known_entries: Mapping[str, CacheEntry],
     settings: FetchSettings,
     now: datetime | None = None,
+    prefetch: Sequence[WantedEntry] = (),
 ) -> CachePlan:
     """The Jobs to create and delete so that every wanted entry gets onto its node, within the bounds
     (``max_per_node`` and ``max_in_flight`` fetches at once), evicting what no replica uses when a cache is full.
@@ -329,53 +404,14 @@ def plan_cache(
     ``wanted`` is in priority order (the oldest DSD first); ``capacities``: each node's cache size in bytes;
     ``known_entries``: every entry a DSD describes (by id), which eviction needs. Failed and Missing records
     are deleted and fetched again. Ready records in use whose last-used time is older than ``TOUCH_SECONDS``
-    (or unset) are listed in ``touch``: the caller stamps them with ``now`` (what eviction's LRU order reads)."""
-    plan = CachePlan(delete=_finished_evictions(jobs))
+    (or unset) are listed in ``touch``: the caller stamps them with ``now`` (what eviction's LRU order reads).
+    ``prefetch``: entries to keep warm on more nodes (``spec.weights.warmNodes``), fetched after every wanted
+    one and never counted as in use (eviction may take them back)."""
     in_use: dict[str, set[str]] = {}
     for item in wanted:
         in_use.setdefault(item.node, set()).add(item.entry.id)
-    fetching = [(n, e) for n, c in view.nodes.items() for e in c.entries.values() if e.state == EntryState.FETCHING]
-    per_node: dict[str, int] = {}
-    for node, _ in fetching:
-        per_node[node] = per_node.get(node, 0) + 1
-    in_flight = len(fetching)
-    for item in wanted:
-        node, entry = item.node, item.entry
-        cache = view.nodes.get(node) or NodeModelCache(node=node, capacity_bytes=capacities.get(node, 0))
-        record = cache.entries.get(entry.id)
-        if record is not None and record.state == EntryState.READY:
-            if record.last_used is None or (
-                now is not None and (now - record.last_used).total_seconds() > TOUCH_SECONDS
-            ):
-                plan.touch.extend(records_of(jobs, entry.id, node))
-            continue
-        if record is not None and record.state == EntryState.FETCHING:
-            continue
-        key = (entry.id, node)
-        if record is not None and record.reason == "being evicted":
-            plan.waiting[key] = "waiting for its eviction to finish before fetching it again"
-            continue
-        if in_flight >= settings.max_in_flight or per_node.get(node, 0) >= settings.max_per_node:
-            plan.waiting[key] = f"queued: {in_flight} fetches in flight (at most {settings.max_in_flight} at once, "
-            plan.waiting[key] += f"{settings.max_per_node} per node)"
-            continue
-        if record is not None:  # Failed or Missing: its old record goes first (the new Job takes its name)
-            plan.delete.extend(records_of(jobs, entry.id, node))
-            plan.waiting[key] = f"fetching again once the old record goes ({record.state.value.lower()})"
-            continue
-        evict = _evictions(cache, entry.size_bytes, in_use.get(node, set()), known_entries)
-        if evict is None:
-            plan.waiting[key] = (
-                f"{node}'s model cache ({cache.capacity_bytes / 1024**3:.0f} GiB) cannot hold "
-                f"{entry.size_gib:.0f} GiB besides the entries in use"
-            )
-            continue
-        for victim in evict:
-            plan.create.append(evict_job(known_entries[victim], node, node_uids[node], item.namespace, settings))
-        if evict:
-            plan.waiting[key] = f"evicting {', '.join(evict)} first"
-            continue
-        plan.create.append(fetch_job(item, node_uids[node], settings))
-        in_flight += 1
-        per_node[node] = per_node.get(node, 0) + 1
-    return plan
+    planner = _Planner(view, jobs, node_uids, capacities, known_entries, settings, now, in_use)
+    planner.plan.delete = _finished_evictions(jobs)
+    for item in [*wanted, *prefetch]:
+        planner.step(item)
+    return planner.plan
