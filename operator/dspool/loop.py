@@ -447,13 +447,18 @@ class PassRunner:
 
     def _count_fetches(self, cache: CacheView, started: int) -> None:
         """The fetch metrics: Jobs created this pass, and records that became Ready or Failed since the last."""
-        states = {(e.entry, node): e.state for node, c in cache.nodes.items() for e in c.entries.values()}
-        ended = [
-            state for key, state in states.items()
-            if state != self._cache_states.get(key) and self._cache_states.get(key) == EntryState.FETCHING
-        ]  # fmt: skip
-        self.metrics.record_fetches(started, ended.count(EntryState.READY), ended.count(EntryState.FAILED))
-        self._cache_states = states
+        records = {(e.entry, node): e for node, c in cache.nodes.items() for e in c.entries.values()}
+        finished: list[float] = []
+        failed = 0
+        for key, record in records.items():
+            if self._cache_states.get(key) != EntryState.FETCHING or record.state == EntryState.FETCHING:
+                continue
+            if record.state == EntryState.FAILED:
+                failed += 1
+            elif record.state == EntryState.READY and record.started_at and record.finished_at:
+                finished.append(max(0.0, (record.finished_at - record.started_at).total_seconds()))
+        self.metrics.record_fetches(started, failed, finished)
+        self._cache_states = {key: record.state for key, record in records.items()}
 
     def _record_pass(self, state: _PassState, seconds: float, leader: bool) -> None:
         """Log a pass that wrote something, and record every pass in the metrics."""

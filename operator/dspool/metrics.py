@@ -23,7 +23,8 @@ Two kinds of families, both served at ``/metrics`` of ``dspool run --metrics-por
   (409 = a conflict), ``dspool_api_requests_total{verb,kind}`` (every write and list the operator makes;
   watches and the Lease excluded), ``dspool_events_posted_total{type,reason}``,
   ``dspool_rebalance_moves_total{event}`` (planned, started, finished, rolled_back),
-  ``dspool_rebalance_devices_freed_total`` and ``dspool_model_fetches_total{event}`` (started, finished, failed).
+  ``dspool_rebalance_devices_freed_total``, ``dspool_model_fetches_total{event}`` (started, finished, failed) and
+  ``dspool_model_fetch_duration_seconds`` (histogram).
 - **The node model cache** (with ``--model-cache``): ``dspool_model_cache_bytes{entry,state}`` and
   ``dspool_model_cache_nodes{entry,state}`` (entries x 4 series, whatever the pool size), and
   ``dspool_node_model_cache_bytes{node}`` (with node metrics on).
@@ -53,6 +54,7 @@ from dspool.weights.state import CacheView, EntryState
 
 PASS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
+FETCH_BUCKETS = (60, 300, 600, 1200, 1800, 3600, 5400, 7200, 10800, 21600)  # a 641 GiB entry: ~1 h at 200 MB/s
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DEVICE_STATES = ("allocatable", "used", "reserved", "free")
 
@@ -85,6 +87,7 @@ METRIC_NAMES = frozenset(
         "dspool_model_cache_nodes",
         "dspool_node_model_cache_bytes",
         "dspool_model_fetches_total",
+        "dspool_model_fetch_duration_seconds",
     }
 )
 CACHE_STATES = tuple(state.value for state in EntryState)
@@ -347,12 +350,18 @@ class OperatorMetrics:
         )  # fmt: skip
         for event in FETCH_EVENTS:
             self.model_fetches.labels(event)
+        self.fetch_duration = Histogram(
+            "dspool_model_fetch_duration_seconds", "Duration of finished model-cache fetches (the Job's start to its "
+            "completion)", buckets=FETCH_BUCKETS, registry=self.registry,
+        )  # fmt: skip
 
-    def record_fetches(self, started: int, finished: int, failed: int) -> None:
-        """Fetch Jobs the pass created, and fetches that ended since the last pass."""
-        for event, count in (("started", started), ("finished", finished), ("failed", failed)):
+    def record_fetches(self, started: int, failed: int, finished: Sequence[float]) -> None:
+        """Fetch Jobs the pass created, and fetches that ended since the last pass (the seconds each took)."""
+        for event, count in (("started", started), ("finished", len(finished)), ("failed", failed)):
             if count:
                 self.model_fetches.labels(event).inc(count)
+        for seconds in finished:
+            self.fetch_duration.observe(seconds)
 
     def record_plan(self, moves: int, *, started: bool) -> None:
         """A rebalancing plan was found (and, unless it is a dry run, started)."""

@@ -431,7 +431,7 @@ def _build_status(
         rebalancing=rebalancing if state.refusal is not None else None,
         interconnect=interconnect_condition(final, state.catalog, state.settings.interconnect),
         weights=(
-            weights_condition(dsd.spec, model, final, state.settings.model_cache)
+            weights_condition(dsd.spec, model, final, state.settings.model_cache, state.now)
             if state.settings.model_cache_dir is not None
             else None
         ),

@@ -145,6 +145,8 @@ def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
         "status": {
             "succeeded": status.get("succeeded"),
             "active": status.get("active"),
+            "startTime": status.get("startTime"),
+            "completionTime": status.get("completionTime"),
             "conditions": [
                 {
                     "type": c.get("type"),

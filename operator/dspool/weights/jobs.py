@@ -212,7 +212,10 @@ def _job_state(job: Mapping[str, Any]) -> tuple[EntryState, str]:
 
 
 def _last_used(annotations: Mapping[str, str]) -> datetime | None:
-    text = annotations.get(LAST_USED_ANNOTATION)
+    return _timestamp(annotations.get(LAST_USED_ANNOTATION))
+
+
+def _timestamp(text: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
     except ValueError:
@@ -249,6 +252,8 @@ def cache_view(
             size_bytes=int(annotations.get(BYTES_ANNOTATION) or 0),
             reason=reason,
             last_used=_last_used(annotations),
+            started_at=_timestamp((job.get("status") or {}).get("startTime")),
+            finished_at=_timestamp((job.get("status") or {}).get("completionTime")),
         )
         cache = view.nodes.setdefault(node, NodeModelCache(node=node, capacity_bytes=capacities.get(node, 0)))
         known = cache.entries.get(entry)

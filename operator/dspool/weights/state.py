@@ -37,6 +37,8 @@ class NodeEntry(BaseModel):
     bytes_done: int = Field(default=0, ge=0, description="while Fetching")
     reason: str = Field(default="", description="why it Failed or went Missing")
     last_used: datetime | None = None
+    started_at: datetime | None = Field(default=None, description="when its fetch started")
+    finished_at: datetime | None = Field(default=None, description="when its fetch completed")
 
 
 class NodeModelCache(BaseModel):
