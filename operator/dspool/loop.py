@@ -515,6 +515,7 @@ class PassRunner:
             pool, bodies, pods_by_deployment, pdbs, now, self.catalog, self.settings.rebalance_mode,
             manages=self.manages, policy=settings.rebalance_policy, demand=settings.demand,
             engine_image=settings.images.vllm if settings.images else None,
+            cache=settings.model_cache if settings.model_cache_dir is not None else None,
         )  # fmt: skip
         for started in found.plans:
             if started.plan is not None:

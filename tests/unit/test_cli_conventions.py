@@ -27,6 +27,7 @@ CLUSTER_COMMANDS = {
     "rebalance": ["--dry-run"],
     "plan": ["-f", str(REPO_ROOT / "examples" / "r1-671b.yaml"), "--cluster"],
     "doctor": [],
+    "cache": [],
 }
 OFFLINE_COMMANDS = {
     "models": [],

@@ -41,6 +41,8 @@ from dspool.rebalance.executor import MoveEvent, MoveObservation, PlanNotStarted
 from dspool.rebalance.planner import RebalancePlan, RebalancePolicy, ResidentDeployment, plan_rebalance
 from dspool.rebalance.state import IN_FLIGHT_STATES, TERMINAL_STATES
 from dspool.selectors import selector_selects
+from dspool.weights.entries import request_entry
+from dspool.weights.state import CacheView
 
 # Per moved DSD (``namespace/name``): the new copies to add to its placements and their ``status.moves`` records.
 MoveWrites = dict[str, tuple[list[ReplicaPlacement], list[ReplicaMove]]]
@@ -135,6 +137,7 @@ class RefusedReplica:
     deployment: str
     request: ReplicaRequest
     peers: list[ReplicaPlacement] = field(default_factory=list)
+    spec: DeepSeekDeploymentSpec | None = None  # its DSD's (where its weights come from)
 
 
 @dataclass
@@ -201,6 +204,7 @@ def start_plans(
     policy: RebalancePolicy | None = None,
     demand: DemandMix | None = None,
     engine_image: str | None = None,
+    cache: CacheView | None = None,
 ) -> list[StartedPlan]:
     """Plans for the refused replicas (one per replica, none for a replica whose moves are in flight).
 
@@ -218,9 +222,12 @@ def start_plans(
         label = f"{item.deployment}#{item.request.replica}"
         if label in in_flight_for:
             continue  # its moves are under way; it is placed when they are done
+        request = item.request
+        if cache is not None and item.spec is not None:
+            request = request.model_copy(update={"cache_entry": request_entry(item.spec, request.model)})
         outcome = plan_rebalance(
-            pool, item.request, residents, catalog, policy, now=0.0, in_flight=in_flight, demand=demand,
-            peers=item.peers, engine_image=engine_image,
+            pool, request, residents, catalog, policy, now=0.0, in_flight=in_flight, demand=demand,
+            peers=item.peers, engine_image=engine_image, cache=cache,
         )  # fmt: skip
         plan = outcome.plan
         if plan is None or mode == RebalanceMode.DRY_RUN:
@@ -277,7 +284,7 @@ def refused_replica(body: Mapping[str, Any], catalog: Catalog, site_vllm_image: 
     index = next(i for i in range(len(taken) + 1) if i not in taken)
     namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
     request = ReplicaRequest.from_spec(namespace, name, index, spec, catalog, site_vllm_image)
-    return RefusedReplica(f"{namespace}/{name}", request, serving)
+    return RefusedReplica(f"{namespace}/{name}", request, serving, spec)
 
 
 def pdb_budgets(
@@ -350,6 +357,7 @@ def rebalance_for_pass(
     policy: RebalancePolicy | None = None,
     demand: DemandMix | None = None,
     engine_image: str | None = None,
+    cache: CacheView | None = None,
 ) -> PassRebalance:
     """A pass's rebalancing, before any DSD is reconciled: notes for waiting DSDs (the Rebalancing
     condition), new copies to add to moved DSDs (mode ``on``; booked in ``pool``), and events.
@@ -371,7 +379,7 @@ def rebalance_for_pass(
         return result
     result.plans = start_plans(
         pool, refused, bodies, catalog, mode, now, disruptions_allowed=pdb_budgets(pdbs, pods_by_deployment),
-        policy=policy, demand=demand, engine_image=engine_image,
+        policy=policy, demand=demand, engine_image=engine_image, cache=cache,
     )  # fmt: skip
     for found in result.plans:
         if found.started and found.plan is not None:

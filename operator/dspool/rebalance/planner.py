@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -45,12 +46,16 @@ from dspool.api import (
 from dspool.catalog import Catalog, UnknownIdError
 from dspool.inventory import NO_FABRIC, NodeState, Pool
 from dspool.placement import (
+    Decision,
     DemandMix,
     ReplicaRequest,
     TypeCandidate,
     feasible_types,
     place_replica,
 )
+from dspool.weights.entries import request_entry
+from dspool.weights.estimate import Bandwidth
+from dspool.weights.state import CacheView
 
 # Beyond this many movable replicas on one node, subsets are not enumerated: the largest ones are taken.
 MAX_ENUMERATED_PER_NODE = 12
@@ -334,12 +339,28 @@ def _fresh_index(taken: set[int]) -> int:
     return next(i for i in range(len(taken) + 1) if i not in taken)
 
 
+@dataclass(frozen=True)
+class _Placing:
+    """What every placement the planner asks for shares: the catalog, the demand mix, the site's vLLM image,
+    and the node model caches (with them, destinations prefer nodes that hold their weights)."""
+
+    catalog: Catalog
+    demand: DemandMix | None
+    engine_image: str | None
+    cache: CacheView | None = None
+
+    def place(self, pool: Pool, request: ReplicaRequest, peers: Sequence[ReplicaPlacement]) -> Decision:
+        """``place_replica`` with these inputs."""
+        if self.cache is None:
+            return place_replica(pool, request, self.catalog, peers, self.demand)
+        return place_replica(pool, request, self.catalog, peers, self.demand, self.cache, Bandwidth())
+
+
 def _victims_make_room(
     pool: Pool,
     waiting: ReplicaRequest,
     candidate: _Candidate,
-    catalog: Catalog,
-    demand: DemandMix | None,
+    placing: _Placing,
     peers: Sequence[ReplicaPlacement],
 ) -> ReplicaPlacement | None:
     """Inside a trial: where the waiting replica goes once the victims left (booked), or None.
@@ -348,7 +369,7 @@ def _victims_make_room(
     so no destination may use them."""
     for victim in candidate.victims:
         pool.release(victim.deployment, victim.placement.replica)
-    decision = place_replica(pool, waiting, catalog, peers, demand)
+    decision = placing.place(pool, waiting, peers)
     if decision.placement is None:
         return None
     pool.reserve(waiting.deployment, decision.placement)
@@ -358,23 +379,20 @@ def _victims_make_room(
 
 
 def _home_for(
-    pool: Pool,
-    victim: _Movable,
-    resident: ResidentDeployment,
-    index: int,
-    catalog: Catalog,
-    demand: DemandMix | None,
-    engine_image: str | None,
+    pool: Pool, victim: _Movable, resident: ResidentDeployment, index: int, placing: _Placing
 ) -> PlannedMove | str:
     """Inside a trial: the victim's new copy (under replica ``index``, booked), or why it has no home."""
     namespace, _, name = resident.deployment.partition("/")
     try:
-        request = ReplicaRequest.from_spec(namespace, name, index, resident.spec, catalog, engine_image)
+        request = ReplicaRequest.from_spec(namespace, name, index, resident.spec, placing.catalog, placing.engine_image)
     except UnknownIdError as exc:
         return f"{_short(victim.deployment)}#{victim.placement.replica}: {exc}"
-    request = request.model_copy(update={"avoid_nodes": sorted(victim.on_node)})
+    update: dict[str, Any] = {"avoid_nodes": sorted(victim.on_node)}
+    if placing.cache is not None:
+        update["cache_entry"] = request_entry(resident.spec, request.model)
+    request = request.model_copy(update=update)
     others = [p for p in resident.placements if p.replica != victim.placement.replica]
-    moved = place_replica(pool, request, catalog, others, demand)
+    moved = placing.place(pool, request, others)
     if moved.placement is None:
         return f"{_short(victim.deployment)}#{victim.placement.replica} has no home: {moved.reason}"
     destination = moved.placement.model_copy(update={"spec_hash": victim.placement.spec_hash})
@@ -393,9 +411,7 @@ def _homes_for_victims(
     waiting: ReplicaRequest,
     candidate: _Candidate,
     residents: Sequence[ResidentDeployment],
-    catalog: Catalog,
-    demand: DemandMix | None,
-    engine_image: str | None,
+    placing: _Placing,
 ) -> list[PlannedMove] | str:
     """Inside a trial: a new copy for every victim, largest first, or why one has none.
 
@@ -409,7 +425,7 @@ def _homes_for_victims(
         if resident.deployment == waiting.deployment:
             taken.add(waiting.replica)  # the waiting replica of the same DSD holds its index in this plan
         index = _fresh_index(taken)
-        home = _home_for(pool, victim, resident, index, catalog, demand, engine_image)
+        home = _home_for(pool, victim, resident, index, placing)
         if isinstance(home, str):
             return home
         taken.add(index)
@@ -446,17 +462,15 @@ def _try_candidate(
     waiting: ReplicaRequest,
     candidate: _Candidate,
     residents: Sequence[ResidentDeployment],
-    catalog: Catalog,
-    demand: DemandMix | None,
+    placing: _Placing,
     peers: Sequence[ReplicaPlacement],
-    engine_image: str | None,
 ) -> tuple[RebalancePlan | None, str]:
     """Build the plan for one victim set, or say which part has no home. The pool is left as it was."""
     with pool.trial():
-        placement = _victims_make_room(pool, waiting, candidate, catalog, demand, peers)
+        placement = _victims_make_room(pool, waiting, candidate, placing, peers)
         if placement is None:
             return None, "the waiting replica still does not fit"
-        moves = _homes_for_victims(pool, waiting, candidate, residents, catalog, demand, engine_image)
+        moves = _homes_for_victims(pool, waiting, candidate, residents, placing)
         if isinstance(moves, str):
             return None, moves
     return _plan_of(pool, waiting, placement, moves), ""
@@ -474,6 +488,7 @@ def plan_rebalance(
     demand: DemandMix | None = None,
     peers: Sequence[ReplicaPlacement] = (),
     engine_image: str | None = None,
+    cache: CacheView | None = None,
 ) -> RebalanceOutcome:
     """A plan that moves at most ``policy.max_moves`` replicas of other DSDs so ``waiting`` fits, or why not.
 
@@ -481,6 +496,8 @@ def plan_rebalance(
     every DSD whose replicas might move (the waiting DSD may be among them; it is never moved). ``now``: the
     clock of ``last_move_at`` (seconds). ``in_flight``: moves in flight pool-wide. ``peers``: the waiting
     DSD's placed replicas. ``engine_image``: the site's default vLLM image (sizing on Ampere depends on it).
+    ``cache``: the node model caches; with them, new copies prefer (among equally good places) the nodes that
+    hold their weights (the waiting request carries its own ``cache_entry``).
     """
     policy = policy or RebalancePolicy()
     label = f"{_short(waiting.deployment)}#{waiting.replica}"
@@ -510,9 +527,10 @@ def plan_rebalance(
         )
     homeless = ""
     tried = 0
+    placing = _Placing(catalog, demand, engine_image, cache)
     for candidate in candidates[: policy.max_candidates]:
         tried += 1
-        plan, why = _try_candidate(pool, waiting, candidate, residents, catalog, demand, peers, engine_image)
+        plan, why = _try_candidate(pool, waiting, candidate, residents, placing, peers)
         if plan is not None:
             return RebalanceOutcome(plan=plan, reason=plan.reason)
         homeless = homeless or why
