@@ -526,6 +526,12 @@ class ReplicaMove(ApiModel):
     state: MoveState = MoveState.PLANNED
     for_replica: str = Field(description="namespace/name#index of the waiting replica this move makes room for")
     started_at: str | None = Field(default=None, description="when the destination was reserved (RFC 3339)")
+    ready_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="the new copy rolls back if not Ready by then (set when its weights must be fetched first: "
+        "twice their estimated fetch and load time, never less than the operator's move timeout)",
+    )
     reason: str = ""
 
 

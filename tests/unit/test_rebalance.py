@@ -24,17 +24,25 @@ from dspool.rebalance import (
     HOLDS_SOURCE,
     MoveAction,
     MoveFacts,
+    MoveObservation,
+    PlannedMove,
     PlanProgress,
     RebalancePlan,
     RebalancePolicy,
     ResidentDeployment,
+    advance_move,
     book_destinations,
     next_move_step,
     plan_progress,
+    plan_ready_timeout,
     plan_rebalance,
     release_source,
+    start_plan,
 )
 from dspool.sizing import Backend
+from dspool.weights.entries import CacheEntry, entry_for
+from dspool.weights.estimate import Bandwidth
+from dspool.weights.state import CacheView, EntryState, NodeEntry, NodeModelCache
 
 CATALOG = builtin_catalog()
 R1 = "deepseek-r1"
@@ -425,3 +433,39 @@ def test_consent_defaults_to_allowed_and_a_move_round_trips_through_status() -> 
     assert plan is not None
     status = DeepSeekDeploymentStatus(moves=[plan.moves[0].record(plan.for_replica)])
     assert DeepSeekDeploymentStatus.model_validate(status.wire()) == status
+
+
+def test_a_new_copy_whose_weights_must_be_fetched_gets_a_longer_timeout_and_one_on_a_warm_node_does_not() -> None:
+    pool = h100_pool()
+    residents = h100_residents(pool)
+    plan = plan_rebalance(pool, r1_request(**ONLY_H100), residents, CATALOG).plan
+    assert plan is not None
+    specs = {r.deployment: r.spec for r in residents}
+
+    def entry_of(move: PlannedMove) -> CacheEntry | None:
+        spec = specs[move.deployment]
+        return entry_for(spec, CATALOG.model(spec.model), Precision(move.destination.precision))
+
+    policy = RebalancePolicy()
+    cold = plan_ready_timeout(plan, entry_of, CacheView(), Bandwidth(), policy)
+    assert cold > policy.ready_timeout_seconds  # a 70B checkpoint fetched at 200 MB/s takes longer than 900 s
+    warm_view = CacheView(nodes={
+        n.name: NodeModelCache(node=n.name, capacity_bytes=1, entries={
+            e.id: NodeEntry(entry=e.id, state=EntryState.READY, size_bytes=e.size_bytes)
+            for m in plan.moves if (e := entry_of(m)) is not None
+        })
+        for m in plan.moves for n in m.destination.nodes
+    })  # fmt: skip
+    warm = plan_ready_timeout(plan, entry_of, warm_view, Bandwidth(), policy)
+    assert warm == policy.ready_timeout_seconds  # only the load from local disk: the policy's floor holds
+
+    started = start_plan(pool, plan, "2026-12-05T00:00:00Z", cold)
+    record = started[0].record
+    assert record.ready_timeout_seconds == cold
+    placements = {record.new_replica: started[0].destination, record.replica: plan.moves[0].source}
+    seen = MoveObservation(
+        new_copy_ready=False, old_pods_gone=False, seconds_since_start=policy.ready_timeout_seconds + 60
+    )
+    waiting = advance_move(started[0].deployment, record.model_copy(update={"state": MoveState.NEW_REPLICA_STARTING}),
+                           placements, pool, seen, policy)  # fmt: skip
+    assert waiting.move.state == MoveState.NEW_REPLICA_STARTING  # past 900 s, still within its own timeout

@@ -34,14 +34,22 @@ from dspool.api import (
     ReplicaPlacement,
     placements_from_status,
 )
-from dspool.catalog import Catalog
+from dspool.catalog import Catalog, Precision
 from dspool.inventory import TERMINAL_PHASES, Pool
 from dspool.placement import DemandMix, ReplicaRequest
-from dspool.rebalance.executor import MoveEvent, MoveObservation, PlanNotStarted, advance_move, start_plan
-from dspool.rebalance.planner import RebalancePlan, RebalancePolicy, ResidentDeployment, plan_rebalance
+from dspool.rebalance.executor import (
+    MoveEvent,
+    MoveObservation,
+    PlanNotStarted,
+    advance_move,
+    plan_ready_timeout,
+    start_plan,
+)
+from dspool.rebalance.planner import PlannedMove, RebalancePlan, RebalancePolicy, ResidentDeployment, plan_rebalance
 from dspool.rebalance.state import IN_FLIGHT_STATES, TERMINAL_STATES
 from dspool.selectors import selector_selects
-from dspool.weights.entries import request_entry
+from dspool.weights.entries import CacheEntry, entry_for, request_entry
+from dspool.weights.estimate import Bandwidth
 from dspool.weights.state import CacheView
 
 # Per moved DSD (``namespace/name``): the new copies to add to its placements and their ``status.moves`` records.
@@ -233,8 +241,9 @@ def start_plans(
         if plan is None or mode == RebalanceMode.DRY_RUN:
             results.append(StartedPlan(item.deployment, item.request.replica, outcome.reason, plan, started=False))
             continue
+        timeout = _ready_timeout(plan, residents, catalog, cache, policy) if cache is not None else None
         try:
-            started = start_plan(pool, plan, now.isoformat().replace("+00:00", "Z"))
+            started = start_plan(pool, plan, now.isoformat().replace("+00:00", "Z"), timeout)
         except PlanNotStarted as exc:
             results.append(StartedPlan(item.deployment, item.request.replica, f"{outcome.reason} (not started: {exc})",
                                        plan, started=False))  # fmt: skip
@@ -261,6 +270,27 @@ def status_with_moves(
     updated["placements"] = [*(status.get("placements") or []), *(p.wire() for p in placements)]
     updated["moves"] = [*(status.get("moves") or []), *(r.wire() for r in records)]
     return updated
+
+
+def _ready_timeout(
+    plan: RebalancePlan,
+    residents: Sequence[ResidentDeployment],
+    catalog: Catalog,
+    cache: CacheView,
+    policy: RebalancePolicy,
+) -> float | None:
+    """With a node model cache: the plan's new copies get the executor's timeout for copies whose weights are
+    fetched first (None when that is the policy's own: nothing to fetch)."""
+    specs = {resident.deployment: resident.spec for resident in residents}
+
+    def entry_of(move: PlannedMove) -> CacheEntry | None:
+        spec = specs.get(move.deployment)
+        if spec is None:
+            return None
+        return entry_for(spec, catalog.model(spec.model), Precision(move.destination.precision))
+
+    timeout = plan_ready_timeout(plan, entry_of, cache, Bandwidth(), policy)
+    return timeout if timeout > policy.ready_timeout_seconds else None
 
 
 def refused_replica(body: Mapping[str, Any], catalog: Catalog, site_vllm_image: str | None) -> RefusedReplica | None:

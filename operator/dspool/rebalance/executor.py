@@ -19,6 +19,7 @@ or memory).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dspool.api import MoveState, ReplicaMove, ReplicaPlacement
@@ -26,6 +27,9 @@ from dspool.inventory import Pool
 from dspool.placement import InsufficientDevicesError
 from dspool.rebalance.planner import PlannedMove, RebalancePlan, RebalancePolicy
 from dspool.rebalance.state import TERMINAL_STATES, MoveAction, MoveFacts, next_move_step
+from dspool.weights.entries import CacheEntry
+from dspool.weights.estimate import Bandwidth, fetches_in_flight, time_to_ready
+from dspool.weights.state import CacheView
 
 MOVED = "Moved"  # event reason: the old replica was removed, its new copy serves
 MOVE_ROLLED_BACK = "MoveRolledBack"  # event reason: the new copy was given up, the old replica stays
@@ -101,11 +105,14 @@ def release_source(pool: Pool, move: PlannedMove) -> None:
     pool.release(move.deployment, move.source.replica)
 
 
-def start_plan(pool: Pool, plan: RebalancePlan, started_at: str | None = None) -> list[StartedMove]:
+def start_plan(
+    pool: Pool, plan: RebalancePlan, started_at: str | None = None, ready_timeout_seconds: float | None = None
+) -> list[StartedMove]:
     """Book every destination of ``plan`` in ``pool`` and return the started moves, in the plan's order.
 
     Raises :class:`PlanNotStarted` (with the reason) when one destination cannot be booked: then nothing
-    is. ``started_at`` goes on the records (the operator's cooldown and timeout count from it)."""
+    is. ``started_at`` goes on the records (the operator's cooldown and timeout count from it), and so does
+    ``ready_timeout_seconds`` (a timeout longer than the policy's, for copies whose weights are fetched first)."""
     try:
         book_destinations(pool, plan)
     except (InsufficientDevicesError, ValueError) as exc:
@@ -114,10 +121,38 @@ def start_plan(pool: Pool, plan: RebalancePlan, started_at: str | None = None) -
         StartedMove(
             move.deployment,
             move.destination,
-            move.record(plan.for_replica, MoveState.DESTINATION_RESERVED, started_at),
+            move.record(plan.for_replica, MoveState.DESTINATION_RESERVED, started_at).model_copy(
+                update={"ready_timeout_seconds": ready_timeout_seconds}
+            ),
         )
         for move in plan.moves
     ]
+
+
+READY_TIMEOUT_FACTOR = 2.0  # a move's new copy may take twice its estimated time-to-ready before rolling back
+
+
+def plan_ready_timeout(
+    plan: RebalancePlan,
+    entry_of: Callable[[PlannedMove], CacheEntry | None],
+    cache: CacheView,
+    bandwidth: Bandwidth,
+    policy: RebalancePolicy,
+    start_seconds: float = 0.0,
+) -> float:
+    """How long a plan's new copies may take before rolling back: READY_TIMEOUT_FACTOR x the slowest copy's
+    estimated time-to-ready (its weights fetched where missing, then loaded; ``start_seconds`` more for the
+    engine's own start), never less than ``policy.ready_timeout_seconds``. ``entry_of``: the checkpoint a
+    move's new copy serves (None: weights on the DSD's own volume)."""
+    slowest = 0.0
+    in_flight = fetches_in_flight(cache)
+    for move in plan.moves:
+        entry = entry_of(move)
+        if entry is not None:
+            nodes = [n.name for n in move.destination.nodes]
+            estimate = time_to_ready(entry.id, entry.size_bytes, nodes, cache, bandwidth, in_flight)
+            slowest = max(slowest, estimate.seconds)
+    return max(policy.ready_timeout_seconds, READY_TIMEOUT_FACTOR * (slowest + start_seconds))
 
 
 def fits_now(pool: Pool, placement: ReplicaPlacement) -> bool:
@@ -192,6 +227,8 @@ def advance_move(
         old_replica_gone=old is None and seen.old_pods_gone,
         seconds_since_start=seen.seconds_since_start,
     )
+    if move.ready_timeout_seconds is not None:  # its weights had to be fetched: the timeout it started with
+        policy = (policy or RebalancePolicy()).model_copy(update={"ready_timeout_seconds": move.ready_timeout_seconds})
     step = next_move_step(move.state, facts, policy)
     event = None
     if step.action == MoveAction.REMOVE_OLD_REPLICA and old is not None:

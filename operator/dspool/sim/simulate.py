@@ -42,6 +42,7 @@ from dspool.placement import DemandMix, ReplicaRequest, place_replica
 from dspool.rebalance import (
     TERMINAL_STATES,
     MoveObservation,
+    PlannedMove,
     PlanNotStarted,
     PlanProgress,
     RebalancePlan,
@@ -52,6 +53,7 @@ from dspool.rebalance import (
     apply_plan_at_once,
     fits_now,
     plan_progress,
+    plan_ready_timeout,
     plan_rebalance,
     start_plan,
 )
@@ -59,12 +61,11 @@ from dspool.sim.fleet import PoolFile, node_manifests
 from dspool.sim.inputs import TraceEntry
 from dspool.sim.model_cache import ModelCaches
 from dspool.weights.entries import GIB, CacheEntry, request_entry
-from dspool.weights.estimate import Bandwidth, entry_in_precision, fetches_in_flight, time_to_ready
+from dspool.weights.estimate import Bandwidth, entry_in_precision
 from dspool.weights.state import DEFAULT_MODEL_CACHE_GIB, MODEL_CACHE_CAPACITY_LABEL, CacheView
 
 NAMESPACE = "sim"
 EXAMPLES_KEPT = 3
-READY_TIMEOUT_FACTOR = 2.0  # a move's new copy may take twice its estimated time-to-ready before rolling back
 
 # Events at the same instant: departures free devices before moves complete, and both before arrivals.
 _DEPART, _MOVE_CHECK, _ARRIVE = 0, 1, 2
@@ -453,22 +454,17 @@ class Simulation:
                 wanted -= 1
 
     def _plan_policy(self, plan: RebalancePlan) -> RebalancePolicy:
-        """The policy a plan's moves run under: with weights, a new copy gets READY_TIMEOUT_FACTOR x its
-        estimated time-to-ready (fetch and load) before rolling back, and never less than the policy's."""
+        """The policy a plan's moves run under: with weights, the executor's rule for a new copy whose weights
+        are fetched first (:func:`dspool.rebalance.executor.plan_ready_timeout`), the move time counted too."""
         policy = self.settings.policy
         if self.weights is None:
             return policy
         view = self.weights.view if self.weights.keep else CacheView()
-        slowest = 0.0
-        for move in plan.moves:
-            entry = self._placement_entry(self.live[move.deployment], move.destination)
-            if entry is None:
-                continue
-            nodes = [n.name for n in move.destination.nodes]
-            in_flight = fetches_in_flight(view)
-            estimate = time_to_ready(entry.id, entry.size_bytes, nodes, view, self.settings.bandwidth, in_flight)
-            slowest = max(slowest, estimate.seconds)
-        timeout = max(policy.ready_timeout_seconds, READY_TIMEOUT_FACTOR * (slowest + self.settings.move_seconds))
+
+        def entry_of(move: PlannedMove) -> CacheEntry | None:
+            return self._placement_entry(self.live[move.deployment], move.destination)
+
+        timeout = plan_ready_timeout(plan, entry_of, view, self.settings.bandwidth, policy, self.settings.move_seconds)
         return policy.model_copy(update={"ready_timeout_seconds": timeout})
 
     # ------------------------------------------------------------------------------------------ decisions
