@@ -758,3 +758,14 @@ def test_engine_and_fetch_pods_pull_with_the_configured_secrets() -> None:
         assert template["spec"]["imagePullSecrets"] == [{"name": "mirror-creds"}, {"name": "second"}]
         assert template["spec"]["initContainers"]  # the fetch container pulls with them too
     assert "imagePullSecrets" not in build(dsd, make_placement("H200-141G", ["a"]))[0]["spec"]["template"]["spec"]
+
+
+def test_the_startup_budget_grows_with_a_checkpoint_too_big_to_load_in_the_usual_hour() -> None:
+    from dspool.catalog import Precision, builtin_catalog
+    from dspool.workloads.common import PROBE_PERIOD_SECONDS, startup_failure_threshold
+
+    r1 = builtin_catalog().model("deepseek-r1")
+    usual = startup_failure_threshold(r1, Precision.FP8)
+    assert usual * PROBE_PERIOD_SECONDS == 3600  # 641 GiB load in minutes: the hour for big models holds
+    huge = r1.model_copy(update={"checkpoint_gib": {Precision.FP8: 4000.0}})
+    assert startup_failure_threshold(huge, Precision.FP8) * PROBE_PERIOD_SECONDS > 2 * 3600

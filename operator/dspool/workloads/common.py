@@ -6,6 +6,7 @@ The engine modules (:mod:`dspool.workloads.vllm`, :mod:`dspool.workloads.vllm_as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib.resources import files
@@ -30,8 +31,9 @@ from dspool.api import (
     placement_fingerprint,
 )
 from dspool.catalog import AcceleratorSpec, ModelSpec, Precision, Vendor
-from dspool.sizing import Backend
-from dspool.weights.entries import entry_for
+from dspool.sizing import Backend, weights_total_gib
+from dspool.weights.entries import GIB, entry_for
+from dspool.weights.estimate import Bandwidth, load_seconds
 from dspool.weights.jobs import entry_marker_path
 
 MODEL_NAME_LABEL = "app.kubernetes.io/name"
@@ -60,6 +62,8 @@ LARGE_MODEL_PARAMS_B = 100  # above this, loading takes tens of minutes
 LARGE_MODEL_STARTUP_MINUTES = 60
 STARTUP_MINUTES = 20
 PROBE_PERIOD_SECONDS = 10
+LOAD_SAFETY = 3  # a shared disk, page-cache misses and the engine's weight processing
+ENGINE_WARMUP_SECONDS = 900  # after the weights: compilation, CUDA graphs or ATB graph capture, the KV cache
 
 # Default CPU/memory requests per device the pod holds; no limits (see docs/workloads.md).
 DEFAULT_CPU_PER_DEVICE = 4
@@ -324,9 +328,17 @@ def http_probe(path: str, port: str, *, period: int, failures: int, timeout: int
     }
 
 
-def startup_failure_threshold(model: ModelSpec) -> int:
+def startup_failure_threshold(model: ModelSpec, precision: Precision | None = None) -> int:
+    """Startup-probe failures allowed: the engine's start after its weights are on the node (an init container
+    waits for the download or the cache entry, so the probe never counts the fetch). At least 20 minutes (60
+    for models over 100B); more when loading the checkpoint from local disk at the default disk bandwidth
+    (``dspool.weights.estimate``), times LOAD_SAFETY, plus ENGINE_WARMUP_SECONDS, would take longer."""
     minutes = LARGE_MODEL_STARTUP_MINUTES if model.params_b >= LARGE_MODEL_PARAMS_B else STARTUP_MINUTES
-    return minutes * 60 // PROBE_PERIOD_SECONDS
+    seconds = float(minutes * 60)
+    if precision is not None:
+        size = int(weights_total_gib(model, precision) * GIB)
+        seconds = max(seconds, LOAD_SAFETY * load_seconds(size, Bandwidth()) + ENGINE_WARMUP_SECONDS)
+    return math.ceil(seconds / PROBE_PERIOD_SECONDS)
 
 
 def _resources(replica: Replica, devices: int, interconnect: Interconnect = NO_INTERCONNECT) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dspool.api import ROLE_LABEL
+from dspool.catalog import Precision
 from dspool.workloads.common import (
     LEADER,
     METRICS_PORT_NAME,
@@ -527,7 +528,7 @@ def _mindie_probes(replica: Replica) -> dict[str, dict[str, Any]]:
             "/v2/health/live",
             "management",
             period=PROBE_PERIOD_SECONDS,
-            failures=startup_failure_threshold(replica.model),
+            failures=startup_failure_threshold(replica.model, Precision(replica.placement.precision)),
         ),
         "readinessProbe": http_probe("/v2/health/ready", "management", period=10, failures=3),
         "livenessProbe": http_probe("/v2/health/live", "management", period=20, failures=6, timeout=10),

@@ -119,10 +119,9 @@ def _vllm_ports(role: str, *, multi_node: bool) -> list[dict[str, Any]]:
 
 
 def _vllm_probes(replica: Replica) -> dict[str, dict[str, Any]]:
+    startup = startup_failure_threshold(replica.model, Precision(replica.placement.precision))
     return {
-        "startupProbe": http_probe(
-            "/health", OPENAI_PORT_NAME, period=PROBE_PERIOD_SECONDS, failures=startup_failure_threshold(replica.model)
-        ),
+        "startupProbe": http_probe("/health", OPENAI_PORT_NAME, period=PROBE_PERIOD_SECONDS, failures=startup),
         "readinessProbe": http_probe("/health", OPENAI_PORT_NAME, period=10, failures=3),
         "livenessProbe": http_probe("/health", OPENAI_PORT_NAME, period=20, failures=6, timeout=10),
     }
