@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dspool.api import DeepSeekDeployment, ReplicaPlacement
-from dspool.catalog import AcceleratorSpec, ModelSpec, builtin_catalog
+from dspool.catalog import AcceleratorSpec, ModelSpec, Precision, builtin_catalog
 from dspool.workloads import (
     DEFAULT_IMAGES,
     DOWNLOAD_SCRIPT,
@@ -29,6 +29,7 @@ from dspool.workloads import (
     replica_object_name,
     serving_port,
 )
+from dspool.workloads.common import PROBE_PERIOD_SECONDS, startup_failure_threshold
 from dspool.workloads.mindie import (
     CONFIG_TEMPLATE_DIR,
     MINDIE_HOME,
@@ -761,9 +762,6 @@ def test_engine_and_fetch_pods_pull_with_the_configured_secrets() -> None:
 
 
 def test_the_startup_budget_grows_with_a_checkpoint_too_big_to_load_in_the_usual_hour() -> None:
-    from dspool.catalog import Precision, builtin_catalog
-    from dspool.workloads.common import PROBE_PERIOD_SECONDS, startup_failure_threshold
-
     r1 = builtin_catalog().model("deepseek-r1")
     usual = startup_failure_threshold(r1, Precision.FP8)
     assert usual * PROBE_PERIOD_SECONDS == 3600  # 641 GiB load in minutes: the hour for big models holds
