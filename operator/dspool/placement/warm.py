@@ -9,15 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from dspool.api import DeepSeekDeploymentSpec, ReplicaPlacement
-from dspool.catalog import Catalog, Precision, UnknownIdError
+from dspool.catalog import Catalog, Precision
 from dspool.inventory import Pool
 from dspool.placement.filters import node_admits
 from dspool.weights.entries import entry_for
 from dspool.weights.jobs import WantedEntry
 from dspool.weights.state import CacheView, EntryState
+from dspool.weights.wanted import cached_deployments
 
 
 def warm_nodes(
@@ -58,19 +57,12 @@ def prefetch_entries(
     """(namespace, spec, placements) of every DSD, oldest first -> the entries to keep warm on more nodes
     (``spec.weights.warmNodes``), in the first placement's precision on its accelerator type."""
     wanted: list[WantedEntry] = []
-    for namespace, spec_body, placements in deployments:
-        try:
-            spec = DeepSeekDeploymentSpec.model_validate(spec_body)
-            model = catalog.model(spec.model)
-        except (ValidationError, UnknownIdError):
-            continue
+    for deployment in cached_deployments(deployments, catalog):
+        spec, placements = deployment.spec, deployment.placements
         if spec.weights is None or not spec.weights.warm_nodes or not placements:
             continue
-        entry = entry_for(spec, model, Precision(placements[0].precision))
+        entry = entry_for(spec, deployment.model, Precision(placements[0].precision))
         if entry is None:
             continue
-        tolerations = tuple(t.wire() for t in spec.placement.tolerations)
-        secret = spec.model_source.credentials_secret if spec.model_source is not None else None
-        for node in warm_nodes(pool, spec, placements, entry.id, cache):
-            wanted.append(WantedEntry(entry, node, namespace, tolerations, secret))
+        wanted += [deployment.wanted(entry, node) for node in warm_nodes(pool, spec, placements, entry.id, cache)]
     return wanted
