@@ -14,6 +14,7 @@ from dspool.placement.request import ReplicaRequest
 from dspool.plancache import model_fingerprint, sized_plan
 from dspool.sizing import SizingPlan
 
+COST_EPSILON_GIB = 1e-6  # costs (GiB) this close are equal: rounding, not a difference in packing
 SizedKey = tuple[Any, ...]
 Sized = tuple[TypeView, SizingPlan]
 CostGroups = list[list[tuple[float, TypeView, SizingPlan]]]

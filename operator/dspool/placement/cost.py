@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from dspool.api import Strategy
 from dspool.inventory import FreeIndex, NodeState
-from dspool.placement.candidates import CostGroups
+from dspool.placement.candidates import COST_EPSILON_GIB, CostGroups
 from dspool.placement.choice import TypeOutcome, evaluate, outcome_free_total
 from dspool.placement.request import ReplicaRequest
 from dspool.placement.scarcity import MixShapes, placement_loss
-
-COST_EPSILON_GIB = 1e-6
 
 LeastCost = tuple[TypeOutcome | None, list[TypeOutcome], list[TypeOutcome]]
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from dspool.api import Strategy
 from dspool.inventory import FreeIndex, NodeState
+from dspool.placement.candidates import COST_EPSILON_GIB
 from dspool.placement.choice import Choice, TypeOutcome
 from dspool.placement.request import ReplicaRequest
 from dspool.placement.scarcity import MixShapes, placement_loss
@@ -37,7 +38,6 @@ from dspool.weights.estimate import (
 from dspool.weights.state import CacheView
 
 READY_TOLERANCE = 0.01  # a type whose packing costs at most 1% more than the best may win on readiness
-COST_EPSILON_GIB = 1e-6
 NodeSet = tuple[NodeState, ...]
 
 
