@@ -171,16 +171,12 @@ class ModelCaches:
     def _make_room(self, node: str, size: int) -> bool:
         """Evict least recently used entries no replica uses until ``size`` more bytes fit; False if they cannot."""
         cache = self.view.nodes[node]
-        if size > cache.capacity_bytes:
+        used = {entry for (where, entry) in self.in_use if where == node}
+        evict = cache.evictions_for(size, used)
+        if evict is None:
             return False
-        idle = sorted(
-            (e for e in cache.entries.values() if e.state == EntryState.READY and (node, e.entry) not in self.in_use),
-            key=lambda e: (e.last_used or datetime.min.replace(tzinfo=UTC), e.entry),
-        )
-        while cache.used_bytes + size > cache.capacity_bytes:
-            if not idle:
-                return False
-            del cache.entries[idle.pop(0).entry]
+        for entry in evict:
+            del cache.entries[entry]
         return True
 
     def _rates(self) -> None:

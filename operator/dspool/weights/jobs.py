@@ -283,29 +283,6 @@ def records_of(jobs: Iterable[Mapping[str, Any]], entry: str, node: str) -> list
 # ------------------------------------------------------------------------------------------- planning
 
 
-def _evictions(
-    cache: NodeModelCache, needed_bytes: int, in_use: set[str], entries: Mapping[str, CacheEntry]
-) -> list[str] | None:
-    """The least recently used Ready entries not in use whose removal makes ``needed_bytes`` fit, or None
-    when even removing all of them would not."""
-    free = cache.capacity_bytes - cache.used_bytes
-    if free >= needed_bytes:
-        return []
-    candidates = sorted(
-        (e for e in cache.entries.values() if e.state == EntryState.READY and e.entry not in in_use),
-        key=lambda e: (e.last_used is not None, e.last_used or datetime.min, e.entry),
-    )
-    chosen: list[str] = []
-    for candidate in candidates:
-        if candidate.entry not in entries:
-            continue  # evicting needs the entry's description (its path); unknown ones are left alone
-        chosen.append(candidate.entry)
-        free += candidate.size_bytes
-        if free >= needed_bytes:
-            return chosen
-    return None
-
-
 def _finished_evictions(jobs: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """Once an evict Job succeeded, it and the entry's fetch records go: the node no longer has the entry."""
     done: list[tuple[str, str]] = []
@@ -373,7 +350,8 @@ class _Planner:
 
     def _fetch_or_evict(self, item: WantedEntry, cache: NodeModelCache) -> None:
         node, entry, key = item.node, item.entry, (item.entry.id, item.node)
-        evict = _evictions(cache, entry.size_bytes, self.in_use.get(node, set()), self.known_entries)
+        unknown = {e for e in cache.entries if e not in self.known_entries}  # no description: no evict Job
+        evict = cache.evictions_for(entry.size_bytes, self.in_use.get(node, set()) | unknown)
         if evict is None:
             self.plan.waiting[key] = (
                 f"{node}'s model cache ({cache.capacity_bytes / 1024**3:.0f} GiB) cannot hold "

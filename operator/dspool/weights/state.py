@@ -53,6 +53,25 @@ class NodeModelCache(BaseModel):
         found = self.entries.get(entry)
         return found is not None and found.state == EntryState.READY
 
+    def evictions_for(self, needed_bytes: int, keep: set[str]) -> list[str] | None:
+        """The least recently used Ready entries (never used first, then by time and id), none of ``keep``
+        (those in use), whose removal makes ``needed_bytes`` fit; [] when it fits already, None when even
+        removing all of them would not (the one eviction rule: the operator's and the simulator's)."""
+        free = self.capacity_bytes - self.used_bytes
+        if free >= needed_bytes:
+            return []
+        candidates = sorted(
+            (e for e in self.entries.values() if e.state == EntryState.READY and e.entry not in keep),
+            key=lambda e: (e.last_used is not None, e.last_used or datetime.min, e.entry),
+        )
+        chosen: list[str] = []
+        for candidate in candidates:
+            chosen.append(candidate.entry)
+            free += candidate.size_bytes
+            if free >= needed_bytes:
+                return chosen
+        return None
+
     @property
     def used_bytes(self) -> int:
         """Bytes held or being written (Ready and Fetching entries)."""
