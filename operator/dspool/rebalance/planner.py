@@ -525,17 +525,30 @@ def plan_rebalance(
             reason=f"no rebalancing for {label}: no set of at most {budget} movable replicas makes room ({needs})"
             + held_note,
         )
-    homeless = ""
-    tried = 0
     placing = _Placing(catalog, demand, engine_image, cache)
-    for candidate in candidates[: policy.max_candidates]:
-        tried += 1
+    return _first_plan(pool, waiting, candidates[: policy.max_candidates], residents, placing, peers, held_note)
+
+
+def _first_plan(
+    pool: Pool,
+    waiting: ReplicaRequest,
+    candidates: Sequence[_Candidate],
+    residents: Sequence[ResidentDeployment],
+    placing: _Placing,
+    peers: Sequence[ReplicaPlacement],
+    held_note: str,
+) -> RebalanceOutcome:
+    """The first candidate set (cheapest first) for which every moved replica has a home, or why none has."""
+    homeless = ""
+    for candidate in candidates:
         plan, why = _try_candidate(pool, waiting, candidate, residents, placing, peers)
         if plan is not None:
             return RebalanceOutcome(plan=plan, reason=plan.reason)
         homeless = homeless or why
+    tried = len(candidates)
     return RebalanceOutcome(
         plan=None,
-        reason=f"no rebalancing for {label}: {tried} candidate set{'s' if tried != 1 else ''} tried, "
-        f"none has a home for every moved replica (first: {homeless})" + held_note,
+        reason=f"no rebalancing for {_short(waiting.deployment)}#{waiting.replica}: {tried} candidate "
+        f"set{'s' if tried != 1 else ''} tried, none has a home for every moved replica (first: {homeless})"
+        + held_note,
     )
