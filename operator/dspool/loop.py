@@ -298,9 +298,10 @@ class PassRunner:
         pods_by_deployment = _pods_by_deployment(snapshot.pods)
         bodies = self._with_unechoed_statuses(snapshot.deployments)
         demand = DemandMix.of(demand_of(bodies, self.catalog)) if bodies else None
-        cache_nodes = node_caches(snapshot.nodes, self.settings.model_cache_gib)
+        cache_nodes: tuple[dict[str, str], dict[str, int]] = ({}, {})
         cache = reconcile_settings.model_cache
-        if reconcile_settings.model_cache_dir is not None:
+        if reconcile_settings.model_cache_dir is not None:  # a walk over every node: only with a model cache
+            cache_nodes = node_caches(snapshot.nodes, self.settings.model_cache_gib)
             cache = cache_view(snapshot.cache_jobs, *cache_nodes)
         settings = dataclasses.replace(reconcile_settings, demand=demand, model_cache=cache)
         return _PassState(
