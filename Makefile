@@ -3,6 +3,12 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers. Unit tests are CPU-bound: one per core. Cluster tests mostly wait on the control
+# plane and the operators they start, so more workers than cores pay off; each keeps to its own namespace
+# and pool label. The tests marked `serial` (they restart the API server, swap a CRD, remove LWS, or time
+# themselves finely) run afterwards, alone.
+UNIT_WORKERS    ?= 2
+CLUSTER_WORKERS ?= 3
 
 .PHONY: help venv lint typecheck unit cluster-test test crds crds-check cluster-up cluster-down cluster-build demo bench bench-scale clean
 
@@ -35,10 +41,17 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q tests -m "not cluster"
+	$(BIN)/pytest -q tests -m "not cluster" -n $(UNIT_WORKERS)
 
+# The control plane and the test tools (helm, prometheus) are built and started first, so that no test
+# worker compiles Go while the others run; then the parallel tests, then the serial ones (both always run).
 cluster-test: $(STAMP)
-	$(BIN)/pytest -q tests -m cluster
+	test -n "$$DSPOOL_KUBECONFIG" || $(BIN)/python e2e/cluster.py up
+	$(BIN)/python e2e/tools.py build all
+	status=0; \
+	$(BIN)/pytest -q tests/cluster -m "cluster and not serial" -n $(CLUSTER_WORKERS) --dist worksteal || status=1; \
+	$(BIN)/pytest -q tests/cluster -m "cluster and serial" || status=1; \
+	exit $$status
 
 # Everything generated from code: the CRD (crds/ and the chart's copy), the chart's values reference.
 crds: $(STAMP)

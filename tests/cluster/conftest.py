@@ -2,25 +2,40 @@
 
 Every test under tests/cluster is marked ``cluster`` (``make cluster-test`` runs them; ``make unit``
 skips them). By default the session uses the local control plane: ``e2e/cluster.py up`` starts it,
-building the binaries on first use, or reuses a healthy running one. Environment:
+building the binaries on first use, or reuses a healthy running one.
+
+The tests run in parallel (``pytest -n 3``, pytest-xdist): every worker shares the one control plane, and
+each test keeps to its own namespace and its own pool label, so tests never see each other's devices.
+Tests that change what every test shares (restart the API server, replace or delete a CRD, take LWS
+away) or that need a quiet machine for their timing are marked ``serial``; ``make cluster-test`` runs
+them afterwards, one at a time (``-m serial``, no ``-n``). Namespaces are deleted without waiting (the
+namespace controller alone waits 5 s before it starts on one); the session waits for all of them once,
+at its end, and fails naming any that is stuck.
+
+Environment:
 
 - ``DSPOOL_KUBECONFIG=<path>``: use that existing cluster instead (e.g. kind, see e2e/kind/run-e2e.sh);
   nothing is started or stopped.
 - ``DSPOOL_CLUSTER_TEARDOWN=1``: stop the local control plane at the end, but only when this session
-  started it (CI may set it). Otherwise the cluster stays up for the next run, which then starts in
-  about a second. A cluster that was already running is never stopped.
+  started it and is not an xdist worker (workers share the cluster: ``.ci/run`` stops it itself).
+  Otherwise the cluster stays up for the next run, which then starts in about a second. A cluster that
+  was already running is never stopped.
 - ``DSPOOL_EXISTING_POOL=<label value>``: the ``fake_pool`` fixture does not create kwok nodes but
   uses the nodes labelled ``dspool.io/pool=<value>`` (real nodes dressed as accelerators, for kind).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -73,6 +88,25 @@ def _local_cluster_is_up() -> bool:
     return status.returncode == 0
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``: the xdist workers of a run share one cluster and one cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def cluster_lock(kubeconfig: str, name: str) -> contextlib.AbstractContextManager[None]:
+    """A lock named for the cluster under test (its kubeconfig), e.g. around a read-then-replace of a CRD."""
+    cluster = hashlib.sha256(str(Path(kubeconfig).resolve()).encode()).hexdigest()[:12]
+    return file_lock(Path(tempfile.gettempdir()) / "dspool-test-locks" / f"{cluster}-{name}.lock")
+
+
+def _is_xdist_worker() -> bool:
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 @pytest.fixture(scope="session")
 def kubeconfig() -> Iterator[str]:
     """Path of an admin kubeconfig for the cluster under test (starting the local one if needed)."""
@@ -81,12 +115,12 @@ def kubeconfig() -> Iterator[str]:
         yield existing
         return
     was_running = _local_cluster_is_up()
-    if not was_running:
+    if not was_running:  # `up` takes the checkout's cluster lock: a second worker finds it up and returns
         result = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True)
         if result.returncode != 0:
             pytest.fail(f"`e2e/cluster.py up` failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
     yield str(LOCAL_KUBECONFIG)
-    if not was_running and os.environ.get("DSPOOL_CLUSTER_TEARDOWN") == "1":
+    if not was_running and not _is_xdist_worker() and os.environ.get("DSPOOL_CLUSTER_TEARDOWN") == "1":
         subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "down"], check=True)
 
 
@@ -120,9 +154,65 @@ def wait_for_fixture() -> Callable[..., Any]:
     return wait_for
 
 
+class DeletedNamespaces:
+    """Namespaces the tests deleted, not necessarily gone yet.
+
+    The namespace controller waits 5 s before it starts on a deleted namespace, and pods left on deleted
+    nodes go only after the pod garbage collector's 40 s quarantine: waiting after each test cost 5-77 s a
+    test. The deletions overlap the next tests instead, and the session waits for all of them at its end.
+    """
+
+    def __init__(self, core_v1: client.CoreV1Api) -> None:
+        self.core_v1 = core_v1
+        self.names: list[str] = []
+
+    def delete(self, name: str) -> None:
+        """Delete a namespace without waiting; it is checked at the end (or by ``wait_gone``)."""
+        with contextlib.suppress(ApiException):  # already gone (a test deleted it itself)
+            self.core_v1.delete_namespace(name)
+        self.names.append(name)
+
+    def _present(self) -> list[str]:
+        present = []
+        for name in self.names:
+            try:
+                self.core_v1.read_namespace(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                continue
+            present.append(name)
+        self.names = present
+        return present
+
+    def wait_gone(self, timeout: float) -> None:
+        """Wait until every namespace deleted so far is gone; fail naming those that are not."""
+        deadline = time.monotonic() + timeout
+        while self._present():
+            if time.monotonic() >= deadline:
+                pytest.fail(f"namespaces still not deleted {timeout:.0f}s later: {', '.join(self.names)}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def deleted_namespaces(core_v1: client.CoreV1Api) -> Iterator[DeletedNamespaces]:
+    """The session's deleted namespaces; at the end of the session every one must be gone."""
+    deleted = DeletedNamespaces(core_v1)
+    yield deleted
+    deleted.wait_gone(240)
+
+
 @pytest.fixture
-def namespace(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace (its default service account ready), deleted with a wait after the test."""
+def no_namespace_being_deleted(deleted_namespaces: DeletedNamespaces) -> None:
+    """For a test that looks at the whole cluster (e.g. whether any DSD exists): earlier tests' namespaces gone."""
+    deleted_namespaces.wait_gone(240)
+
+
+@pytest.fixture
+def namespace(
+    core_v1: client.CoreV1Api, deleted_namespaces: DeletedNamespaces, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh namespace (its default service account ready), deleted after the test (gone by the session's end)."""
     name = unique_name(f"t-{request.node.name}")
     core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     wait_for(
@@ -131,18 +221,7 @@ def namespace(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iter
         f"the default service account in namespace {name}",
     )
     yield name
-    core_v1.delete_namespace(name)
-
-    def namespace_gone() -> bool:
-        try:
-            core_v1.read_namespace(name)
-        except ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(namespace_gone, 120, f"namespace {name} to be deleted")
+    deleted_namespaces.delete(name)
 
 
 def _node_is_ready(node: client.V1Node) -> bool:
@@ -184,9 +263,10 @@ def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]
 
 
 @pytest.fixture(scope="session")
-def crd_installed(api_client: client.ApiClient) -> None:
+def crd_installed(kubeconfig: str, api_client: client.ApiClient) -> None:
     """The DeepSeekDeployment CRD from crds/, installed (or updated) and Established."""
-    install_crd(api_client, timeout=30)
+    with cluster_lock(kubeconfig, "crd-install"):  # two workers' read-then-replace would conflict
+        install_crd(api_client, timeout=30)
 
 
 @pytest.fixture(scope="session")
