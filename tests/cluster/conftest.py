@@ -154,27 +154,35 @@ def wait_for_fixture() -> Callable[..., Any]:
     return wait_for
 
 
-class DeletedNamespaces:
-    """Namespaces the tests deleted, not necessarily gone yet.
+class Leftovers:
+    """What the tests of this session left to clean up: namespaces being deleted and pools to delete.
 
-    The namespace controller waits 5 s before it starts on a deleted namespace, and pods left on deleted
-    nodes go only after the pod garbage collector's 40 s quarantine: waiting after each test cost 5-77 s a
-    test. The deletions overlap the next tests instead, and the session waits for all of them at its end.
+    The namespace controller waits 5 s before it starts on a deleted namespace, and pods whose node is
+    gone go only after the pod garbage collector's 40 s quarantine: waiting after each test cost 5-77 s a
+    test. So a test's namespace is deleted without waiting (the deletion overlaps the next tests), and its
+    pool's nodes stay until the end of the session (kwok removes the namespace's pods from live nodes at
+    once; deleting the nodes first would leave them to the quarantine). At the end every namespace must be
+    gone, then the pools are deleted.
     """
 
     def __init__(self, core_v1: client.CoreV1Api) -> None:
         self.core_v1 = core_v1
-        self.names: list[str] = []
+        self.namespaces: list[str] = []
+        self.pools: list[PoolFile] = []
 
-    def delete(self, name: str) -> None:
-        """Delete a namespace without waiting; it is checked at the end (or by ``wait_gone``)."""
+    def delete_namespace(self, name: str) -> None:
+        """Delete a namespace without waiting; it is checked at the end (or by ``wait_namespaces_gone``)."""
         with contextlib.suppress(ApiException):  # already gone (a test deleted it itself)
             self.core_v1.delete_namespace(name)
-        self.names.append(name)
+        self.namespaces.append(name)
+
+    def delete_pool_later(self, pool: PoolFile) -> None:
+        """Delete a pool's nodes at the end of the session (no other test selects its unique label)."""
+        self.pools.append(pool)
 
     def _present(self) -> list[str]:
         present = []
-        for name in self.names:
+        for name in self.namespaces:
             try:
                 self.core_v1.read_namespace(name)
             except ApiException as error:
@@ -182,36 +190,43 @@ class DeletedNamespaces:
                     raise
                 continue
             present.append(name)
-        self.names = present
+        self.namespaces = present
         return present
 
-    def wait_gone(self, timeout: float) -> None:
+    def wait_namespaces_gone(self, timeout: float) -> None:
         """Wait until every namespace deleted so far is gone; fail naming those that are not."""
         deadline = time.monotonic() + timeout
         while self._present():
             if time.monotonic() >= deadline:
-                pytest.fail(f"namespaces still not deleted {timeout:.0f}s later: {', '.join(self.names)}")
+                pytest.fail(f"namespaces still not deleted {timeout:.0f}s later: {', '.join(self.namespaces)}")
             time.sleep(0.5)
+
+    def delete_pools(self) -> None:
+        """Delete the nodes of every pool handed over."""
+        for pool in self.pools:
+            delete_pool(self.core_v1, pool)
+        self.pools = []
 
 
 @pytest.fixture(scope="session")
-def deleted_namespaces(core_v1: client.CoreV1Api) -> Iterator[DeletedNamespaces]:
-    """The session's deleted namespaces; at the end of the session every one must be gone."""
-    deleted = DeletedNamespaces(core_v1)
-    yield deleted
-    deleted.wait_gone(240)
+def leftovers(core_v1: client.CoreV1Api) -> Iterator[Leftovers]:
+    """The session's leftovers; at its end every deleted namespace must be gone, then the pools are deleted."""
+    left = Leftovers(core_v1)
+    yield left
+    try:
+        left.wait_namespaces_gone(240)
+    finally:
+        left.delete_pools()
 
 
 @pytest.fixture
-def no_namespace_being_deleted(deleted_namespaces: DeletedNamespaces) -> None:
+def no_namespace_being_deleted(leftovers: Leftovers) -> None:
     """For a test that looks at the whole cluster (e.g. whether any DSD exists): earlier tests' namespaces gone."""
-    deleted_namespaces.wait_gone(240)
+    leftovers.wait_namespaces_gone(240)
 
 
 @pytest.fixture
-def namespace(
-    core_v1: client.CoreV1Api, deleted_namespaces: DeletedNamespaces, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def namespace(core_v1: client.CoreV1Api, leftovers: Leftovers, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace (its default service account ready), deleted after the test (gone by the session's end)."""
     name = unique_name(f"t-{request.node.name}")
     core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -221,7 +236,7 @@ def namespace(
         f"the default service account in namespace {name}",
     )
     yield name
-    deleted_namespaces.delete(name)
+    leftovers.delete_namespace(name)
 
 
 def _node_is_ready(node: client.V1Node) -> bool:
@@ -230,11 +245,11 @@ def _node_is_ready(node: client.V1Node) -> bool:
 
 
 @pytest.fixture
-def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]]:
+def fake_pool(core_v1: client.CoreV1Api, leftovers: Leftovers) -> Iterator[Callable[[str], PoolHandle]]:
     """Factory: `fake_pool("small.yaml")` applies a pool file (from examples/pools or a path).
 
     The nodes get a unique name prefix and pool label, the call returns when kwok reports them all
-    Ready, and they are deleted after the test.
+    Ready, and they are deleted at the end of the session (see ``Leftovers``).
     """
     applied: list[PoolFile] = []
 
@@ -259,7 +274,7 @@ def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]
 
     yield apply
     for pool in applied:
-        delete_pool(core_v1, pool)
+        leftovers.delete_pool_later(pool)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, DeletedNamespaces, cluster_lock, file_lock, unique_name, wait_for, write_pool
+from conftest import REPO_ROOT, Leftovers, cluster_lock, file_lock, unique_name, wait_for, write_pool
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_operator import (
@@ -383,7 +383,7 @@ def can_unshare() -> bool:
 
 @pytest.fixture
 def install(
-    helm: Callable[..., Any], core_v1: client.CoreV1Api, deleted_namespaces: DeletedNamespaces
+    helm: Callable[..., Any], core_v1: client.CoreV1Api, leftovers: Leftovers
 ) -> Iterator[Callable[..., Installed]]:
     """Factory: `install(*helm_args)` installs the chart as a fresh release in a fresh namespace."""
     releases: list[Installed] = []
@@ -403,7 +403,7 @@ def install(
     for installed in releases:
         helm("uninstall", installed.release, "-n", installed.namespace, check=False)
     for namespace in {installed.namespace for installed in releases}:
-        deleted_namespaces.delete(namespace)
+        leftovers.delete_namespace(namespace)
 
 
 def operator_args(pool: PoolHandle, *namespaces: str) -> list[str]:
