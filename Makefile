@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # and pool label. The tests marked `serial` (they restart the API server, swap a CRD, remove LWS, or time
 # themselves finely) run afterwards, alone.
 UNIT_WORKERS    ?= 2
-CLUSTER_WORKERS ?= 3
+CLUSTER_WORKERS ?= 4
 
 .PHONY: help venv lint typecheck unit cluster-test test crds crds-check cluster-up cluster-down cluster-build demo bench bench-scale clean
 
