@@ -53,7 +53,9 @@ from dspool.sim.fleet import POOL_LABEL, PoolFile, PoolHandle, load_pool, node_m
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "e2e" / "cluster.py"
-LOCAL_KUBECONFIG = REPO_ROOT / ".cluster" / "kubeconfig"
+# The local control plane's state (e2e/cluster.py): `.cluster/`, or a second cluster's directory.
+CLUSTER_DIR = Path(os.environ.get("DSPOOL_CLUSTER_DIR") or REPO_ROOT / ".cluster").resolve()
+LOCAL_KUBECONFIG = CLUSTER_DIR / "kubeconfig"
 POOLS_DIR = REPO_ROOT / "examples" / "pools"
 CLUSTER_TESTS_DIR = Path(__file__).resolve().parent
 

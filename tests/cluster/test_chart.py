@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, Leftovers, cluster_lock, file_lock, unique_name, wait_for, write_pool
+from conftest import CLUSTER_DIR, REPO_ROOT, Leftovers, cluster_lock, file_lock, unique_name, wait_for, write_pool
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_operator import (
@@ -331,7 +331,7 @@ def mint_token(core_v1: client.CoreV1Api, installed: Installed) -> str:
 
 def api_server_port() -> int:
     """The local API server's port (the in-cluster process reaches it as KUBERNETES_SERVICE_HOST:PORT)."""
-    state = json.loads((REPO_ROOT / ".cluster" / "state.json").read_text())
+    state = json.loads((CLUSTER_DIR / "state.json").read_text())
     return int(state["ports"]["kube-apiserver"])
 
 
@@ -342,7 +342,7 @@ class InClusterOperator:
         self.secrets = log_path.parent / f"serviceaccount-{uuid.uuid4().hex[:6]}"
         self.secrets.mkdir()
         (self.secrets / "token").write_text(token)
-        shutil.copy(REPO_ROOT / ".cluster" / "pki" / "ca.crt", self.secrets / "ca.crt")
+        shutil.copy(CLUSTER_DIR / "pki" / "ca.crt", self.secrets / "ca.crt")
         (self.secrets / "namespace").write_text(installed.namespace)
         mount = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run
         # A private mount namespace with a fresh /run: the host's /run is untouched.
@@ -480,7 +480,7 @@ def _refused_what_it_must_not_do(token: str, core_v1: client.CoreV1Api, watched:
                                  pool: PoolHandle) -> None:  # fmt: skip
     configuration = client.Configuration()
     configuration.host = f"https://127.0.0.1:{api_server_port()}"
-    configuration.ssl_ca_cert = str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")
+    configuration.ssl_ca_cert = str(CLUSTER_DIR / "pki" / "ca.crt")
     configuration.api_key = {"authorization": f"Bearer {token}"}
     as_operator = client.ApiClient(configuration)
     core, apps = client.CoreV1Api(as_operator), client.AppsV1Api(as_operator)
@@ -693,7 +693,7 @@ class PlayedKubelet:
             "apiVersion": "v1", "kind": "Config", "current-context": "hook",
             "clusters": [{"name": "local", "cluster": {
                 "server": f"https://127.0.0.1:{api_server_port()}",
-                "certificate-authority": str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")}}],
+                "certificate-authority": str(CLUSTER_DIR / "pki" / "ca.crt")}}],
             "users": [{"name": "hook", "user": {"token": self.token}}],
             "contexts": [{"name": "hook", "context": {"cluster": "local", "user": "hook"}}],
         }))  # fmt: skip
@@ -748,7 +748,7 @@ def test_helm_upgrade_applies_a_changed_crd_through_the_hook(
         # The hook's identity may touch dspool's CRDs only.
         as_hook = client.Configuration()
         as_hook.host = f"https://127.0.0.1:{api_server_port()}"
-        as_hook.ssl_ca_cert = str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")
+        as_hook.ssl_ca_cert = str(CLUSTER_DIR / "pki" / "ca.crt")
         as_hook.api_key = {"authorization": f"Bearer {kubelet.token}"}
         hook_ext = client.ApiextensionsV1Api(client.ApiClient(as_hook))
         with pytest.raises(ApiException) as refused:

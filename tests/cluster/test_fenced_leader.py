@@ -31,7 +31,7 @@ from dspool import api
 from dspool.sim.fleet import POOL_LABEL
 
 # A is frozen 1.5 s into a 3 s pass: a busy machine (parallel tests) could move the pass out of that window.
-pytestmark = pytest.mark.serial
+pytestmark = pytest.mark.quiet
 
 PASS_DELAY_HOOK = "DSPOOL_TEST_PASS_DELAY_SECONDS"
 LEASE_SECONDS = 4
