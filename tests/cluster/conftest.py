@@ -4,18 +4,21 @@ Every test under tests/cluster is marked ``cluster`` (``make cluster-test`` runs
 skips them). By default the session uses the local control plane: ``e2e/cluster.py up`` starts it,
 building the binaries on first use, or reuses a healthy running one.
 
-The tests run in parallel (``pytest -n 3``, pytest-xdist): every worker shares the one control plane, and
+The tests run in parallel (``pytest -n 4``, pytest-xdist): every worker shares the one control plane, and
 each test keeps to its own namespace and its own pool label, so tests never see each other's devices.
 Tests that change what every test shares (restart the API server, replace or delete a CRD, take LWS
-away) or that need a quiet machine for their timing are marked ``serial``; ``make cluster-test`` runs
-them afterwards, one at a time (``-m serial``, no ``-n``). Namespaces are deleted without waiting (the
-namespace controller alone waits 5 s before it starts on one); the session waits for all of them once,
-at its end, and fails naming any that is stuck.
+away) are marked ``serial``: ``make cluster-test`` runs them one at a time on a second control plane of
+their own (``DSPOOL_CLUSTER_DIR``), beside the parallel ones. Tests that time themselves finely are marked
+``quiet`` and run last, alone. Namespaces are deleted without waiting and pools at the end of the session
+(see ``Leftovers``); the session waits for every namespace once, at its end, and fails naming any that is
+stuck.
 
 Environment:
 
 - ``DSPOOL_KUBECONFIG=<path>``: use that existing cluster instead (e.g. kind, see e2e/kind/run-e2e.sh);
   nothing is started or stopped.
+- ``DSPOOL_CLUSTER_DIR=<dir>``: the local control plane whose state is in ``<dir>`` instead of ``.cluster/``
+  (``e2e/cluster.py`` reads it too); started there if it is not running.
 - ``DSPOOL_CLUSTER_TEARDOWN=1``: stop the local control plane at the end, but only when this session
   started it and is not an xdist worker (workers share the cluster: ``.ci/run`` stops it itself).
   Otherwise the cluster stays up for the next run, which then starts in about a second. A cluster that
