@@ -19,7 +19,7 @@ help:
 	@echo "make demo          run the operator on a simulated GPU/NPU pool (local control plane)"
 	@echo "make crds          regenerate crds/, charts/dspool/crds/ and the chart's values reference from code"
 	@echo "make cluster-up    build (once, cached) and start etcd, kube-apiserver, controller-manager, scheduler, kwok"
-	@echo "make cluster-down  stop the local control plane and remove its state"
+	@echo "make cluster-down  stop the local control planes (.cluster/ and the serial tests' one) and remove their state"
 	@echo "make bench         placement and CLI benchmarks (bench/placement.py, bench/cli.py)"
 	@echo "make bench-scale   the operator end to end on 1,000 fake nodes (bench/operator_scale.py)"
 
