@@ -16,10 +16,11 @@ module per upstream so that their dependency graphs stay independent. Binaries a
 ``controlplane-<kubernetes>-<etcd>-<kwok>/bin``; a stamp over the module files and the Go version
 makes a warm second build a no-op.
 
-State lives in ``.cluster/`` at the repo root: certificates, kubeconfigs, etcd data, ``logs/`` and
-``pids/``. Fake nodes are simulated by kwok: it manages only nodes annotated
-``kwok.x-k8s.io/node=fake`` (see ``python e2e/fleet.py``), keeps them Ready and moves the pods that
-kube-scheduler binds to them to Running/Ready.
+State lives in ``.cluster/`` at the repo root (or in ``$DSPOOL_CLUSTER_DIR``: a second, independent
+cluster of the same checkout, as ``make cluster-test`` starts for the tests that restart the API server or
+swap CRDs): certificates, kubeconfigs, etcd data, ``logs/`` and ``pids/``. Fake nodes are simulated by
+kwok: it manages only nodes annotated ``kwok.x-k8s.io/node=fake`` (see ``python e2e/fleet.py``), keeps them
+Ready and moves the pods that kube-scheduler binds to them to Running/Ready.
 
 The LeaderWorkerSet controller (``sigs.k8s.io/lws``, built by ``e2e/tools.py``) runs beside them, out of
 cluster: its CRD and admission webhooks are installed at ``up``, the webhooks pointing at
@@ -60,7 +61,7 @@ from buildcache import GO_BUILD_PARALLELISM, ClusterError, cache_root, exclusive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULES_DIR = REPO_ROOT / "e2e" / "controlplane"
-STATE_DIR = REPO_ROOT / ".cluster"
+STATE_DIR = Path(os.environ.get("DSPOOL_CLUSTER_DIR") or REPO_ROOT / ".cluster").resolve()
 PKI_DIR = STATE_DIR / "pki"
 LOG_DIR = STATE_DIR / "logs"
 PID_DIR = STATE_DIR / "pids"
@@ -171,9 +172,9 @@ def is_built() -> bool:
 
 
 def cluster_lock() -> contextlib.AbstractContextManager[None]:
-    """The lock that serialises up/down of this checkout's cluster."""
-    checkout = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
-    return exclusive_lock(f"cluster-{checkout}")
+    """The lock that serialises up/down of this cluster (one per state directory)."""
+    cluster = str(REPO_ROOT) if STATE_DIR == REPO_ROOT / ".cluster" else str(STATE_DIR)  # same lock as before
+    return exclusive_lock(f"cluster-{hashlib.sha256(cluster.encode()).hexdigest()[:12]}")
 
 
 def build(force: bool = False) -> Path:

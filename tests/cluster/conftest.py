@@ -2,25 +2,43 @@
 
 Every test under tests/cluster is marked ``cluster`` (``make cluster-test`` runs them; ``make unit``
 skips them). By default the session uses the local control plane: ``e2e/cluster.py up`` starts it,
-building the binaries on first use, or reuses a healthy running one. Environment:
+building the binaries on first use, or reuses a healthy running one.
+
+The tests run in parallel (``pytest -n 4``, pytest-xdist): every worker shares the one control plane, and
+each test keeps to its own namespace and its own pool label, so tests never see each other's devices.
+Tests that change what every test shares (restart the API server, replace or delete a CRD, take LWS
+away) are marked ``serial``: ``make cluster-test`` runs them one at a time on a second control plane of
+their own (``DSPOOL_CLUSTER_DIR``), beside the parallel ones. Tests that time themselves finely are marked
+``quiet`` and run last, alone. Namespaces are deleted without waiting and pools at the end of the session
+(see ``Leftovers``); the session waits for every namespace once, at its end, and fails naming any that is
+stuck.
+
+Environment:
 
 - ``DSPOOL_KUBECONFIG=<path>``: use that existing cluster instead (e.g. kind, see e2e/kind/run-e2e.sh);
   nothing is started or stopped.
+- ``DSPOOL_CLUSTER_DIR=<dir>``: the local control plane whose state is in ``<dir>`` instead of ``.cluster/``
+  (``e2e/cluster.py`` reads it too); started there if it is not running.
 - ``DSPOOL_CLUSTER_TEARDOWN=1``: stop the local control plane at the end, but only when this session
-  started it (CI may set it). Otherwise the cluster stays up for the next run, which then starts in
-  about a second. A cluster that was already running is never stopped.
+  started it and is not an xdist worker (workers share the cluster: ``.ci/run`` stops it itself).
+  Otherwise the cluster stays up for the next run, which then starts in about a second. A cluster that
+  was already running is never stopped.
 - ``DSPOOL_EXISTING_POOL=<label value>``: the ``fake_pool`` fixture does not create kwok nodes but
   uses the nodes labelled ``dspool.io/pool=<value>`` (real nodes dressed as accelerators, for kind).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -38,7 +56,9 @@ from dspool.sim.fleet import POOL_LABEL, PoolFile, PoolHandle, load_pool, node_m
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "e2e" / "cluster.py"
-LOCAL_KUBECONFIG = REPO_ROOT / ".cluster" / "kubeconfig"
+# The local control plane's state (e2e/cluster.py): `.cluster/`, or a second cluster's directory.
+CLUSTER_DIR = Path(os.environ.get("DSPOOL_CLUSTER_DIR") or REPO_ROOT / ".cluster").resolve()
+LOCAL_KUBECONFIG = CLUSTER_DIR / "kubeconfig"
 POOLS_DIR = REPO_ROOT / "examples" / "pools"
 CLUSTER_TESTS_DIR = Path(__file__).resolve().parent
 
@@ -73,6 +93,25 @@ def _local_cluster_is_up() -> bool:
     return status.returncode == 0
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``: the xdist workers of a run share one cluster and one cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def cluster_lock(kubeconfig: str, name: str) -> contextlib.AbstractContextManager[None]:
+    """A lock named for the cluster under test (its kubeconfig), e.g. around a read-then-replace of a CRD."""
+    cluster = hashlib.sha256(str(Path(kubeconfig).resolve()).encode()).hexdigest()[:12]
+    return file_lock(Path(tempfile.gettempdir()) / "dspool-test-locks" / f"{cluster}-{name}.lock")
+
+
+def _is_xdist_worker() -> bool:
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 @pytest.fixture(scope="session")
 def kubeconfig() -> Iterator[str]:
     """Path of an admin kubeconfig for the cluster under test (starting the local one if needed)."""
@@ -81,12 +120,12 @@ def kubeconfig() -> Iterator[str]:
         yield existing
         return
     was_running = _local_cluster_is_up()
-    if not was_running:
+    if not was_running:  # `up` takes the checkout's cluster lock: a second worker finds it up and returns
         result = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True)
         if result.returncode != 0:
             pytest.fail(f"`e2e/cluster.py up` failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
     yield str(LOCAL_KUBECONFIG)
-    if not was_running and os.environ.get("DSPOOL_CLUSTER_TEARDOWN") == "1":
+    if not was_running and not _is_xdist_worker() and os.environ.get("DSPOOL_CLUSTER_TEARDOWN") == "1":
         subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "down"], check=True)
 
 
@@ -120,9 +159,83 @@ def wait_for_fixture() -> Callable[..., Any]:
     return wait_for
 
 
+class Leftovers:
+    """What the tests of this session left to clean up: namespaces being deleted and pools to delete.
+
+    The namespace controller waits 5 s before it starts on a deleted namespace, and pods whose node is
+    gone go only after the pod garbage collector's 40 s quarantine: waiting after each test cost 5-77 s a
+    test. So a test's namespace is deleted without waiting (the deletion overlaps the next tests), and its
+    pool's nodes stay until the end of the session (kwok removes the namespace's pods from live nodes at
+    once; deleting the nodes first would leave them to the quarantine). At the end every namespace must be
+    gone, then the pools are deleted.
+    """
+
+    def __init__(self, core_v1: client.CoreV1Api) -> None:
+        self.core_v1 = core_v1
+        self.namespaces: list[str] = []
+        self.pools: list[PoolFile] = []
+
+    def delete_namespace(self, name: str) -> None:
+        """Delete a namespace without waiting; it is checked at the end (or by ``wait_namespaces_gone``)."""
+        try:
+            self.core_v1.delete_namespace(name)
+        except ApiException as error:
+            if error.status != 404:  # 404: already gone (the test deleted it itself)
+                raise
+        self.namespaces.append(name)
+
+    def delete_pool_later(self, pool: PoolFile) -> None:
+        """Delete a pool's nodes at the end of the session (no other test selects its unique label)."""
+        self.pools.append(pool)
+
+    def _present(self) -> list[str]:
+        present = []
+        for name in self.namespaces:
+            try:
+                self.core_v1.read_namespace(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                continue
+            present.append(name)
+        self.namespaces = present
+        return present
+
+    def wait_namespaces_gone(self, timeout: float) -> None:
+        """Wait until every namespace deleted so far is gone; fail naming those that are not."""
+        deadline = time.monotonic() + timeout
+        while self._present():
+            if time.monotonic() >= deadline:
+                pytest.fail(f"namespaces still not deleted {timeout:.0f}s later: {', '.join(self.namespaces)}")
+            time.sleep(0.5)
+
+    def delete_pools(self) -> None:
+        """Delete the nodes of every pool handed over."""
+        for pool in self.pools:
+            delete_pool(self.core_v1, pool)
+        self.pools = []
+
+
+@pytest.fixture(scope="session")
+def leftovers(core_v1: client.CoreV1Api) -> Iterator[Leftovers]:
+    """The session's leftovers; at its end every deleted namespace must be gone, then the pools are deleted."""
+    left = Leftovers(core_v1)
+    yield left
+    try:
+        left.wait_namespaces_gone(240)
+    finally:
+        left.delete_pools()
+
+
 @pytest.fixture
-def namespace(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace (its default service account ready), deleted with a wait after the test."""
+def no_namespace_being_deleted(leftovers: Leftovers) -> None:
+    """For a test that looks at the whole cluster (e.g. whether any DSD exists): earlier tests' namespaces gone."""
+    leftovers.wait_namespaces_gone(240)
+
+
+@pytest.fixture
+def namespace(core_v1: client.CoreV1Api, leftovers: Leftovers, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (its default service account ready), deleted after the test (gone by the session's end)."""
     name = unique_name(f"t-{request.node.name}")
     core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     wait_for(
@@ -131,18 +244,7 @@ def namespace(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iter
         f"the default service account in namespace {name}",
     )
     yield name
-    core_v1.delete_namespace(name)
-
-    def namespace_gone() -> bool:
-        try:
-            core_v1.read_namespace(name)
-        except ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(namespace_gone, 120, f"namespace {name} to be deleted")
+    leftovers.delete_namespace(name)
 
 
 def _node_is_ready(node: client.V1Node) -> bool:
@@ -151,11 +253,11 @@ def _node_is_ready(node: client.V1Node) -> bool:
 
 
 @pytest.fixture
-def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]]:
+def fake_pool(core_v1: client.CoreV1Api, leftovers: Leftovers) -> Iterator[Callable[[str], PoolHandle]]:
     """Factory: `fake_pool("small.yaml")` applies a pool file (from examples/pools or a path).
 
     The nodes get a unique name prefix and pool label, the call returns when kwok reports them all
-    Ready, and they are deleted after the test.
+    Ready, and they are deleted at the end of the session (see ``Leftovers``).
     """
     applied: list[PoolFile] = []
 
@@ -180,13 +282,14 @@ def fake_pool(core_v1: client.CoreV1Api) -> Iterator[Callable[[str], PoolHandle]
 
     yield apply
     for pool in applied:
-        delete_pool(core_v1, pool)
+        leftovers.delete_pool_later(pool)
 
 
 @pytest.fixture(scope="session")
-def crd_installed(api_client: client.ApiClient) -> None:
+def crd_installed(kubeconfig: str, api_client: client.ApiClient) -> None:
     """The DeepSeekDeployment CRD from crds/, installed (or updated) and Established."""
-    install_crd(api_client, timeout=30)
+    with cluster_lock(kubeconfig, "crd-install"):  # two workers' read-then-replace would conflict
+        install_crd(api_client, timeout=30)
 
 
 @pytest.fixture(scope="session")

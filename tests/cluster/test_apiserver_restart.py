@@ -24,6 +24,8 @@ from kubernetes import client
 
 from dspool import api
 
+pytestmark = pytest.mark.serial  # restarts kube-apiserver: every other test would lose it too
+
 RESTART_AFTER_SECONDS = float(os.environ.get("DSPOOL_TEST_RESTART_AFTER_SECONDS", "2.5"))
 
 

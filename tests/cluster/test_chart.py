@@ -9,6 +9,7 @@ must hold no ``Forbidden``; the same token is then refused what it must not do.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, unique_name, wait_for, write_pool
+from conftest import CLUSTER_DIR, REPO_ROOT, Leftovers, cluster_lock, file_lock, unique_name, wait_for, write_pool
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_operator import (
@@ -87,7 +88,8 @@ def helm(kubeconfig: str) -> Callable[..., subprocess.CompletedProcess[str]]:
 @pytest.fixture(scope="session")
 def monitoring_crds(kubeconfig: str) -> None:
     """The ServiceMonitor, PodMonitor and PrometheusRule CRDs of the pinned prometheus-operator."""
-    apply_monitoring_crds(kubeconfig)
+    with cluster_lock(kubeconfig, "monitoring-crds"):
+        apply_monitoring_crds(kubeconfig)
 
 
 def apply_monitoring_crds(kubeconfig: str) -> None:
@@ -213,9 +215,11 @@ def _no_dsds_anywhere(custom: client.CustomObjectsApi) -> bool:
         return bool(exc.status == 404)
 
 
+@pytest.mark.serial  # deletes dspool's CRD (and so every DSD) when no DSD is left: not under other tests
 def test_helm_install_creates_the_crd_and_an_admitted_operator_pod_under_restricted_security(
-    helm: Callable[..., Any], api_client: client.ApiClient, core_v1: client.CoreV1Api, apps_v1: client.AppsV1Api
-) -> None:
+    helm: Callable[..., Any], api_client: client.ApiClient, core_v1: client.CoreV1Api, apps_v1: client.AppsV1Api,
+    no_namespace_being_deleted: None,
+) -> None:  # fmt: skip
     ext = client.ApiextensionsV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
     if _no_dsds_anywhere(custom):  # nothing to lose: let helm install the CRD itself
@@ -267,16 +271,46 @@ def _crd_gone(ext: client.ApiextensionsV1Api) -> bool:
 # ------------------------------------------------------------------------------ RBAC, proven
 
 
+WHEEL_INPUTS = ("pyproject.toml", "README.md", "operator")
+WHEEL_VENVS_KEPT_DAYS = 2
+
+
+def wheel_inputs_digest() -> str:
+    """Hash of everything the wheel is built from (and of the Python that builds it)."""
+    digest = hashlib.sha256(sys.version.encode())
+    for top in WHEEL_INPUTS:
+        root = REPO_ROOT / top
+        for path in sorted([root] if root.is_file() else root.rglob("*")):
+            if not path.is_file() or "__pycache__" in path.parts or any(p.endswith(".egg-info") for p in path.parts):
+                continue
+            digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean venv with only the dspool wheel (and its dependencies) installed: what the image holds."""
-    root = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(root / "dist"), str(REPO_ROOT)],
-                   check=True, capture_output=True)  # fmt: skip
-    [wheel] = (root / "dist").glob("dspool-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-    subprocess.run([str(root / "venv" / "bin" / "pip"), "install", "-q", str(wheel)], check=True, capture_output=True)
-    return root / "venv"
+    """A clean venv with only the dspool wheel (and its dependencies) installed: what the image holds.
+
+    Built once for each content of the sources and kept in dspool's cache (``tools/test-wheel-venv/<hash>``),
+    so that the parallel workers and the serial session of one run, and the next run when nothing changed,
+    do not build it again (30 s); venvs unused for two days are removed.
+    """
+    cache: Path = TOOLS.cache_root() / "tools" / "test-wheel-venv"
+    venv = cache / wheel_inputs_digest()
+    with file_lock(cache / "build.lock"):
+        if not (venv / "bin" / "dspool").exists():
+            root = tmp_path_factory.mktemp("wheel")
+            subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(root / "dist"), str(REPO_ROOT)],
+                           check=True, capture_output=True)  # fmt: skip
+            [wheel] = (root / "dist").glob("dspool-*.whl")
+            shutil.rmtree(venv, ignore_errors=True)  # what an interrupted build left
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True, capture_output=True)
+        venv.touch()
+        for old in cache.iterdir():
+            if old.is_dir() and old != venv and time.time() - old.stat().st_mtime > WHEEL_VENVS_KEPT_DAYS * 86400:
+                shutil.rmtree(old, ignore_errors=True)
+    return venv
 
 
 @dataclass
@@ -297,7 +331,7 @@ def mint_token(core_v1: client.CoreV1Api, installed: Installed) -> str:
 
 def api_server_port() -> int:
     """The local API server's port (the in-cluster process reaches it as KUBERNETES_SERVICE_HOST:PORT)."""
-    state = json.loads((REPO_ROOT / ".cluster" / "state.json").read_text())
+    state = json.loads((CLUSTER_DIR / "state.json").read_text())
     return int(state["ports"]["kube-apiserver"])
 
 
@@ -308,7 +342,7 @@ class InClusterOperator:
         self.secrets = log_path.parent / f"serviceaccount-{uuid.uuid4().hex[:6]}"
         self.secrets.mkdir()
         (self.secrets / "token").write_text(token)
-        shutil.copy(REPO_ROOT / ".cluster" / "pki" / "ca.crt", self.secrets / "ca.crt")
+        shutil.copy(CLUSTER_DIR / "pki" / "ca.crt", self.secrets / "ca.crt")
         (self.secrets / "namespace").write_text(installed.namespace)
         mount = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run
         # A private mount namespace with a fresh /run: the host's /run is untouched.
@@ -348,7 +382,9 @@ def can_unshare() -> bool:
 
 
 @pytest.fixture
-def install(helm: Callable[..., Any], core_v1: client.CoreV1Api) -> Iterator[Callable[..., Installed]]:
+def install(
+    helm: Callable[..., Any], core_v1: client.CoreV1Api, leftovers: Leftovers
+) -> Iterator[Callable[..., Installed]]:
     """Factory: `install(*helm_args)` installs the chart as a fresh release in a fresh namespace."""
     releases: list[Installed] = []
 
@@ -367,7 +403,7 @@ def install(helm: Callable[..., Any], core_v1: client.CoreV1Api) -> Iterator[Cal
     for installed in releases:
         helm("uninstall", installed.release, "-n", installed.namespace, check=False)
     for namespace in {installed.namespace for installed in releases}:
-        core_v1.delete_namespace(namespace)
+        leftovers.delete_namespace(namespace)
 
 
 def operator_args(pool: PoolHandle, *namespaces: str) -> list[str]:
@@ -444,7 +480,7 @@ def _refused_what_it_must_not_do(token: str, core_v1: client.CoreV1Api, watched:
                                  pool: PoolHandle) -> None:  # fmt: skip
     configuration = client.Configuration()
     configuration.host = f"https://127.0.0.1:{api_server_port()}"
-    configuration.ssl_ca_cert = str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")
+    configuration.ssl_ca_cert = str(CLUSTER_DIR / "pki" / "ca.crt")
     configuration.api_key = {"authorization": f"Bearer {token}"}
     as_operator = client.ApiClient(configuration)
     core, apps = client.CoreV1Api(as_operator), client.AppsV1Api(as_operator)
@@ -657,7 +693,7 @@ class PlayedKubelet:
             "apiVersion": "v1", "kind": "Config", "current-context": "hook",
             "clusters": [{"name": "local", "cluster": {
                 "server": f"https://127.0.0.1:{api_server_port()}",
-                "certificate-authority": str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")}}],
+                "certificate-authority": str(CLUSTER_DIR / "pki" / "ca.crt")}}],
             "users": [{"name": "hook", "user": {"token": self.token}}],
             "contexts": [{"name": "hook", "context": {"cluster": "local", "user": "hook"}}],
         }))  # fmt: skip
@@ -679,6 +715,7 @@ class PlayedKubelet:
         self.core_v1.patch_namespaced_pod_status(pod.metadata.name, self.namespace, status)
 
 
+@pytest.mark.serial  # puts an older dspool CRD in place: other tests' DSDs would be checked against it
 @pytest.mark.skipif(not can_unshare(), reason="builds the dspool wheel like the RBAC tests")
 def test_helm_upgrade_applies_a_changed_crd_through_the_hook(
     helm: Callable[..., Any], api_client: client.ApiClient, core_v1: client.CoreV1Api, wheel_venv: Path,
@@ -711,7 +748,7 @@ def test_helm_upgrade_applies_a_changed_crd_through_the_hook(
         # The hook's identity may touch dspool's CRDs only.
         as_hook = client.Configuration()
         as_hook.host = f"https://127.0.0.1:{api_server_port()}"
-        as_hook.ssl_ca_cert = str(REPO_ROOT / ".cluster" / "pki" / "ca.crt")
+        as_hook.ssl_ca_cert = str(CLUSTER_DIR / "pki" / "ca.crt")
         as_hook.api_key = {"authorization": f"Bearer {kubelet.token}"}
         hook_ext = client.ApiextensionsV1Api(client.ApiClient(as_hook))
         with pytest.raises(ApiException) as refused:

@@ -10,12 +10,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT, OperatorProcess, unique_name, wait_for, write_pool
 from kubernetes import client
 from test_chart import CHART, CRD_NAME, TOOLS, _older_crd, apply_monitoring_crds
 
 from dspool.sim.apply import install_crd
 from dspool.sim.fleet import PoolHandle
+
+# Replaces dspool's CRD with an older one, deletes the ServiceMonitor CRD and removes LWS: not under other tests.
+pytestmark = pytest.mark.serial
 
 
 def doctor(kubeconfig: str, pool: PoolHandle, lease_name: str, namespace: str) -> dict[str, dict[str, str]]:

@@ -17,6 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
 import faultsuite
 
+pytestmark = pytest.mark.serial  # restarts kube-apiserver: every other test would lose it too
+
 # (seed, faults the run must contain): the two runs together inject every fault.
 RUNS = [
     (101, ("operator-kill", "node-loss", "lease-race")),

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from conftest import OperatorOn, lws, wait_for
 from kubernetes import client
@@ -112,6 +113,7 @@ def test_deleting_the_dsd_removes_the_group(
     wait_for(lambda: pods_of(core_v1, namespace, "r1") == [], 90, "the group's pods to be gone")
 
 
+@pytest.mark.serial  # removing LWS's CRD deletes every LeaderWorkerSet in the cluster, other tests' too
 def test_lws_removed_and_installed_while_the_operator_runs_is_picked_up_without_a_restart(
     operator_on: OperatorOn, lws_installed: None,
     custom: client.CustomObjectsApi, apps_v1: client.AppsV1Api, core_v1: client.CoreV1Api, namespace: str,

@@ -383,6 +383,8 @@ def test_every_panel_and_alert_query_runs_on_a_real_prometheus_and_agrees_with_d
         wait_phase(custom, namespace, name, "Ready", 120)
     wait_phase(custom, namespace, "r1-ampere", "Degraded", 60)  # 2 x 2 A100 nodes asked, 3 in the pool
 
+    seen: dict[str, Any] = {}
+
     def scraped() -> bool:
         monitored.engines.refresh()
         # dspool's own namespace/pod labels survive the chart's ServiceMonitor (honorLabels): the DSDs'
@@ -390,9 +392,14 @@ def test_every_panel_and_alert_query_runs_on_a_real_prometheus_and_agrees_with_d
         infos = prometheus.query(f'dspool_replica_info{{namespace="{namespace}"}}')
         engines = prometheus.query(f'vllm:num_requests_running{{namespace="{namespace}"}}')
         mindie = prometheus.query(f'num_requests_running{{namespace="{namespace}"}}')
+        seen.update(infos=len(infos), engines=len(engines), mindie=len(mindie))
         return len(infos) >= 8 and len(engines) >= 5 and len(mindie) >= 1
 
-    wait_for(scraped, 90, "Prometheus to scrape the operators and the fixtures through the chart's monitors")
+    try:
+        wait_for(scraped, 90, "Prometheus to scrape the operators and the fixtures through the chart's monitors")
+    except pytest.fail.Exception:
+        targets = {(s["metric"]["job"], s["metric"].get("instance")): s["value"][1] for s in prometheus.query("up")}
+        pytest.fail(f"not scraped in 90 s: series seen {seen} (need 8 infos, 5 vLLM, 1 MindIE); up: {targets}")
     time.sleep(25)  # enough samples for rate() and histogram_quantile() over the rate window
 
     # Two operators, one series per DSD: the standby exports its leadership only, and so does a leader that
