@@ -113,6 +113,14 @@ class ModelSpec(_CatalogModel):
     mtp_params_b: float = Field(
         default=0, ge=0, description="multi-token-prediction module, billions, included in the checkpoint sizes"
     )
+    # Which engine releases serve the checkpoint is keyed by its architecture (dspool.engine_support).
+    architecture: str | None = Field(default=None, description="config.json architectures[0]")
+    # DeepSeek Sparse Attention (V3.2): the lightning indexer keeps one key of index_head_dim per token and
+    # layer besides the MLA latent, and picks index_topk tokens per query (config.json index_*).
+    index_n_heads: int | None = Field(default=None, gt=0, description="config.json index_n_heads (DSA indexer)")
+    index_head_dim: int | None = Field(default=None, gt=0, description="config.json index_head_dim (DSA indexer)")
+    index_topk: int | None = Field(default=None, gt=0, description="config.json index_topk (tokens attended)")
+    license: str | None = Field(default=None, description="the checkpoint's license (model card)")
 
     @model_validator(mode="after")
     def _check_attention(self) -> ModelSpec:
@@ -122,7 +130,15 @@ class ModelSpec(_CatalogModel):
             raise ValueError(f"model {self.id}: attentionHeads must be a multiple of kvHeads")
         if self.moe and (self.moe_intermediate_size is None or self.routed_experts is None):
             raise ValueError(f"model {self.id}: MoE models need moeIntermediateSize and routedExperts")
+        indexer = (self.index_n_heads, self.index_head_dim, self.index_topk)
+        if any(v is not None for v in indexer) and (None in indexer or self.attention != "mla"):
+            raise ValueError(f"model {self.id}: sparse attention needs MLA and indexNHeads, indexHeadDim, indexTopk")
         return self
+
+    @property
+    def sparse_attention(self) -> bool:
+        """Whether the model runs DeepSeek Sparse Attention (a lightning indexer with its own key cache)."""
+        return self.index_head_dim is not None
 
     @property
     def checkpoint_params_b(self) -> float:
@@ -132,10 +148,12 @@ class ModelSpec(_CatalogModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def kv_bytes_per_token(self) -> int:
-        """KV-cache bytes per token over all layers, BF16, for one full copy of the cache."""
+        """KV-cache bytes per token over all layers, BF16, for one full copy of the cache (with the DSA
+        indexer's key, when the model has one). What each engine really stores: ``dspool.sizing.kv_layout``."""
         if self.attention == "mla":
             assert self.mla_kv_lora_rank is not None and self.mla_rope_head_dim is not None
-            return (self.mla_kv_lora_rank + self.mla_rope_head_dim) * 2 * self.layers
+            indexer = self.index_head_dim or 0
+            return (self.mla_kv_lora_rank + self.mla_rope_head_dim + indexer) * 2 * self.layers
         return 2 * self.layers * self.kv_heads * self.head_dim * 2
 
 
@@ -316,13 +334,14 @@ class Catalog(BaseModel):
         return [a.id for a in self.accelerators]
 
     def model(self, model_id: str) -> ModelSpec:
-        """The model with this id or alias; an alias resolves to its base entry with the alias's HF id."""
+        """The model with this id, alias or Hugging Face repo id (``deepseek-ai/DeepSeek-R1-0528``); an alias
+        resolves to its base entry with the alias's HF id. The id returned is always dspool's own."""
         wanted = model_id.strip().lower()
         for entry in self.models:
-            if entry.id.lower() == wanted:
+            if wanted in (entry.id.lower(), entry.hf_id.lower()):
                 return entry
             for alias, hf_id in entry.aliases.items():
-                if alias.lower() == wanted:
+                if wanted in (alias.lower(), hf_id.lower()):
                     return entry.model_copy(update={"id": alias, "hf_id": hf_id, "alias_of": entry.id})
         raise UnknownIdError("model", model_id, self.model_ids)
 

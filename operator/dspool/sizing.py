@@ -21,7 +21,7 @@ Pure functions of catalog entries and a validated request; no I/O. The rules (se
 from __future__ import annotations
 
 import math
-import re
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
@@ -29,6 +29,8 @@ from pydantic.alias_generators import to_camel
 
 from dspool.backends import Backend as Backend  # re-exported: callers import it from dspool.sizing
 from dspool.catalog import AcceleratorSpec, ModelSpec, Precision, Vendor
+from dspool.engine_support import engine_refusal, hardware_refusal, image_for, version_text
+from dspool.engine_support import image_version as image_version  # re-exported: callers import it from here
 from dspool.headroom import RuntimeReserve, runtime_reserve
 from dspool.layouts import Layout, layout_refusals
 
@@ -47,6 +49,16 @@ BYTES_PER_PARAM: dict[Precision, float] = {
 # without FP8 tensor cores (compute capability < 8.9): Marlin kernels for the dense layers and for the MoE
 # experts. docs/sizing.md cites the pull requests; dspool's default vLLM image is at least this release.
 VLLM_FP8_MARLIN_MIN_VERSION = (0, 9, 0)
+
+# How vLLM stores DeepSeek Sparse Attention's caches (docs/sizing.md, "The KV account per attention variant").
+# The MLA latent in FlashMLA's "FP8 with scale" format (cache dtype fp8_ds_mla): the 512 latent values in FP8, one
+# float32 scale per 128 of them, and the 64 RoPE values kept in BF16 = 656 bytes per token and layer
+# (vllm/v1/attention/backends/mla/flashmla_sparse.py, get_kv_cache_shape). The indexer's key: 128 FP8 values and
+# one float32 scale per 128 = 132 bytes (deepseek_v2.py, Indexer: head_dim + head_dim // quant_block_size * 4).
+# FlashMLASparse forces 64-token cache blocks (vllm/platforms/cuda.py).
+SPARSE_MLA_SCALE_GROUP = 128
+SPARSE_MLA_BLOCK_TOKENS = 64
+FP32_BYTES = 4
 
 DEFAULT_KV_CACHE_TOKENS = 32768
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
@@ -208,35 +220,69 @@ def kv_split(model: ModelSpec, tensor_parallel: int) -> int:
     return 1 if model.attention == "mla" else min(tensor_parallel, model.kv_heads)
 
 
-def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: KvCacheDtype = "auto") -> float:
-    """KV bytes per cached token over all layers, one full copy: BF16, or one byte per element in FP8."""
-    return model.kv_bytes_per_token / (2 if kv_cache_dtype == "fp8" else 1)
+@dataclass(frozen=True)
+class KvLayout:
+    """What one engine stores per token and layer of one copy of the cache: the attention cache, the DSA
+    indexer's keys, and the cache block (an engine allocates whole blocks of ``block_tokens`` tokens)."""
+
+    attention_bytes: int
+    indexer_bytes: int
+    block_tokens: int
+    format: str
+
+    @property
+    def per_layer(self) -> int:
+        """Bytes per token and layer, everything included."""
+        return self.attention_bytes + self.indexer_bytes
+
+
+def kv_layout(model: ModelSpec, backend: Backend | None = None, kv_cache_dtype: KvCacheDtype = "auto") -> KvLayout:
+    """The KV cache ``backend`` (default vLLM) keeps per token and layer for ``model``.
+
+    GQA: K and V of every KV head; MLA: one latent of kv_lora_rank + RoPE dims; both BF16, or one byte per value
+    with ``kv_cache_dtype: fp8``. DeepSeek Sparse Attention on vLLM: the FP8 latent with per-128 scales and the
+    FP8 indexer key (the format vLLM uses for V3.2, whatever ``kv_cache_dtype``), in 64-token blocks; on the
+    Ascend engines a BF16 latent and a BF16 indexer key (vllm-ascend's AttentionSpec patch; MindIE unverified).
+    """
+    element = 1 if kv_cache_dtype == "fp8" else 2
+    if model.attention == "gqa":
+        return KvLayout(2 * model.kv_heads * model.head_dim * element, 0, 1, f"GQA K+V, {_dtype_name(element)}")
+    assert model.mla_kv_lora_rank is not None and model.mla_rope_head_dim is not None
+    rank, rope = model.mla_kv_lora_rank, model.mla_rope_head_dim
+    if not model.sparse_attention:
+        return KvLayout((rank + rope) * element, 0, 1, f"MLA latent, {_dtype_name(element)}")
+    assert model.index_head_dim is not None
+    if backend in (None, Backend.VLLM):
+        latent = rank + rank // SPARSE_MLA_SCALE_GROUP * FP32_BYTES + rope * 2
+        key = model.index_head_dim + model.index_head_dim // SPARSE_MLA_SCALE_GROUP * FP32_BYTES
+        return KvLayout(latent, key, SPARSE_MLA_BLOCK_TOKENS, "MLA latent fp8_ds_mla + FP8 indexer key")
+    return KvLayout((rank + rope) * 2, model.index_head_dim * 2, 1, "MLA latent BF16 + BF16 indexer key")
+
+
+def _dtype_name(element_bytes: int) -> str:
+    return "FP8" if element_bytes == 1 else "BF16"
+
+
+def kv_bytes_per_token(
+    model: ModelSpec, kv_cache_dtype: KvCacheDtype = "auto", backend: Backend | None = None
+) -> float:
+    """KV bytes per cached token over all layers, one full copy, as ``backend`` (default vLLM) stores it."""
+    return kv_layout(model, backend, kv_cache_dtype).per_layer * model.layers
 
 
 def kv_bytes_per_token_per_device(
-    model: ModelSpec, tensor_parallel: int, pipeline_parallel: int, kv_cache_dtype: KvCacheDtype = "auto"
+    model: ModelSpec,
+    tensor_parallel: int,
+    pipeline_parallel: int,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    backend: Backend | None = None,
 ) -> float:
     """KV-cache bytes one device holds per token it caches."""
     return (
-        kv_bytes_per_token(model, kv_cache_dtype)
+        kv_bytes_per_token(model, kv_cache_dtype, backend)
         * stage_fraction(model, pipeline_parallel)
         / kv_split(model, tensor_parallel)
     )
-
-
-def image_version(image: str) -> tuple[int, ...] | None:
-    """The release an image's tag names (``vllm/vllm-openai:v0.11.0`` -> (0, 11, 0)); None when it names none."""
-    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
-    if ":" not in name:
-        return None
-    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", name.rsplit(":", 1)[1])
-    if match is None:
-        return None
-    return tuple(int(part) for part in match.groups(default="0"))
-
-
-def _version_text(version: tuple[int, ...]) -> str:
-    return "v" + ".".join(str(part) for part in version)
 
 
 def fp8_weight_only_path(accelerator: AcceleratorSpec, backend: Backend, engine_image: str | None) -> tuple[bool, str]:
@@ -248,7 +294,7 @@ def fp8_weight_only_path(accelerator: AcceleratorSpec, backend: Backend, engine_
     """
     if accelerator.vendor != Vendor.NVIDIA or backend != Backend.VLLM:
         return False, f"{backend.value} has no FP8 weight path"
-    minimum = _version_text(VLLM_FP8_MARLIN_MIN_VERSION)
+    minimum = version_text(VLLM_FP8_MARLIN_MIN_VERSION)
     if engine_image is None:
         return True, ""
     version = image_version(engine_image)
@@ -256,7 +302,7 @@ def fp8_weight_only_path(accelerator: AcceleratorSpec, backend: Backend, engine_
         return True, f"assumed {engine_image} is vLLM >= {minimum}"
     if version < VLLM_FP8_MARLIN_MIN_VERSION:
         return False, (
-            f"the pinned image {engine_image} is vLLM {_version_text(version)}, older than {minimum} "
+            f"the pinned image {engine_image} is vLLM {version_text(version)}, older than {minimum} "
             f"(the first with Marlin W8A16 kernels for block-FP8 dense and MoE layers)"
         )
     return True, ""
@@ -310,18 +356,29 @@ def resolve_precision(
     return precision, ""
 
 
-def resolve_backend(accelerator: AcceleratorSpec, asked: str) -> tuple[Backend | None, str]:
-    """The serving engine: vLLM on NVIDIA, MindIE on Ascend unless vllm-ascend is asked for."""
+def resolve_backend(
+    accelerator: AcceleratorSpec, asked: str, model: ModelSpec | None = None, engine_image: str | None = None
+) -> tuple[Backend | None, str]:
+    """The serving engine: vLLM on NVIDIA, MindIE on Ascend unless vllm-ascend is asked for. With ``model``,
+    ``auto`` takes the first engine of the vendor whose image (``engine_image`` when it is that engine's, else
+    dspool's default) serves the checkpoint, and an engine asked for that cannot is refused with the reason."""
     allowed = BACKENDS_BY_VENDOR[accelerator.vendor]
-    if asked == "auto":
-        return allowed[0], ""
-    backend = Backend(asked)
-    if backend not in allowed:
+    if asked != "auto" and Backend(asked) not in allowed:
         return None, (
-            f"backend {backend.value} does not run on {accelerator.id} ({accelerator.vendor.value}); "
+            f"backend {asked} does not run on {accelerator.id} ({accelerator.vendor.value}); "
             f"use {' or '.join(b.value for b in allowed)}"
         )
-    return backend, ""
+    candidates = allowed if asked == "auto" else (Backend(asked),)
+    if model is None:
+        return candidates[0], ""
+    refusals = []
+    for backend in candidates:
+        refusal = engine_refusal(model.architecture, backend, image_for(backend, engine_image))
+        if refusal is None:
+            skipped = "; ".join(refusals)
+            return backend, f"{skipped}; {backend.value} serves it" if skipped else ""
+        refusals.append(refusal)
+    return None, "; ".join(refusals)
 
 
 def _describe_hardware(accelerator: AcceleratorSpec) -> str:
@@ -344,6 +401,7 @@ def memory_account(
     kv_cache_dtype: KvCacheDtype = "auto",
     speculative_tokens: int = 0,
     min_rank_tokens: int = 0,
+    backend: Backend | None = None,
 ) -> MemoryAccount:
     """Per-device memory of one layout.
 
@@ -351,7 +409,8 @@ def memory_account(
     Data-parallel attention (``data_parallel`` > 1, experts spread over every rank): each rank holds the
     non-expert weights whole and 1/(TP x DP) of the experts, and its own share of the KV budget, never
     less than ``min_rank_tokens`` (one longest request). The MTP module is loaded only when
-    ``speculative_tokens`` > 0, split like a layer.
+    ``speculative_tokens`` > 0, split like a layer. The KV cache is what ``backend`` stores (:func:`kv_layout`),
+    in whole cache blocks.
     """
     loaded = main_weights_gib(model, precision)
     extra = mtp_weights_per_device_gib(model, precision, tensor_parallel, data_parallel) if speculative_tokens else 0.0
@@ -365,7 +424,10 @@ def memory_account(
         sharded = (loaded - replicated) * stage_fraction(model, pipeline_parallel) / tensor_parallel
         weights = sharded + replicated * stage_fraction(model, pipeline_parallel) + extra
         tokens = kv_tokens
-    kv = tokens * kv_bytes_per_token_per_device(model, tensor_parallel, pipeline_parallel, kv_cache_dtype) / GIB
+    block = kv_layout(model, backend, kv_cache_dtype).block_tokens
+    tokens = math.ceil(tokens / block) * block
+    per_token = kv_bytes_per_token_per_device(model, tensor_parallel, pipeline_parallel, kv_cache_dtype, backend)
+    kv = tokens * per_token / GIB
     usable = device_memory_gib * utilization - overhead_gib
     return MemoryAccount(
         device_memory=device_memory_gib,
@@ -458,11 +520,12 @@ def plan(model: ModelSpec, accelerator: AcceleratorSpec, request: SizingRequest 
     the first that fits with room (else the first marginal fit), then explain the pick or the closest miss.
     """
     request = request or SizingRequest()
-    backend, backend_note = resolve_backend(accelerator, str(request.backend))
+    backend, backend_note = resolve_backend(accelerator, str(request.backend), model, request.engine_image)
     precision, precision_note = resolve_precision(
         model, accelerator, str(request.precision), backend or Backend.VLLM, request.engine_image
     )
     ledger = _Ledger(model, accelerator, request, backend, precision, precision_note)
+    ledger.backend_note = backend_note if backend is not None else ""
     if backend is None:
         return ledger.infeasible(backend_note)
     if precision is None:
@@ -493,7 +556,8 @@ def _request_refusal(
     mode the backend or hardware cannot run), or None."""
     if request.max_model_len is not None and request.max_model_len > model.max_context:
         return f"maxModelLen {request.max_model_len} exceeds {model.id}'s context of {model.max_context}"
-    return serving_mode_refusal(model, accelerator, backend, request)
+    hardware = hardware_refusal(model.architecture, backend, accelerator.compute_capability, accelerator.id)
+    return hardware or serving_mode_refusal(model, accelerator, backend, request)
 
 
 def _max_nodes(request: SizingRequest, accelerator: AcceleratorSpec, backend: Backend) -> int:
@@ -571,6 +635,7 @@ class _Ledger:
         self.device_memory = request.device_memory_gib or accelerator.memory_gib
         self.kv_tokens = max(request.kv_cache_tokens, request.max_model_len or 0)
         self._reserves: dict[Layout, RuntimeReserve] = {}
+        self.backend_note = ""  # why ``auto`` passed over the vendor's first engine, if it did
 
     def reserve_for(self, layout: Layout) -> RuntimeReserve:
         """The engine's runtime reserve on each device of ``layout`` (vLLM's when no backend was chosen)."""
@@ -647,6 +712,7 @@ class _Search:
             kv_cache_dtype=request.kv_cache_dtype,
             speculative_tokens=request.speculative_tokens,
             min_rank_tokens=request.max_model_len or 0,
+            backend=self.backend,
         )
 
     def first_fit(self) -> tuple[Layout, MemoryAccount] | None:
@@ -714,9 +780,10 @@ class _Search:
         model, request = self.model, self.request
         kv_tokens, precision_note = self.ledger.kv_tokens, self.ledger.precision_note
         per_token = kv_bytes_per_token_per_device(
-            model, layout.tensor_parallel, layout.pipeline_parallel, request.kv_cache_dtype
+            model, layout.tensor_parallel, layout.pipeline_parallel, request.kv_cache_dtype, self.backend
         )
         tokens_that_fit = int((chosen.usable_per_device - chosen.weights_per_device) * GIB // per_token)
+        tokens_that_fit -= tokens_that_fit % kv_layout(model, self.backend, request.kv_cache_dtype).block_tokens
         max_model_len = request.max_model_len or min(model.max_context, tokens_that_fit)
         nodes, per_node = node_shape(layout, self.devices_per_node)
         marginal = layout in self.marginal
@@ -732,8 +799,7 @@ class _Search:
             taken = "taken as asked (accept marginal)" if request.accept_marginal else "no layout with more room fits"
             parts.append(f"{self._marginal_note(layout, chosen)}; {taken}")
         parts += self._why_not_smaller(layout)
-        if precision_note:
-            parts.append(precision_note)
+        parts += [note for note in (precision_note, self.ledger.backend_note) if note]
         return SizingPlan(
             model=model.id,
             accelerator=self.accelerator.id,

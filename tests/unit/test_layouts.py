@@ -15,6 +15,10 @@ CATALOG = builtin_catalog()
 VLLM_TP_ACCEPTED = {
     "deepseek-r1": {1, 2, 4, 8},  # 128 heads; MLP 18432 / TP multiple of 128
     "deepseek-v3": {1, 2, 4, 8},
+    "deepseek-v3.1": {1, 2, 4, 8},  # V3's shapes
+    "deepseek-v3.1-terminus": {1, 2, 4, 8},
+    "deepseek-v3.2-exp": {1, 2, 4, 8},  # V3's shapes; the indexer is replicated, not split
+    "deepseek-v3.2": {1, 2, 4, 8},
     "deepseek-r1-distill-llama-70b": {1, 2, 4, 8},  # 64 heads, 8 KV heads
     "deepseek-r1-distill-qwen-32b": {1, 2, 4, 8},  # 40 heads, 8 KV heads, MLP 27648: not 5
     "deepseek-r1-distill-qwen-14b": {1, 2, 4, 8},  # 40 heads, 8 KV heads: not 5

@@ -31,6 +31,13 @@ from dspool.api import (
     placement_fingerprint,
 )
 from dspool.catalog import AcceleratorSpec, ModelSpec, Precision, Vendor
+from dspool.engine_support import (
+    DEFAULT_MINDIE_310P_IMAGE,
+    DEFAULT_MINDIE_IMAGE,
+    DEFAULT_VLLM_ASCEND_310P_IMAGE,
+    DEFAULT_VLLM_ASCEND_IMAGE,
+    DEFAULT_VLLM_IMAGE,
+)
 from dspool.sizing import Backend, weights_total_gib
 from dspool.weights.entries import GIB, entry_for
 from dspool.weights.estimate import Bandwidth, load_seconds
@@ -80,11 +87,12 @@ a real file so shellcheck reads it (``make lint``)."""
 class ImageDefaults:
     """Default engine images, by repository and tag only: the cluster's registry or mirror supplies the host."""
 
-    vllm: str = "vllm/vllm-openai:v0.11.0"
-    vllm_ascend: str = "ascend/vllm-ascend:v0.11.0rc0"
-    vllm_ascend_310p: str = "ascend/vllm-ascend:v0.11.0rc0-310p"
-    mindie: str = "ascendhub/mindie:2.1.RC1-800I-A2-py311-openeuler24.03-lts"
-    mindie_310p: str = "ascendhub/mindie:2.1.RC1-300I-Duo-py311-openeuler24.03-lts"
+    # The tags are kept in dspool.engine_support, which also says which checkpoints each release serves.
+    vllm: str = DEFAULT_VLLM_IMAGE
+    vllm_ascend: str = DEFAULT_VLLM_ASCEND_IMAGE
+    vllm_ascend_310p: str = DEFAULT_VLLM_ASCEND_310P_IMAGE
+    mindie: str = DEFAULT_MINDIE_IMAGE
+    mindie_310p: str = DEFAULT_MINDIE_310P_IMAGE
     downloader: str = "python:3.12-slim"
     # The model-cache fetch Jobs run dspool's own image: its fetcher needs nothing but Python's standard library.
     fetcher: str = f"dspool/operator:{__version__}"
