@@ -35,6 +35,8 @@ MANAGER = "dspool"
 DEFAULT_MODEL_MOUNT_PATH = "/models"  # where the engine sees the weights unless spec.modelSource.mountPath says
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-]*$"
+# A model may also be named by its Hugging Face repo id, "org/name" (at most 96 characters on the hub).
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)?$"
 
 
 class ApiModel(BaseModel):
@@ -452,7 +454,12 @@ class DeepSeekDeploymentSpec(ApiModel):
         json_schema_extra={"x-kubernetes-validations": SPEC_RULES},
     )
 
-    model: str = Field(min_length=1, max_length=63, pattern=ID_PATTERN, description="catalog model id")
+    model: str = Field(
+        min_length=1,
+        max_length=96,
+        pattern=MODEL_ID_PATTERN,
+        description="catalog model id, alias or Hugging Face repo id (deepseek-ai/DeepSeek-R1-0528)",
+    )
     replicas: int = Field(default=1, ge=0, le=256)
     precision: Literal["auto"] | Precision = "auto"
     backend: Literal["auto"] | Backend = "auto"

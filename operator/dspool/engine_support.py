@@ -114,6 +114,15 @@ def engine_refusal(architecture: str | None, backend: Backend, image: str) -> st
     )
 
 
+def pinned_image_refusal(architecture: str | None, backend: Backend, pinned: str) -> str | None:
+    """Why ``backend`` cannot serve ``architecture`` from the image a spec pins (which every engine would run):
+    the image is another engine's, or a release too old; None when it can."""
+    engine = image_engine(pinned)
+    if engine is not None and engine != backend:
+        return f"{pinned} is a {ENGINE_NAMES[engine]} image, which {ENGINE_NAMES[backend]} cannot run"
+    return engine_refusal(architecture, backend, pinned)
+
+
 def hardware_refusal(
     architecture: str | None, backend: Backend, compute_capability: str | None, accelerator_id: str
 ) -> str | None:

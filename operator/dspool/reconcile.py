@@ -51,7 +51,9 @@ from dspool.api import (
     placement_fingerprint,
     placements_from_status,
 )
+from dspool.backends import Backend
 from dspool.catalog import Catalog, ModelSpec, UnknownIdError, Vendor
+from dspool.engine_support import engine_refusal, pinned_image_refusal
 from dspool.inventory import Pool, hold_pods
 from dspool.placement import (
     Decision,
@@ -61,11 +63,13 @@ from dspool.placement import (
     scale_down_victims,
 )
 from dspool.rebalance import MovesOutcome, RebalancePolicy, advance_moves, moves_from_status
+from dspool.sizing import BACKENDS_BY_VENDOR
 from dspool.weights.entries import request_entry
 from dspool.weights.estimate import Bandwidth
 from dspool.weights.state import CacheView
 from dspool.weights.status import weights_condition
 from dspool.workloads import (
+    DEFAULT_IMAGES,
     NO_INTERCONNECT,
     ImageDefaults,
     Interconnect,
@@ -502,6 +506,9 @@ def reconcile(
         model = catalog.model(dsd.spec.model)
     except UnknownIdError as exc:
         return _failed(body, "UnknownModel", str(exc), now)
+    unservable = engine_refusal_for(dsd.spec, model, catalog, settings.images or DEFAULT_IMAGES)
+    if unservable is not None:
+        return _failed(body, "EngineUnsupported", unservable, now)
 
     old = _lenient_status(body)
     state = _DeploymentDecision(dsd, catalog, pool, _pods_by_replica(pods), now, settings)
@@ -520,6 +527,38 @@ def reconcile(
         moves_rolled_back=sum(1 for m in moving.events if m.reason == "MoveRolledBack"),
         devices_freed=sum(m.devices for m in finished),
     )  # fmt: skip
+
+
+def engine_refusal_for(
+    spec: DeepSeekDeploymentSpec, model: ModelSpec, catalog: Catalog, images: ImageDefaults
+) -> str | None:
+    """Why no engine the DSD may run serves its checkpoint with the image it would run (``serving.image``, which
+    every engine would run, else the operator's image for that engine), or None. The engines considered: the
+    one asked for, else those of the vendors ``acceleratorTypes`` allows (all when it names none)."""
+    vendors = {
+        a.vendor for a in catalog.accelerators if a.id.lower() in {t.lower() for t in spec.placement.accelerator_types}
+    }
+    if spec.backend != "auto":
+        backends: list[Backend] = [Backend(spec.backend)]
+    else:
+        backends = [b for vendor in (vendors or set(Vendor)) for b in BACKENDS_BY_VENDOR[vendor]]
+    defaults = {Backend.VLLM: images.vllm, Backend.VLLM_ASCEND: images.vllm_ascend, Backend.MINDIE: images.mindie}
+    pinned = spec.serving.image
+    reasons = []
+    for backend in sorted(set(backends)):
+        if pinned is not None:
+            why = pinned_image_refusal(model.architecture, backend, pinned)
+        else:
+            why = engine_refusal(model.architecture, backend, defaults[backend])
+        if why is None:
+            return None
+        reasons.append(why)
+    fix = (
+        "pin a newer release in spec.serving.image"
+        if pinned is None
+        else "remove spec.serving.image or pin a newer release"
+    )
+    return f"no engine this DSD may run serves {model.id}: {'; '.join(reasons)}; {fix}"
 
 
 def _stamp(

@@ -371,7 +371,7 @@ def resolve_backend(
     candidates = allowed if asked == "auto" else (Backend(asked),)
     if model is None:
         return candidates[0], ""
-    refusals = []
+    refusals: list[str] = []
     for backend in candidates:
         refusal = engine_refusal(model.architecture, backend, image_for(backend, engine_image))
         if refusal is None:

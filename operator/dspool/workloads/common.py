@@ -193,7 +193,10 @@ def build_service(dsd: DeepSeekDeployment) -> dict[str, Any]:
             "labels": {
                 DEPLOYMENT_LABEL: deployment_label_value(dsd.name),
                 MANAGED_BY_LABEL: MANAGER,
-                MODEL_NAME_LABEL: dsd.spec.model,
+                # A Hugging Face repo id ("org/name") is no label value: the slash becomes a dot.
+                MODEL_NAME_LABEL: dns_label(dsd.spec.model.replace("/", "."), MAX_LABEL_VALUE)
+                if "/" in dsd.spec.model
+                else dsd.spec.model,
             },
             "ownerReferences": [owner_reference(dsd)],
         },
