@@ -32,6 +32,7 @@ KUBECONFIG = REPO / ".cluster" / "kubeconfig"
 NAMESPACE = "dspool-demo"
 EXAMPLES = [
     "r1-671b.yaml",
+    "v3.2.yaml",  # a current checkpoint: DeepSeek-V3.2 (sparse attention) on one H200 node
     "r1-671b-ascend-w8a8.yaml",
     "r1-distill-llama-70b.yaml",
     "r1-distill-qwen-32b.yaml",
