@@ -10,9 +10,12 @@ Pure functions of catalog entries and a validated request; no I/O. The rules (se
 - weights (published checkpoint size, else parameters x bytes per parameter; the MTP module only when
   speculative decoding uses it) split over TP x PP devices; the largest pipeline stage holds
   ceil(layers / PP) layers; under data-parallel attention the non-expert part is replicated on every rank;
-- KV cache for ``kvCacheTokens`` tokens: GQA splits over TP ranks (no further than the KV-head count),
-  MLA is replicated on every TP rank; both split by layers across PP stages; data-parallel ranks each hold
-  their share; an FP8 KV cache halves the bytes;
+- KV cache for ``kvCacheTokens`` tokens, as the engine stores it (:func:`kv_layout`: GQA K+V, the MLA latent,
+  and for DeepSeek Sparse Attention vLLM's FP8 latent + indexer key in 64-token blocks): GQA splits over TP
+  ranks (no further than the KV-head count), MLA is replicated on every TP rank; both split by layers across
+  PP stages; data-parallel ranks each hold their share; an FP8 KV cache halves the bytes of GQA and MLA;
+- an engine whose image predates the checkpoint's architecture, or that cannot run it on the hardware, is
+  refused (:mod:`dspool.engine_support`); ``auto`` takes the vendor's first engine that serves it;
 - only layouts the backend accepts (:mod:`dspool.layouts`); TP stays inside one node; more than one node
   means one pipeline stage per node (or whole nodes of data-parallel ranks); the fewest nodes win, then
   the fewest devices, and a layout with little headroom (``marginal``) only when no safer one fits.

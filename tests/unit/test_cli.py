@@ -49,7 +49,7 @@ def test_plan_without_accelerator_prints_one_row_per_accelerator(capsys: pytest.
 
 def test_plan_all_covers_every_model_and_accelerator(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--all", "-o", "json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 12 * 20  # 12 models (issue 22 added V3.1, Terminus, V3.2-Exp, V3.2)
+    assert len(json.loads(capsys.readouterr().out)) == 12 * 20  # 12 models: issue 22 added V3.1, V3.2 and kin
 
 
 @pytest.mark.parametrize(
