@@ -362,7 +362,7 @@ def _cmd_models(args: argparse.Namespace, catalog: Catalog) -> int:
             m.id,
             ", ".join(m.aliases) or "-",
             f"{m.params_b:g}B",
-            m.attention.upper() + (" MoE" if m.moe else ""),
+            m.attention.upper() + ("+DSA" if m.sparse_attention else "") + (" MoE" if m.moe else ""),
             str(m.layers),
             f"{m.attention_heads}/{m.kv_heads}",
             str(m.max_context),

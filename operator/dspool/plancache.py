@@ -34,6 +34,8 @@ def model_fingerprint(model: ModelSpec) -> tuple[Any, ...]:
         model.mtp_params_b,
         model.vocab_size,
         model.replicated_params_b,
+        model.architecture,  # which engine releases serve it
+        model.index_head_dim,  # the DSA indexer's key cache
     )
 
 
