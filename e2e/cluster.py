@@ -108,6 +108,51 @@ KWOK_STAGE_FILES = (
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
 KWOK_NODE_LEASE_SECONDS = 40
+# A kubelet reports its pods Ready again once its node is back; kwok's own stages set Ready only once, on
+# start. Without this, a node whose lease lapsed for a moment on a loaded machine (the node lifecycle
+# controller then marks its pods NotReady) keeps its pods NotReady for good, and a replica there never
+# becomes Ready. Written at every `up` (not part of the build stamp: no rebuild when it changes).
+KWOK_POD_READY_AGAIN_STAGE = """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-ready-again
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'In'
+      values: ['False']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Initialized
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: ContainersReady
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: PodScheduled
+      {{ range .spec.readinessGates }}
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: {{ .conditionType | Quote }}
+      {{ end }}
+"""
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -576,6 +621,7 @@ def component_args(ports: Ports) -> dict[str, list[str]]:
         ],
         "kwok": [
             f"--config={kwok_config_file()}",
+            f"--config={STATE_DIR / 'kwok-stages.yaml'}",
             f"--kubeconfig={STATE_DIR / 'kwok.kubeconfig'}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_SELECTOR}",
@@ -609,6 +655,11 @@ def write_lws_config(ports: Ports) -> None:
         "clientConnection": {"qps": CONTROLLER_QPS, "burst": CONTROLLER_BURST},
     }
     (STATE_DIR / "lws-config.yaml").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_kwok_stages() -> None:
+    """Stages of our own, beside kwok's (``KWOK_POD_READY_AGAIN_STAGE``)."""
+    (STATE_DIR / "kwok-stages.yaml").write_text(KWOK_POD_READY_AGAIN_STAGE)
 
 
 def lws_webhook_configurations(port: int) -> list[dict[str, Any]]:
@@ -793,6 +844,7 @@ def start_all() -> None:
         write_kubeconfig(STATE_DIR / f"{identity}.kubeconfig", api, identity)
     write_scheduler_config()
     write_lws_config(ports)
+    write_kwok_stages()
     state = {
         "etcd": ports.etcd,
         "kube-apiserver": ports.apiserver,
