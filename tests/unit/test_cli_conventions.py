@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,11 +121,20 @@ def test_run_against_a_stopped_api_server_logs_one_line_per_retry(stopped_api_se
     process = subprocess.Popen([sys.executable, "-m", "dspool", "run", "--liveness-port", "0", "--metrics-port", "0"],
                                env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)  # fmt: skip
-    time.sleep(8)  # the operator keeps retrying, as a pod must
+    expected = f"cannot reach the API server at https://127.0.0.1:{port}: connection refused"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120  # start-up takes 3-5 s idle, far longer on a loaded CI machine
+    while time.monotonic() < deadline and not any(expected in line for line in list(lines)):
+        time.sleep(0.2)
+    time.sleep(1)  # the operator keeps retrying, as a pod must: nothing else is printed meanwhile
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=30)
+    process.wait(timeout=30)
+    reader.join(timeout=10)
+    output = "".join(lines)
     assert "Traceback" not in output, output[-2000:]
-    assert f"cannot reach the API server at https://127.0.0.1:{port}: connection refused" in output
+    assert expected in output, output[-2000:]
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
