@@ -8,7 +8,7 @@ When no node fits, the choice says what came closest (:class:`Shortfall`); :mod:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dspool.api import Strategy
@@ -18,7 +18,7 @@ from dspool.placement.scarcity import Loss
 from dspool.sizing import SizingPlan
 
 
-@dataclass
+@dataclass(slots=True)
 class Choice:
     """Nodes picked for one replica on one type (one per pipeline stage), with the fit's description."""
 
@@ -28,7 +28,7 @@ class Choice:
     peers_shared: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Shortfall:
     """Why a type has no room for a replica, and what came closest.
 
@@ -46,7 +46,7 @@ class Shortfall:
     pool_nodes: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TypeOutcome:
     """What one accelerator type offers a request."""
 
@@ -55,7 +55,6 @@ class TypeOutcome:
     choice: Choice | None = None
     shortfall: Shortfall | None = None  # why there is no room, when choice is None (None when not evaluated)
     free_total: int = 0
-    notes: list[str] = field(default_factory=list)
     loss: Loss | None = None  # what the choice costs the other models of the demand mix (binpack)
     cost: float = 0.0  # memory claimed + loss, GiB (binpack)
 
