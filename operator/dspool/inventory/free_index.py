@@ -49,6 +49,9 @@ class FreeIndex(Generic[NodeState]):
         # the same per fabric domain of a type, so a gang's nodes are found without a scan of the fabric
         self._domain_buckets: dict[tuple[str, str], list[list[str]]] = {}
         self._domain_totals: dict[tuple[str, str], int] = {}
+        # per type, how many times a node's free count changed: what placement computed from the type's
+        # counts holds while this stays the same (see :meth:`version`)
+        self._versions: dict[str, int] = {}
         for accelerator, nodes in groups.items():
             buckets: list[list[str]] = [[] for _ in range(max(n.allocatable for n in nodes) + 1)]
             total = 0
@@ -63,6 +66,7 @@ class FreeIndex(Generic[NodeState]):
                 self._domain_totals[domain] = self._domain_totals.get(domain, 0) + free
             self._buckets[accelerator] = buckets
             self._totals[accelerator] = total
+            self._versions[accelerator] = 0
 
     @staticmethod
     def _grow(buckets: list[list[str]], free: int) -> list[list[str]]:
@@ -87,6 +91,12 @@ class FreeIndex(Generic[NodeState]):
         self._free[name] = new
         self._totals[node.accelerator] += new - old
         self._domain_totals[domain] += new - old
+        self._versions[node.accelerator] += 1
+
+    def version(self, accelerator: str) -> int:
+        """A number that changes whenever the free count of one of the type's nodes does (-1 for a type the
+        index does not hold): anything computed from the type's free counts holds while it stays the same."""
+        return self._versions.get(accelerator, -1)
 
     def best_fit(self, accelerator: str, need: int) -> NodeState | None:
         """The node of the type with the fewest free devices that are still >= ``need`` (first by name)."""

@@ -8,6 +8,7 @@ When no node fits, the choice says what came closest (:class:`Shortfall`); :mod:
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,10 @@ from dspool.placement.scarcity import Loss
 from dspool.sizing import SizingPlan
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Choice:
-    """Nodes picked for one replica on one type (one per pipeline stage), with the fit's description."""
+    """Nodes picked for one replica on one type (one per pipeline stage), with the fit's description (shared
+    between decisions while the type's counts stay the same: never changed in place)."""
 
     nodes: list[NodeState]
     domain: str
@@ -73,7 +75,7 @@ Chosen = tuple[Choice | None, Shortfall | None]
 
 
 def choose_single(
-    view: TypeView, need: int, strategy: Strategy, peer_nodes: set[str], index: FreeIndex[NodeState] | None = None
+    view: TypeView, need: int, strategy: Strategy, peer_nodes: AbstractSet[str], index: FreeIndex[NodeState] | None = None
 ) -> Chosen:
     """One node for a single-node replica."""
     if index is not None and strategy == Strategy.BINPACK and view.complete:
@@ -85,7 +87,7 @@ def choose_single(
     return _scan_single(view, need, strategy == Strategy.SPREAD, peer_nodes)
 
 
-def _scan_single(view: TypeView, need: int, spread: bool, peer_nodes: set[str]) -> Chosen:
+def _scan_single(view: TypeView, need: int, spread: bool, peer_nodes: AbstractSet[str]) -> Chosen:
     best: NodeState | None = None
     best_key: tuple[int, int] = (0, 0)
     roomiest: NodeState | None = None
@@ -115,7 +117,7 @@ def choose_gang(
     stages: int,
     per_stage: int,
     strategy: Strategy,
-    peer_nodes: set[str],
+    peer_nodes: AbstractSet[str],
     index: FreeIndex[NodeState] | None = None,
 ) -> Chosen:
     """Nodes in one fabric domain for a multi-node replica: binpack takes the domain leaving least over on
@@ -147,7 +149,7 @@ def choose_gang(
 
 
 def _scan_domain(
-    nodes: tuple[NodeState, ...], stages: int, per_stage: int, spread: bool, peer_nodes: set[str]
+    nodes: tuple[NodeState, ...], stages: int, per_stage: int, spread: bool, peer_nodes: AbstractSet[str]
 ) -> tuple[list[tuple[int, NodeState]], int]:
     """The ``stages`` nodes of one domain a gang would take (fewer when the domain has too few that fit),
     and the domain's free devices."""
@@ -191,7 +193,7 @@ def evaluate(
     view: TypeView,
     sized: SizingPlan,
     strategy: Strategy,
-    peer_nodes: set[str],
+    peer_nodes: AbstractSet[str],
     free_total: bool,
     index: FreeIndex[NodeState] | None = None,
 ) -> TypeOutcome:

@@ -68,7 +68,9 @@ def place_replica(
     if least:  # rank and choose
         shapes = context.mix_shapes(demand if demand is not None else catalog_mix(catalog), catalog)
         slack = readiness.READY_TOLERANCE if warm is not None else 0.0
-        winner, outcomes, ranked = least_cost(sized.cost_groups(), shapes, request, pool.free_index(), slack)
+        winner, outcomes, ranked = least_cost(
+            sized.cost_groups(), shapes, request, pool.free_index(), slack, context.outcomes
+        )
     else:
         winner, outcomes, ranked = _by_tiers(request, sized, peer_nodes, preferred=allowed is not None)
 

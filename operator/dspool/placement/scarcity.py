@@ -86,6 +86,7 @@ class MixShapes:
 
     by_type: dict[str, tuple[Shape, ...]]
     domains: dict[tuple[str, str], tuple[NodeState, ...]]  # (accelerator, fabric domain) -> nodes
+    models_by_type: dict[str, frozenset[str]]  # the models with a shape on each type
 
 
 def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
@@ -104,6 +105,7 @@ def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
     return MixShapes(
         by_type={a: tuple(sorted(s, key=lambda x: (-x.weight, x.model))) for a, s in by_type.items()},
         domains={k: tuple(v) for k, v in domains.items()},
+        models_by_type={a: frozenset(shape.model for shape in s) for a, s in by_type.items()},
     )
 
 
