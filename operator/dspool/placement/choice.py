@@ -48,9 +48,9 @@ class Shortfall:
     pool_nodes: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class TypeOutcome:
-    """What one accelerator type offers a request."""
+    """What one accelerator type offers a request (compared by identity: one per type and decision)."""
 
     view: TypeView
     plan: SizingPlan

@@ -52,12 +52,12 @@ def place_replica(
     """
     context = PlacementContext.of(pool)
     view = context.view(request)  # filter
-    label = f"{request.model.id} replica {request.replica}"
     allowed = allowed_types(request, catalog)
     candidates = candidate_types(view, allowed)
     excluded = sum(view.excluded.get(t, 0) for t in (allowed if allowed is not None else view.excluded))
     filtered = explain.filter_note(pool, request, excluded) if excluded else ""
     if not candidates:
+        label = explain.replica_label(request)
         return new_decision(None, explain.no_candidate_reason(label, allowed, list(view.types), pool, filtered))
 
     sized = context.sized_types(view, candidates, request, catalog)  # size
@@ -86,7 +86,7 @@ def place_replica(
         return new_decision(placement, reason, winner.plan)
     missing = [t for t in allowed if t not in view.types] if allowed is not None else []
     closest = outcomes[0].plan if outcomes else (sized.infeasible[0] if sized.infeasible else None)
-    reason = explain.no_room_reason(label, outcomes, sized.infeasible, missing, filtered)
+    reason = explain.no_room_reason(explain.replica_label(request), outcomes, sized.infeasible, missing, filtered)
     return new_decision(None, reason, closest)
 
 

@@ -72,8 +72,13 @@ class PoolView:
     excluded: dict[str, int]  # accelerator -> nodes dropped by the filters
 
 
+NO_FILTER: FilterKey = ("filter", (), (), ())
+
+
 def filter_key(request: ReplicaRequest) -> FilterKey:
     """What decides which nodes a request may use: requests with the same key see the same nodes."""
+    if not request.node_selector and not request.tolerations and not request.avoid_nodes:
+        return NO_FILTER  # most requests: the same key as below, without building it
     return (
         "filter",
         tuple(sorted(request.node_selector.items())),
