@@ -7,7 +7,7 @@ Owned by a :class:`~dspool.inventory.pool.Pool`, which tells it of every change 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 
@@ -136,6 +136,47 @@ class FreeIndex(Generic[NodeState]):
         picked: list[tuple[int, NodeState]] = []
         buckets = self._domain_buckets.get((accelerator, domain), [])
         for free in range(max(need, 0), len(buckets)):
+            for name in buckets[free]:
+                picked.append((free, self._nodes[name]))
+                if len(picked) == count:
+                    return picked
+        return picked
+
+    def best_gang(
+        self, accelerator: str, domains: Iterable[str], need: int, count: int
+    ) -> tuple[str, list[tuple[int, NodeState]]] | None:
+        """Binpack's gang of ``count`` nodes with ``need`` free each in one fabric domain of the type: in each
+        domain the best-fitting nodes (:meth:`domain_best_fits`), and the domain whose picks leave the fewest
+        devices over, then with the fewest free devices in all, then the first of ``domains``. None when no
+        domain has ``count`` such nodes. What a loop over :meth:`domain_best_fits` finds, without building a
+        list per domain."""
+        need = max(need, 0)
+        best: tuple[int, int] | None = None
+        best_domain = ""
+        for domain in domains:
+            buckets = self._domain_buckets.get((accelerator, domain))
+            if buckets is None or sum(len(bucket) for bucket in buckets[need:]) < count:
+                continue
+            left, free = count, need
+            taken = 0
+            while left:  # the count best fits: the fullest buckets first, as many names as each holds
+                took = min(left, len(buckets[free]))
+                taken += took * free
+                left -= took
+                free += 1
+            key = (taken - count * need, self._domain_totals[(accelerator, domain)])
+            if best is None or key < best:
+                best, best_domain = key, domain
+        if best is None:
+            return None
+        return best_domain, self.domain_best_fits(accelerator, best_domain, need, count)
+
+    def domain_roomiest(self, accelerator: str, domain: str, count: int) -> list[tuple[int, NodeState]]:
+        """Up to ``count`` (free, node) of the type in one fabric domain with the most free devices, then by
+        name: what sorting the domain's nodes by (most free, name) would return."""
+        picked: list[tuple[int, NodeState]] = []
+        buckets = self._domain_buckets.get((accelerator, domain), [])
+        for free in range(len(buckets) - 1, -1, -1):
             for name in buckets[free]:
                 picked.append((free, self._nodes[name]))
                 if len(picked) == count:

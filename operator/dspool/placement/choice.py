@@ -126,15 +126,12 @@ def choose_gang(
     if len(view.nodes) < stages:
         return None, Shortfall(view.accelerator, stages, per_stage, pool_nodes=len(view.nodes))
     spread = strategy == Strategy.SPREAD
-    indexed = index if index is not None and not spread and view.complete else None
+    if index is not None and not spread and view.complete:
+        return _indexed_gang(view, stages, per_stage, index)
     best: Choice | None = None
     best_key: tuple[Any, ...] = ()
     for domain, nodes in view.domains:  # hot: free counts read once per node, no sorting of whole fabrics
-        if indexed is not None:
-            picked = indexed.domain_best_fits(view.accelerator, domain, per_stage, stages)
-            domain_free = indexed.domain_free(view.accelerator, domain) if len(picked) == stages else 0
-        else:
-            picked, domain_free = _scan_domain(nodes, stages, per_stage, spread, peer_nodes)
+        picked, domain_free = _scan_domain(nodes, stages, per_stage, spread, peer_nodes)
         if len(picked) < stages:
             continue
         leftover = sum(free for free, _ in picked) - stages * per_stage
@@ -146,6 +143,16 @@ def choose_gang(
     if best is not None:
         return best, None
     return None, _gang_shortfall(view, stages, per_stage)
+
+
+def _indexed_gang(view: TypeView, stages: int, per_stage: int, index: FreeIndex[NodeState]) -> Chosen:
+    """binpack's gang over every node of the type, from the free index (the domain a scan would pick)."""
+    found = index.best_gang(view.accelerator, view.domain_names, per_stage, stages)
+    if found is None:
+        return None, _gang_shortfall(view, stages, per_stage, index)
+    domain, picked = found
+    leftover = sum(free for free, _ in picked) - stages * per_stage
+    return Choice(sorted((node for _, node in picked), key=lambda n: n.name), domain, leftover, 0), None
 
 
 def _scan_domain(
@@ -169,11 +176,17 @@ def _scan_domain(
     return fitting[:stages], domain_free
 
 
-def _gang_shortfall(view: TypeView, stages: int, per_stage: int) -> Shortfall:
-    """Only a refusal needs it: the fabric domain whose roomiest nodes come closest to holding the gang."""
+def _gang_shortfall(
+    view: TypeView, stages: int, per_stage: int, index: FreeIndex[NodeState] | None = None
+) -> Shortfall:
+    """Only a refusal needs it: the fabric domain whose roomiest nodes come closest to holding the gang
+    (``index``: the free index holds every node of the view's type, and finds them without sorting)."""
     closest: tuple[int, str, list[NodeState]] | None = None
     for domain, nodes in view.domains:
-        roomiest = sorted(nodes, key=lambda n: (-n.free, n.name))[:stages]
+        if index is not None:
+            roomiest = [node for _, node in index.domain_roomiest(view.accelerator, domain, stages)]
+        else:
+            roomiest = sorted(nodes, key=lambda n: (-n.free, n.name))[:stages]
         room = sum(min(n.free, per_stage) for n in roomiest)
         if closest is None or room > closest[0]:
             closest = (room, domain, roomiest)

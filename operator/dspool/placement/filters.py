@@ -61,6 +61,7 @@ class TypeView:
     device_memory_gib: float
     devices_per_node: int
     complete: bool  # every node of the type passed the filters: the pool's FreeIndex answers for it
+    domain_names: tuple[str, ...]  # those of ``domains``, in the same order
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def _type_view(accelerator: str, admitted: tuple[NodeState, ...], complete: bool
         accelerator=accelerator,
         nodes=admitted,
         domains=tuple((d, tuple(domains[d])) for d in sorted(domains)),
+        domain_names=tuple(sorted(domains)),
         fabric_labelled=any(n.fabric is not None for n in admitted),
         device_memory_gib=min(n.device_memory_gib for n in admitted),
         devices_per_node=max(n.allocatable for n in admitted),
