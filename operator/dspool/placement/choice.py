@@ -75,7 +75,11 @@ Chosen = tuple[Choice | None, Shortfall | None]
 
 
 def choose_single(
-    view: TypeView, need: int, strategy: Strategy, peer_nodes: AbstractSet[str], index: FreeIndex[NodeState] | None = None
+    view: TypeView,
+    need: int,
+    strategy: Strategy,
+    peer_nodes: AbstractSet[str],
+    index: FreeIndex[NodeState] | None = None,
 ) -> Chosen:
     """One node for a single-node replica."""
     if index is not None and strategy == Strategy.BINPACK and view.complete:

@@ -10,6 +10,7 @@ or replaced. Device counts change all the time and are never cached here (the po
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 from dspool.catalog import Catalog
 from dspool.inventory import FreeIndex, NodeState, Pool
 from dspool.placement.candidates import SizedKey, SizedTypes, size_types, sized_key
