@@ -83,15 +83,18 @@ class FreeIndex(Generic[NodeState]):
         new = node.free
         if new == old:
             return
-        domain = (node.accelerator, node.fabric_domain)
-        for buckets in (self._buckets[node.accelerator], self._domain_buckets[domain]):
+        accelerator = node.accelerator
+        domain = (accelerator, node.fabric_domain)
+        for buckets in (self._buckets[accelerator], self._domain_buckets[domain]):
             bucket = buckets[old]
             del bucket[bisect_left(bucket, name)]
-            insort(self._grow(buckets, new)[new], name)
+            if new >= len(buckets):
+                self._grow(buckets, new)
+            insort(buckets[new], name)
         self._free[name] = new
-        self._totals[node.accelerator] += new - old
+        self._totals[accelerator] += new - old
         self._domain_totals[domain] += new - old
-        self._versions[node.accelerator] += 1
+        self._versions[accelerator] += 1
 
     def version(self, accelerator: str) -> int:
         """A number that changes whenever the free count of one of the type's nodes does (-1 for a type the

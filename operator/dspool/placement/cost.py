@@ -7,7 +7,7 @@ from __future__ import annotations
 from dspool.api import Strategy
 from dspool.inventory import FreeIndex, NodeState
 from dspool.placement.candidates import COST_EPSILON_GIB, CostGroups
-from dspool.placement.choice import TypeOutcome, evaluate, outcome_free_total
+from dspool.placement.choice import TypeOutcome, choose_gang, choose_single, outcome_free_total
 from dspool.placement.context import Evaluated, KnownOutcomes, OutcomeTable
 from dspool.placement.filters import TypeView
 from dspool.placement.request import ReplicaRequest
@@ -79,12 +79,17 @@ def _best_fit(
     found = known.get(key)
     if found is not None and found[0] is type_view and found[1] == version:
         return found[2]
-    outcome = evaluate(type_view, sized, Strategy.BINPACK, NO_PEERS, free_total=False, index=index)
+    if sized.nodes_per_replica > 1:
+        choice, shortfall = choose_gang(
+            type_view, sized.nodes_per_replica, sized.devices_per_node, Strategy.BINPACK, NO_PEERS, index
+        )
+    else:
+        choice, shortfall = choose_single(type_view, sized.devices_per_node, Strategy.BINPACK, NO_PEERS, index)
     loss = None
-    if outcome.choice is not None:
-        taken = [(n, sized.devices_per_node) for n in outcome.choice.nodes]
+    if choice is not None:
+        taken = [(n, sized.devices_per_node) for n in choice.nodes]
         loss = placement_loss(shapes, accelerator, taken, model, index)
-    result = (outcome.choice, outcome.shortfall, loss)
+    result = (choice, shortfall, loss)
     known[key] = (type_view, version, result)
     return result
 

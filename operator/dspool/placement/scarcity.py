@@ -175,6 +175,7 @@ def placement_loss(
     if not type_shapes:
         return NO_LOSS
     devices_taken = sum(need for _, need in taken)
+    before = [(node.allocatable - node.used - node.reserved, need, node) for node, need in taken]
     total = 0.0
     worst: Shape | None = None
     worst_gib = 0.0
@@ -184,8 +185,7 @@ def placement_loss(
         per_stage = shape.per_stage
         crossed: dict[str, int] = {}  # fabric domain -> nodes that no longer hold a stage
         taken_on_crossed = 0
-        for node, need in taken:
-            free = node.allocatable - node.used - node.reserved
+        for free, need, node in before:
             if free >= per_stage > free - need:
                 crossed[node.fabric_domain] = crossed.get(node.fabric_domain, 0) + 1
                 taken_on_crossed += need
