@@ -42,20 +42,21 @@ def least_cost(
     ranked: list[TypeOutcome] = []
     for group in groups:
         if winner is not None:
-            ranked.extend(TypeOutcome(view=v, plan=p) for _, v, p in group)
+            ranked += [TypeOutcome(v, p) for _, v, p in group]
             continue
         for memory, type_view, sized in group:
             if winner is not None and memory > winner.cost * (1 + slack) + COST_EPSILON_GIB:
-                ranked.append(TypeOutcome(view=type_view, plan=sized))
+                ranked.append(TypeOutcome(type_view, sized))
                 continue
             choice, shortfall, loss = _best_fit(type_view, sized, shapes, model, index, table)
-            outcome = TypeOutcome(type_view, sized, choice, shortfall)
+            if choice is None or loss is None:
+                outcome = TypeOutcome(type_view, sized, choice, shortfall)
+                evaluated.append(outcome)
+                ranked.append(outcome)
+                continue
+            outcome = TypeOutcome(type_view, sized, choice, shortfall, loss=loss, cost=memory + loss.gib)
             evaluated.append(outcome)
             ranked.append(outcome)
-            if choice is None or loss is None:
-                continue
-            outcome.loss = loss
-            outcome.cost = memory + loss.gib
             if winner is None or _cheaper(outcome, winner, index):
                 winner = outcome
     return winner, evaluated, ranked

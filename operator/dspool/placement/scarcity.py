@@ -189,10 +189,10 @@ def placement_loss(
             if free >= per_stage > free - need:
                 crossed[node.fabric_domain] = crossed.get(node.fabric_domain, 0) + 1
                 taken_on_crossed += need
-        lost = 0
-        if shape.stages == 1:
+        lost = 0  # most placements break no home (nothing crossed): only the keep-away counts
+        if crossed and shape.stages == 1:
             lost = sum(crossed.values()) * per_stage
-        else:
+        elif crossed:
             for domain, count in crossed.items():
                 if index is not None:
                     fitting = index.domain_fitting(accelerator, domain, per_stage)
