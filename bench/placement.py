@@ -56,6 +56,8 @@ REQUEST_MIX: list[tuple[str, float]] = [
     ("deepseek-r1-distill-qwen-1.5b", 0.25),
 ]
 REPLICAS_PER_DEPLOYMENT = 4
+# issue 21: the placement rate a 5,000-node pool needs (p99 in microseconds)
+GOAL_NODES, GOAL_PER_SECOND, GOAL_P99_US = 5000, 10_000, 1_000
 TARGET_FILL = 0.90
 BIG_MODEL = "deepseek-r1"
 
@@ -156,6 +158,7 @@ class RunResult:
     placed: int
     refused: int
     seconds: float
+    cpu_seconds: float  # this process's CPU time over the same loop: what other tenants' load does not inflate
     latencies_ns: list[int]
     fill: float
     stranded: float
@@ -164,6 +167,10 @@ class RunResult:
     @property
     def per_second(self) -> float:
         return self.decisions / self.seconds if self.seconds else 0.0
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.decisions / self.cpu_seconds if self.cpu_seconds else 0.0
 
     def percentile_us(self, share: float) -> float:
         ordered = sorted(self.latencies_ns)
@@ -194,7 +201,7 @@ def run(
     allocatable = sum(n.allocatable for n in pool.nodes.values())
     taken = sum(n.allocatable - n.free for n in pool.nodes.values())
     clock = time.perf_counter_ns
-    loop_start = clock()
+    loop_start, cpu_start = clock(), time.process_time()
     for request in requests:
         if taken >= fill_target * allocatable:
             break
@@ -209,6 +216,7 @@ def run(
         else:
             refused += 1
     seconds = (clock() - loop_start) / 1e9
+    cpu_seconds = time.process_time() - cpu_start
     result = RunResult(
         nodes=len(pool.nodes),
         pods=len(pods),
@@ -217,6 +225,7 @@ def run(
         placed=placed,
         refused=refused,
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
         latencies_ns=latencies,
         fill=fill(pool),
         stranded=stranded_share(pool),
@@ -251,6 +260,10 @@ def print_speed_table(results: Sequence[RunResult]) -> None:
         ("build_pool ms", [f"{r.build_ms:.1f} ({ratio(r.build_ms, base.build_ms)})" for r in results]),
         ("decisions (placed / refused)", [f"{r.decisions} ({r.placed} / {r.refused})" for r in results]),
         ("decisions per second", [f"{r.per_second:,.0f} ({ratio(r.per_second, base.per_second)})" for r in results]),
+        (
+            "decisions per CPU second",
+            [f"{r.per_cpu_second:,.0f} ({ratio(r.per_cpu_second, base.per_cpu_second)})" for r in results],
+        ),
         (
             "p50 decision us",
             [f"{r.percentile_us(0.5):,.0f} ({ratio(r.percentile_us(0.5), base.percentile_us(0.5))})" for r in results],
@@ -295,9 +308,9 @@ def tree_at(revision: str) -> Path:
     return target / "operator"
 
 
-def speed_in(tree: Path | None, sizes: Sequence[int], seed: int) -> dict[int, tuple[float, float, float]]:
-    """decisions/s, p50 and p99 (us) per pool size, measured in a fresh interpreter on ``tree``'s dspool (this
-    tree's when None), so two revisions never share a module, a cache or a heap."""
+def speed_in(tree: Path | None, sizes: Sequence[int], seed: int) -> dict[int, tuple[float, float, float, float]]:
+    """decisions/s, p50 and p99 (us) and decisions per CPU second per pool size, measured in a fresh interpreter
+    on ``tree``'s dspool (this tree's when None), so two revisions never share a module, a cache or a heap."""
     environment = dict(os.environ)
     if tree is not None:
         environment["PYTHONPATH"] = os.pathsep.join([str(tree), environment.get("PYTHONPATH", "")])
@@ -312,27 +325,48 @@ def speed_json(sizes: Sequence[int], budgets: dict[int, int], catalog: Catalog, 
     figures = {}
     for size in sizes:
         result = run(size, budgets[size], Strategy.BINPACK, catalog, seed, TARGET_FILL)[0]
-        figures[size] = (result.per_second, result.percentile_us(0.5), result.percentile_us(0.99))
+        figures[size] = (
+            result.per_second,
+            result.percentile_us(0.5),
+            result.percentile_us(0.99),
+            result.per_cpu_second,
+        )
     print(json.dumps(figures))
 
 
 def compare(revision: str, sizes: Sequence[int], seed: int) -> None:
-    """Decisions per second of ``revision``'s placement and this one, alternated twice; best run of each."""
+    """Decisions per second of ``revision``'s placement and this one, alternated twice; best run of each (wall
+    clock: decisions/s, p50, p99; and, apart, the best decisions per CPU second, which other tenants of a
+    shared machine inflate far less than the wall clock)."""
     other = tree_at(revision)
-    best: dict[tuple[str, int], tuple[float, float, float]] = {}
+    best: dict[tuple[str, int], tuple[float, float, float, float]] = {}
+    best_cpu: dict[tuple[str, int], float] = {}
     for _ in range(2):
         for label, tree in ((revision, other), ("this tree", None)):
             for size, figures in speed_in(tree, sizes, seed).items():
                 if (label, size) not in best or figures[0] > best[(label, size)][0]:
                     best[(label, size)] = figures
-    print(f"{'nodes':>7} {'placement at':>16} {'decisions/s':>12} {'p50 us':>7} {'p99 us':>7} {'ratio':>6}")
+                best_cpu[(label, size)] = max(best_cpu.get((label, size), 0.0), figures[3])
+    print(
+        f"{'nodes':>7} {'placement at':>16} {'decisions/s':>12} {'p50 us':>7} {'p99 us':>7} {'ratio':>6}"
+        f" {'per CPU s':>10} {'ratio':>6}"
+    )
     for size in sizes:
-        base = best[(revision, size)]
+        base, base_cpu = best[(revision, size)], best_cpu[(revision, size)]
         for label in (revision, "this tree"):
-            per_second, p50, p99 = best[(label, size)]
+            per_second, p50, p99, _ = best[(label, size)]
+            cpu = best_cpu[(label, size)]
             print(
                 f"{size:>7,} {label:>16} {per_second:>12,.0f} {p50:>7,.0f} {p99:>7,.0f} {ratio(per_second, base[0]):>6}"
+                f" {cpu:>10,.0f} {ratio(cpu, base_cpu):>6}"
             )
+    if GOAL_NODES in sizes:
+        per_second, _, p99, _ = best[("this tree", GOAL_NODES)]
+        met = per_second >= GOAL_PER_SECOND and p99 <= GOAL_P99_US
+        print(
+            f"goal at {GOAL_NODES:,} nodes: >= {GOAL_PER_SECOND:,} decisions/s, p99 <= {GOAL_P99_US:,} us: "
+            f"{'met' if met else 'not met'} ({per_second:,.0f}/s, p99 {p99:,.0f} us)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

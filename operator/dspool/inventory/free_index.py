@@ -7,7 +7,7 @@ Owned by a :class:`~dspool.inventory.pool.Pool`, which tells it of every change 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 
@@ -49,6 +49,9 @@ class FreeIndex(Generic[NodeState]):
         # the same per fabric domain of a type, so a gang's nodes are found without a scan of the fabric
         self._domain_buckets: dict[tuple[str, str], list[list[str]]] = {}
         self._domain_totals: dict[tuple[str, str], int] = {}
+        # per type, how many times a node's free count changed: what placement computed from the type's
+        # counts holds while this stays the same (see :meth:`version`)
+        self._versions: dict[str, int] = {}
         for accelerator, nodes in groups.items():
             buckets: list[list[str]] = [[] for _ in range(max(n.allocatable for n in nodes) + 1)]
             total = 0
@@ -63,6 +66,7 @@ class FreeIndex(Generic[NodeState]):
                 self._domain_totals[domain] = self._domain_totals.get(domain, 0) + free
             self._buckets[accelerator] = buckets
             self._totals[accelerator] = total
+            self._versions[accelerator] = 0
 
     @staticmethod
     def _grow(buckets: list[list[str]], free: int) -> list[list[str]]:
@@ -79,14 +83,23 @@ class FreeIndex(Generic[NodeState]):
         new = node.free
         if new == old:
             return
-        domain = (node.accelerator, node.fabric_domain)
-        for buckets in (self._buckets[node.accelerator], self._domain_buckets[domain]):
+        accelerator = node.accelerator
+        domain = (accelerator, node.fabric_domain)
+        for buckets in (self._buckets[accelerator], self._domain_buckets[domain]):
             bucket = buckets[old]
             del bucket[bisect_left(bucket, name)]
-            insort(self._grow(buckets, new)[new], name)
+            if new >= len(buckets):
+                self._grow(buckets, new)
+            insort(buckets[new], name)
         self._free[name] = new
-        self._totals[node.accelerator] += new - old
+        self._totals[accelerator] += new - old
         self._domain_totals[domain] += new - old
+        self._versions[accelerator] += 1
+
+    def version(self, accelerator: str) -> int:
+        """A number that changes whenever the free count of one of the type's nodes does (-1 for a type the
+        index does not hold): anything computed from the type's free counts holds while it stays the same."""
+        return self._versions.get(accelerator, -1)
 
     def best_fit(self, accelerator: str, need: int) -> NodeState | None:
         """The node of the type with the fewest free devices that are still >= ``need`` (first by name)."""
@@ -126,6 +139,47 @@ class FreeIndex(Generic[NodeState]):
         picked: list[tuple[int, NodeState]] = []
         buckets = self._domain_buckets.get((accelerator, domain), [])
         for free in range(max(need, 0), len(buckets)):
+            for name in buckets[free]:
+                picked.append((free, self._nodes[name]))
+                if len(picked) == count:
+                    return picked
+        return picked
+
+    def best_gang(
+        self, accelerator: str, domains: Iterable[str], need: int, count: int
+    ) -> tuple[str, list[tuple[int, NodeState]]] | None:
+        """Binpack's gang of ``count`` nodes with ``need`` free each in one fabric domain of the type: in each
+        domain the best-fitting nodes (:meth:`domain_best_fits`), and the domain whose picks leave the fewest
+        devices over, then with the fewest free devices in all, then the first of ``domains``. None when no
+        domain has ``count`` such nodes. What a loop over :meth:`domain_best_fits` finds, without building a
+        list per domain."""
+        need = max(need, 0)
+        best: tuple[int, int] | None = None
+        best_domain = ""
+        for domain in domains:
+            buckets = self._domain_buckets.get((accelerator, domain))
+            if buckets is None or sum(len(bucket) for bucket in buckets[need:]) < count:
+                continue
+            left, free = count, need
+            taken = 0
+            while left:  # the count best fits: the fullest buckets first, as many names as each holds
+                took = min(left, len(buckets[free]))
+                taken += took * free
+                left -= took
+                free += 1
+            key = (taken - count * need, self._domain_totals[(accelerator, domain)])
+            if best is None or key < best:
+                best, best_domain = key, domain
+        if best is None:
+            return None
+        return best_domain, self.domain_best_fits(accelerator, best_domain, need, count)
+
+    def domain_roomiest(self, accelerator: str, domain: str, count: int) -> list[tuple[int, NodeState]]:
+        """Up to ``count`` (free, node) of the type in one fabric domain with the most free devices, then by
+        name: what sorting the domain's nodes by (most free, name) would return."""
+        picked: list[tuple[int, NodeState]] = []
+        buckets = self._domain_buckets.get((accelerator, domain), [])
+        for free in range(len(buckets) - 1, -1, -1):
             for name in buckets[free]:
                 picked.append((free, self._nodes[name]))
                 if len(picked) == count:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspool.catalog import Catalog, UnknownIdError
+from dspool.catalog import Catalog, ModelSpec, UnknownIdError
 from dspool.inventory import NodeState
 from dspool.placement.filters import PoolView, TypeView
 from dspool.placement.request import ReplicaRequest
@@ -84,11 +84,28 @@ def candidate_types(view: PoolView, allowed: list[str] | None) -> list[str]:
     return [t for t in (allowed if allowed is not None else view.types) if t in view.types]
 
 
+# id of a (frozen) catalog model -> (the model, its fingerprint); the model is kept so that its id is not reused
+_FINGERPRINTS: dict[int, tuple[ModelSpec, tuple[Any, ...]]] = {}
+FINGERPRINT_LIMIT = 256
+
+
+def _fingerprint(model: ModelSpec) -> tuple[Any, ...]:
+    """:func:`model_fingerprint`, computed once per model object (a request's model is the catalog's)."""
+    found = _FINGERPRINTS.get(id(model))
+    if found is not None and found[0] is model:
+        return found[1]
+    if len(_FINGERPRINTS) >= FINGERPRINT_LIMIT:
+        _FINGERPRINTS.clear()
+    fingerprint = model_fingerprint(model)
+    _FINGERPRINTS[id(model)] = (model, fingerprint)
+    return fingerprint
+
+
 def sized_key(view: PoolView, candidates: Sequence[str], request: ReplicaRequest, catalog: Catalog) -> SizedKey:
     """What decides :func:`size_types`' answer: the same model, sizing and filtered nodes get the same plans."""
     return (
         view.key,
-        model_fingerprint(request.model),
+        _fingerprint(request.model),
         tuple(request.sizing.__dict__.items()),  # the field values (model_dump is slow on this hot path)
         request.allow_multi_node,
         tuple(candidates),

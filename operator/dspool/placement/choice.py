@@ -8,7 +8,8 @@ When no node fits, the choice says what came closest (:class:`Shortfall`); :mod:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any
 
 from dspool.api import Strategy
@@ -18,9 +19,10 @@ from dspool.placement.scarcity import Loss
 from dspool.sizing import SizingPlan
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Choice:
-    """Nodes picked for one replica on one type (one per pipeline stage), with the fit's description."""
+    """Nodes picked for one replica on one type (one per pipeline stage), with the fit's description (shared
+    between decisions while the type's counts stay the same: never changed in place)."""
 
     nodes: list[NodeState]
     domain: str
@@ -28,7 +30,7 @@ class Choice:
     peers_shared: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Shortfall:
     """Why a type has no room for a replica, and what came closest.
 
@@ -46,16 +48,15 @@ class Shortfall:
     pool_nodes: int | None = None
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class TypeOutcome:
-    """What one accelerator type offers a request."""
+    """What one accelerator type offers a request (compared by identity: one per type and decision)."""
 
     view: TypeView
     plan: SizingPlan
     choice: Choice | None = None
     shortfall: Shortfall | None = None  # why there is no room, when choice is None (None when not evaluated)
     free_total: int = 0
-    notes: list[str] = field(default_factory=list)
     loss: Loss | None = None  # what the choice costs the other models of the demand mix (binpack)
     cost: float = 0.0  # memory claimed + loss, GiB (binpack)
 
@@ -74,7 +75,11 @@ Chosen = tuple[Choice | None, Shortfall | None]
 
 
 def choose_single(
-    view: TypeView, need: int, strategy: Strategy, peer_nodes: set[str], index: FreeIndex[NodeState] | None = None
+    view: TypeView,
+    need: int,
+    strategy: Strategy,
+    peer_nodes: AbstractSet[str],
+    index: FreeIndex[NodeState] | None = None,
 ) -> Chosen:
     """One node for a single-node replica."""
     if index is not None and strategy == Strategy.BINPACK and view.complete:
@@ -86,7 +91,7 @@ def choose_single(
     return _scan_single(view, need, strategy == Strategy.SPREAD, peer_nodes)
 
 
-def _scan_single(view: TypeView, need: int, spread: bool, peer_nodes: set[str]) -> Chosen:
+def _scan_single(view: TypeView, need: int, spread: bool, peer_nodes: AbstractSet[str]) -> Chosen:
     best: NodeState | None = None
     best_key: tuple[int, int] = (0, 0)
     roomiest: NodeState | None = None
@@ -116,7 +121,7 @@ def choose_gang(
     stages: int,
     per_stage: int,
     strategy: Strategy,
-    peer_nodes: set[str],
+    peer_nodes: AbstractSet[str],
     index: FreeIndex[NodeState] | None = None,
 ) -> Chosen:
     """Nodes in one fabric domain for a multi-node replica: binpack takes the domain leaving least over on
@@ -125,15 +130,12 @@ def choose_gang(
     if len(view.nodes) < stages:
         return None, Shortfall(view.accelerator, stages, per_stage, pool_nodes=len(view.nodes))
     spread = strategy == Strategy.SPREAD
-    indexed = index if index is not None and not spread and view.complete else None
+    if index is not None and not spread and view.complete:
+        return _indexed_gang(view, stages, per_stage, index)
     best: Choice | None = None
     best_key: tuple[Any, ...] = ()
     for domain, nodes in view.domains:  # hot: free counts read once per node, no sorting of whole fabrics
-        if indexed is not None:
-            picked = indexed.domain_best_fits(view.accelerator, domain, per_stage, stages)
-            domain_free = indexed.domain_free(view.accelerator, domain) if len(picked) == stages else 0
-        else:
-            picked, domain_free = _scan_domain(nodes, stages, per_stage, spread, peer_nodes)
+        picked, domain_free = _scan_domain(nodes, stages, per_stage, spread, peer_nodes)
         if len(picked) < stages:
             continue
         leftover = sum(free for free, _ in picked) - stages * per_stage
@@ -147,8 +149,18 @@ def choose_gang(
     return None, _gang_shortfall(view, stages, per_stage)
 
 
+def _indexed_gang(view: TypeView, stages: int, per_stage: int, index: FreeIndex[NodeState]) -> Chosen:
+    """binpack's gang over every node of the type, from the free index (the domain a scan would pick)."""
+    found = index.best_gang(view.accelerator, view.domain_names, per_stage, stages)
+    if found is None:
+        return None, _gang_shortfall(view, stages, per_stage, index)
+    domain, picked = found
+    leftover = sum(free for free, _ in picked) - stages * per_stage
+    return Choice(sorted((node for _, node in picked), key=lambda n: n.name), domain, leftover, 0), None
+
+
 def _scan_domain(
-    nodes: tuple[NodeState, ...], stages: int, per_stage: int, spread: bool, peer_nodes: set[str]
+    nodes: tuple[NodeState, ...], stages: int, per_stage: int, spread: bool, peer_nodes: AbstractSet[str]
 ) -> tuple[list[tuple[int, NodeState]], int]:
     """The ``stages`` nodes of one domain a gang would take (fewer when the domain has too few that fit),
     and the domain's free devices."""
@@ -168,11 +180,17 @@ def _scan_domain(
     return fitting[:stages], domain_free
 
 
-def _gang_shortfall(view: TypeView, stages: int, per_stage: int) -> Shortfall:
-    """Only a refusal needs it: the fabric domain whose roomiest nodes come closest to holding the gang."""
+def _gang_shortfall(
+    view: TypeView, stages: int, per_stage: int, index: FreeIndex[NodeState] | None = None
+) -> Shortfall:
+    """Only a refusal needs it: the fabric domain whose roomiest nodes come closest to holding the gang
+    (``index``: the free index holds every node of the view's type, and finds them without sorting)."""
     closest: tuple[int, str, list[NodeState]] | None = None
     for domain, nodes in view.domains:
-        roomiest = sorted(nodes, key=lambda n: (-n.free, n.name))[:stages]
+        if index is not None:
+            roomiest = [node for _, node in index.domain_roomiest(view.accelerator, domain, stages)]
+        else:
+            roomiest = sorted(nodes, key=lambda n: (-n.free, n.name))[:stages]
         room = sum(min(n.free, per_stage) for n in roomiest)
         if closest is None or room > closest[0]:
             closest = (room, domain, roomiest)
@@ -192,7 +210,7 @@ def evaluate(
     view: TypeView,
     sized: SizingPlan,
     strategy: Strategy,
-    peer_nodes: set[str],
+    peer_nodes: AbstractSet[str],
     free_total: bool,
     index: FreeIndex[NodeState] | None = None,
 ) -> TypeOutcome:

@@ -12,11 +12,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dspool.catalog import Catalog
-from dspool.inventory import NodeState, Pool
+from dspool.inventory import FreeIndex, NodeState, Pool
 from dspool.placement.candidates import SizedKey, SizedTypes, size_types, sized_key
-from dspool.placement.filters import FilterKey, PoolView, filter_key, node_admits, pool_view
+from dspool.placement.choice import Choice, Shortfall
+from dspool.placement.filters import FilterKey, PoolView, TypeView, filter_key, node_admits, pool_view
 from dspool.placement.request import DemandMix, ReplicaRequest
-from dspool.placement.scarcity import MixShapes, mix_shapes
+from dspool.placement.scarcity import Loss, MixShapes, mix_shapes
+
+# a type's best-fit choice and its loss to the demand mix, or why it has no room
+Evaluated = tuple[Choice | None, Shortfall | None, Loss | None]
+OutcomeTable = dict[tuple[str, int, int, str | None], tuple[TypeView, int, Evaluated]]
+
+
+class KnownOutcomes:
+    """What least-cost binpack found on each type (:data:`Evaluated`), kept while the type's free counts stay
+    the same: a placement changes one type, and the next decision finds the others as they were.
+
+    One table per free index and demand mix (a rebuilt index or another mix starts a new one); an entry holds
+    while the type's :meth:`FreeIndex.version <dspool.inventory.FreeIndex.version>` is the one it was found
+    at, so a count changed through the pool or a trial undone makes it stale.
+    """
+
+    def __init__(self) -> None:
+        self._index: FreeIndex[NodeState] | None = None
+        self._shapes: MixShapes | None = None
+        self._known: OutcomeTable = {}
+
+    def table(self, index: FreeIndex[NodeState], shapes: MixShapes) -> OutcomeTable:
+        """The outcomes found with this index and mix: (accelerator, stages, devices per stage, the requesting
+        model when it has a shape on the type) -> (the type's view, its version then, the outcome)."""
+        if index is not self._index or shapes is not self._shapes:
+            self._index, self._shapes, self._known = index, shapes, {}
+        return self._known
+
+    def clear(self) -> None:
+        """Forget everything (the node set changed)."""
+        self._index, self._shapes, self._known = None, None, {}
 
 
 class PlacementContext:
@@ -28,6 +59,7 @@ class PlacementContext:
         self.sized: dict[SizedKey, SizedTypes] = {}
         self.shapes: dict[tuple[object, ...], MixShapes] = {}
         self.admitted: dict[str, list[NodeState]] | None = None
+        self.outcomes = KnownOutcomes()
 
     @classmethod
     def of(cls, pool: Pool) -> PlacementContext:
@@ -44,6 +76,7 @@ class PlacementContext:
         self.sized.clear()
         self.shapes.clear()
         self.admitted = None
+        self.outcomes.clear()
 
     def view(self, request: ReplicaRequest) -> PoolView:
         """The nodes of each type that pass the request's filters."""

@@ -25,7 +25,7 @@ from dspool.placement.candidates import (
 from dspool.placement.choice import TypeOutcome, evaluate
 from dspool.placement.context import PlacementContext
 from dspool.placement.cost import LeastCost, least_cost
-from dspool.placement.request import Decision, DemandMix, ReplicaRequest, catalog_mix, placement_from_plan
+from dspool.placement.request import Decision, DemandMix, ReplicaRequest, catalog_mix, new_decision, placement_from_plan
 from dspool.placement.scarcity import MixShapes
 from dspool.weights.estimate import Bandwidth
 from dspool.weights.state import CacheView
@@ -52,15 +52,13 @@ def place_replica(
     """
     context = PlacementContext.of(pool)
     view = context.view(request)  # filter
-    label = f"{request.model.id} replica {request.replica}"
     allowed = allowed_types(request, catalog)
     candidates = candidate_types(view, allowed)
     excluded = sum(view.excluded.get(t, 0) for t in (allowed if allowed is not None else view.excluded))
     filtered = explain.filter_note(pool, request, excluded) if excluded else ""
     if not candidates:
-        return Decision(
-            placement=None, reason=explain.no_candidate_reason(label, allowed, list(view.types), pool, filtered)
-        )
+        label = explain.replica_label(request)
+        return new_decision(None, explain.no_candidate_reason(label, allowed, list(view.types), pool, filtered))
 
     sized = context.sized_types(view, candidates, request, catalog)  # size
     least = request.strategy == Strategy.BINPACK and allowed is None
@@ -70,7 +68,9 @@ def place_replica(
     if least:  # rank and choose
         shapes = context.mix_shapes(demand if demand is not None else catalog_mix(catalog), catalog)
         slack = readiness.READY_TOLERANCE if warm is not None else 0.0
-        winner, outcomes, ranked = least_cost(sized.cost_groups(), shapes, request, pool.free_index(), slack)
+        winner, outcomes, ranked = least_cost(
+            sized.cost_groups(), shapes, request, pool.free_index(), slack, context.outcomes
+        )
     else:
         winner, outcomes, ranked = _by_tiers(request, sized, peer_nodes, preferred=allowed is not None)
 
@@ -83,11 +83,11 @@ def place_replica(
             reason = explain.least_cost_reason(winner, ranked, sized.infeasible)
         else:
             reason = explain.success_reason(winner, ranked, allowed is not None, sized.infeasible, request.strategy)
-        return Decision(placement=placement, reason=reason, plan=winner.plan)
+        return new_decision(placement, reason, winner.plan)
     missing = [t for t in allowed if t not in view.types] if allowed is not None else []
     closest = outcomes[0].plan if outcomes else (sized.infeasible[0] if sized.infeasible else None)
-    reason = explain.no_room_reason(label, outcomes, sized.infeasible, missing, filtered)
-    return Decision(placement=None, reason=reason, plan=closest)
+    reason = explain.no_room_reason(explain.replica_label(request), outcomes, sized.infeasible, missing, filtered)
+    return new_decision(None, reason, closest)
 
 
 def _ready_sooner(
@@ -116,7 +116,7 @@ def _ready_sooner(
     else:
         head = explain.success_reason(winner, ranked, allowed is not None, sized.infeasible, request.strategy)
     placement = placement_from_plan(chosen.plan, [n.name for n in chosen.choice.nodes], request.replica)
-    return Decision(placement=placement, reason=f"{head}; {explain.readiness_note(ready)}", plan=chosen.plan)
+    return new_decision(placement, f"{head}; {explain.readiness_note(ready)}", chosen.plan)
 
 
 def _by_tiers(request: ReplicaRequest, sized: SizedTypes, peer_nodes: set[str], preferred: bool) -> LeastCost:

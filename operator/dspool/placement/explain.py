@@ -18,6 +18,11 @@ from dspool.weights.estimate import ReadyEstimate
 MAX_ALTERNATIVES_IN_REASON = 3
 
 
+def replica_label(request: ReplicaRequest) -> str:
+    """How a refusal names the replica, e.g. 'deepseek-r1 replica 0'."""
+    return f"{request.model.id} replica {request.replica}"
+
+
 def shortfall_text(shortfall: Shortfall | None) -> str:
     """Why a type has no room, e.g. 'H100-80G needs 2 nodes x 8 free in one fabric (best: ...)'."""
     if shortfall is None:
@@ -109,11 +114,10 @@ def least_cost_reason(winner: TypeOutcome, ranked: list[TypeOutcome], infeasible
     """The reason of a least-cost binpack decision: where, why this type, and what the others lacked."""
     position = ranked.index(winner)
     passed_over = [o for o in ranked[:position] if o.choice is not None]
-    no_room = [o for o in ranked[:position] if o.choice is None]
     notes: list[str] = []
     if passed_over:
-        why = _passed_over_why(winner, passed_over)
         alternative = min(passed_over, key=lambda o: memory_claimed((o.view, o.plan)))
+        why = _passed_over_why(winner, alternative)
         notes += [
             f"{o.plan.accelerator} nodes are where {o.loss.worst.describe()}"
             for o in passed_over
@@ -125,16 +129,18 @@ def least_cost_reason(winner: TypeOutcome, ranked: list[TypeOutcome], infeasible
         why = "only type the model fits in the pool"
     else:
         why = "smallest adequate type with room"
-    notes += [shortfall_text(o.shortfall) for o in no_room]
-    later = [o for o in ranked[position + 1 :] if o.choice is None or o.plan.accelerator != winner.plan.accelerator]
-    notes += [f"{o.plan.accelerator} needs {shape(o.plan)}" for o in later[:1]]
+    notes += [shortfall_text(o.shortfall) for o in ranked[:position] if o.choice is None]
+    accelerator = winner.plan.accelerator
+    later = next((o for o in ranked[position + 1 :] if o.choice is None or o.plan.accelerator != accelerator), None)
+    if later is not None:
+        notes.append(f"{later.plan.accelerator} needs {shape(later.plan)}")
     notes += [f"{p.accelerator} too small" for p in infeasible]
     return with_notes(f"{describe_choice(winner, Strategy.BINPACK)} — {why}", notes)
 
 
-def _passed_over_why(winner: TypeOutcome, passed_over: list[TypeOutcome]) -> str:
-    """Why a type with room that claims less memory lost: what placing there would cost the other models."""
-    alternative = min(passed_over, key=lambda o: memory_claimed((o.view, o.plan)))
+def _passed_over_why(winner: TypeOutcome, alternative: TypeOutcome) -> str:
+    """Why a type with room that claims less memory (the least of those passed over) lost: what placing there
+    would cost the other models."""
     loss = alternative.loss
     if loss is not None and loss.worst is not None:
         return (

@@ -61,6 +61,7 @@ class TypeView:
     device_memory_gib: float
     devices_per_node: int
     complete: bool  # every node of the type passed the filters: the pool's FreeIndex answers for it
+    domain_names: tuple[str, ...]  # those of ``domains``, in the same order
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,13 @@ class PoolView:
     excluded: dict[str, int]  # accelerator -> nodes dropped by the filters
 
 
+NO_FILTER: FilterKey = ("filter", (), (), ())
+
+
 def filter_key(request: ReplicaRequest) -> FilterKey:
     """What decides which nodes a request may use: requests with the same key see the same nodes."""
+    if not request.node_selector and not request.tolerations and not request.avoid_nodes:
+        return NO_FILTER  # most requests: the same key as below, without building it
     return (
         "filter",
         tuple(sorted(request.node_selector.items())),
@@ -108,6 +114,7 @@ def _type_view(accelerator: str, admitted: tuple[NodeState, ...], complete: bool
         accelerator=accelerator,
         nodes=admitted,
         domains=tuple((d, tuple(domains[d])) for d in sorted(domains)),
+        domain_names=tuple(sorted(domains)),
         fabric_labelled=any(n.fabric is not None for n in admitted),
         device_memory_gib=min(n.device_memory_gib for n in admitted),
         devices_per_node=max(n.allocatable for n in admitted),

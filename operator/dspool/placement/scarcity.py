@@ -86,6 +86,7 @@ class MixShapes:
 
     by_type: dict[str, tuple[Shape, ...]]
     domains: dict[tuple[str, str], tuple[NodeState, ...]]  # (accelerator, fabric domain) -> nodes
+    models_by_type: dict[str, frozenset[str]]  # the models with a shape on each type
 
 
 def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
@@ -104,6 +105,7 @@ def mix_shapes(pool: Pool, demand: DemandMix, catalog: Catalog) -> MixShapes:
     return MixShapes(
         by_type={a: tuple(sorted(s, key=lambda x: (-x.weight, x.model))) for a, s in by_type.items()},
         domains={k: tuple(v) for k, v in domains.items()},
+        models_by_type={a: frozenset(shape.model for shape in s) for a, s in by_type.items()},
     )
 
 
@@ -173,6 +175,7 @@ def placement_loss(
     if not type_shapes:
         return NO_LOSS
     devices_taken = sum(need for _, need in taken)
+    before = [(node.allocatable - node.used - node.reserved, need, node) for node, need in taken]
     total = 0.0
     worst: Shape | None = None
     worst_gib = 0.0
@@ -182,15 +185,14 @@ def placement_loss(
         per_stage = shape.per_stage
         crossed: dict[str, int] = {}  # fabric domain -> nodes that no longer hold a stage
         taken_on_crossed = 0
-        for node, need in taken:
-            free = node.allocatable - node.used - node.reserved
+        for free, need, node in before:
             if free >= per_stage > free - need:
                 crossed[node.fabric_domain] = crossed.get(node.fabric_domain, 0) + 1
                 taken_on_crossed += need
-        lost = 0
-        if shape.stages == 1:
+        lost = 0  # most placements break no home (nothing crossed): only the keep-away counts
+        if crossed and shape.stages == 1:
             lost = sum(crossed.values()) * per_stage
-        else:
+        elif crossed:
             for domain, count in crossed.items():
                 if index is not None:
                     fitting = index.domain_fitting(accelerator, domain, per_stage)
