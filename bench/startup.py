@@ -28,8 +28,15 @@ consistent reads and for one watch-cache read.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
+import types
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,7 +44,7 @@ from typing import Any
 from kubernetes import client, config
 
 from dspool.sim.apply import apply_pool, delete_pool
-from dspool.sim.fleet import NodeGroup, PoolFile, node_name
+from dspool.sim.fleet import POOL_LABEL, NodeGroup, PoolFile, node_name
 
 REPO = Path(__file__).resolve().parent.parent
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"
@@ -120,6 +127,157 @@ def cleanup(core: client.CoreV1Api, nodes: int) -> None:
     delete_pool(core, pool_of(nodes))
 
 
+# ------------------------------------------------------------------------------------ the operator's start
+
+
+def patch_informer(variant: str) -> None:
+    """In the operator's process: make the informer list and decode as ``variant`` says (``old``: as is).
+
+    ``new`` is the change ``informer.py`` gets at the merge: the first list from the watch cache
+    (``resourceVersion=0``; pages kept, see ``--breakdown`` for whether the cache honours them), pages
+    and watch events decoded by :func:`dspool.kube.decode.for_informer`.
+    """
+    if variant == "old":
+        return
+    from dspool.kube import decode, informer
+
+    def _list(self: informer.Informer) -> None:
+        decoder = decode.for_informer(self.name)
+        fresh: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": informer.PAGE_SIZE, "_preload_content": False, "_request_timeout": 60}
+            if token:
+                kwargs["_continue"] = token
+            else:
+                kwargs["resource_version"] = "0"  # the watch cache: no quorum read of etcd
+            page = decoder.page(self.list_call(**kwargs).data)
+            for item in page.get("items") or []:
+                key, view = self.compact(item)
+                if view is not None:
+                    fresh[key] = view
+            metadata = page.get("metadata") or {}
+            token = metadata.get("continue")
+            if not token:
+                self._resource_version = metadata.get("resourceVersion", "")
+                break
+        with self._lock:
+            changed = fresh != self._items
+            self._items = fresh
+        self.synced.set()
+        if changed:
+            self.on_change()
+
+    informer.Informer._list = _list  # type: ignore[method-assign]
+    informer.json = types.SimpleNamespace(loads=decode.loads)  # type: ignore[assignment]  # watch events
+
+
+def operator_main(variant: str, argv: list[str]) -> int:
+    """``dspool run`` with the informer patched as ``variant`` says (runs in the operator's process)."""
+    patch_informer(variant)
+    from dspool.cli import main as dspool_main
+
+    return dspool_main(argv)
+
+
+def _proc(pid: int) -> tuple[float, float]:
+    """Peak RSS (MiB) and CPU seconds of a process so far."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak = float(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024  # type: ignore[union-attr]
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return peak, (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_operator(nodes: int, variant: str, timeout: float) -> dict[str, Any]:
+    """Start ``dspool run`` on the pool, wait for its first pass, stop it; the figures of its start."""
+    log_path = Path(tempfile.mkdtemp()) / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    lease = f"bench-startup-{uuid.uuid4().hex[:5]}"
+    argv = ["run", "--node-selector", f"{POOL_LABEL}={pool_of(nodes).name}", "--namespace", NAMESPACE,
+            "--liveness-port", "0", "--metrics-port", "0", "--no-node-metrics", "--lease-name", lease,
+            "--rebalance", "off"]  # fmt: skip
+    launched = time.monotonic()
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [sys.executable, __file__, "--operator", variant, "--", *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        while "first pass done" not in (text := log_path.read_text()):
+            if operator.poll() is not None or time.monotonic() - launched > timeout:
+                raise RuntimeError(f"the operator did not start:\n{text[-3000:]}")
+            time.sleep(0.05)
+        wall = time.monotonic() - launched
+        peak, cpu = _proc(operator.pid)
+    finally:
+        operator.terminate()
+        operator.wait(timeout=60)
+    synced = float(re.search(r"watches synced ([\d.]+) s", text).group(1))  # type: ignore[union-attr]
+    first = float(re.search(r"first pass done ([\d.]+) s", text).group(1))  # type: ignore[union-attr]
+    return {"variant": variant, "synced s": synced, "first pass s": first, "launch to first pass s": wall,
+            "peak RSS MiB": peak, "CPU s": cpu}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ where a list's time goes
+
+
+def breakdown(core: client.CoreV1Api, nodes: int) -> None:
+    """List nodes and pods as the informer does, timing the server + HTTP, the decoding, the compaction."""
+    from dspool import views
+    from dspool.kube import decode
+
+    selector = f"{POOL_LABEL}={pool_of(nodes).name}"
+    kinds = {
+        "nodes": (core.list_node, decode.NODES, views.compact_node),
+        "pods": (core.list_pod_for_all_namespaces, decode.PODS, views.compact_pod),
+    }
+    modes = {"paged, consistent": {"limit": 500}, "paged, rv=0": {"limit": 500, "resource_version": "0"},
+             "one request, rv=0": {"resource_version": "0"}, "one request, consistent": {}}  # fmt: skip
+    header = ["kind", "mode", "pages", "MiB", "server+HTTP s", "json.loads s", "msgspec schema s", "compact s"]
+    print("  ".join(header))
+    for kind, (list_call, decoder, compact) in kinds.items():
+        for mode, options in modes.items():
+            pages: list[bytes] = []
+            token = None
+            started = time.perf_counter()
+            while True:
+                kwargs: dict[str, Any] = {**options, "_preload_content": False, "_request_timeout": 300}
+                if token:
+                    kwargs["_continue"] = token
+                    kwargs.pop("resource_version", None)
+                data = list_call(**kwargs).data
+                pages.append(data)
+                token = (decode.loads(data).get("metadata") or {}).get("continue")
+                if not token:
+                    break
+            fetched = time.perf_counter() - started
+            started = time.perf_counter()
+            for data in pages:
+                json.loads(data)
+            plain = time.perf_counter() - started
+            started = time.perf_counter()
+            decoded = [decoder.page(data) for data in pages]
+            schema = time.perf_counter() - started
+            started = time.perf_counter()
+            for page in decoded:
+                for item in page["items"]:
+                    if kind == "nodes" and item["metadata"].get("labels", {}).get(POOL_LABEL) != selector.split("=")[1]:
+                        continue
+                    compact(item)
+            compacted = time.perf_counter() - started
+            size = sum(len(p) for p in pages) / 2**20
+            cells = [kind, mode, str(len(pages)), f"{size:.1f}", f"{fetched:.2f}", f"{plain:.2f}", f"{schema:.2f}",
+                     f"{compacted:.2f}"]  # fmt: skip
+            print("  ".join(f"{c:>{len(h)}}" for h, c in zip(header, cells, strict=True)), flush=True)
+            del pages, decoded
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import dspool.handlers, dspool.kube.runtime"], check=True)
+    took = time.perf_counter() - started
+    print(f"importing the operator (dspool.handlers, kube.runtime) in a fresh process: {took:.2f} s")
+
+
 def main() -> int:
     """Populate, measure or clean up, as the flags say."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,10 +290,22 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=[])
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600)
-    args = parser.parse_args()
+    parser.add_argument("--operator", help=argparse.SUPPRESS)  # in the operator's process: the variant
+    args = parser.parse_args(sys.argv[1 : sys.argv.index("--")] if "--" in sys.argv else None)
+    if args.operator:
+        return operator_main(args.operator, sys.argv[sys.argv.index("--") + 1 :])
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(KUBECONFIG)))
     if args.populate:
         populate(core, args.nodes, args.pods, args.device_pods_per_node)
+    if args.breakdown:
+        breakdown(core, args.nodes)
+    rows = [start_operator(args.nodes, variant, args.timeout) for _ in range(args.runs) for variant in args.variants]
+    if rows:
+        keys = list(rows[0])
+        print("  ".join(keys))
+        for row in rows:
+            cells = [f"{row[k]:.2f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+            print("  ".join(f"{c:>{len(k)}}" for k, c in zip(keys, cells, strict=True)), flush=True)
     if args.cleanup:
         cleanup(core, args.nodes)
     return 0

@@ -18,8 +18,6 @@ from typing import Any, TypedDict
 
 import msgspec
 
-from dspool.workloads.mindie import ASCEND_DEVICE_ANNOTATION
-
 # ----------------------------------------------------------------------------------------- the schemas
 # total=False: a key is present only when the JSON has it, as with json.loads. Values whose type the
 # readers do not depend on are Any (taints, quantities), so that an unusual value never fails a page.
@@ -27,9 +25,11 @@ from dspool.workloads.mindie import ASCEND_DEVICE_ANNOTATION
 
 _ListMeta = TypedDict("_ListMeta", {"resourceVersion": str, "continue": str}, total=False)  # "continue": a keyword
 
+# Only the NPUs the device plugin gave the pod (MindIE's rank tables: ASCEND_DEVICE_ANNOTATION, spelled out
+# for the type checker; a test keeps them equal); other annotations (last-applied configurations) are skipped.
 _PodAnnotations = TypedDict(
-    "_PodAnnotations", {ASCEND_DEVICE_ANNOTATION: str}, total=False
-)  # the NPUs the device plugin gave the pod: MindIE's rank tables; the rest (last-applied configs) is skipped
+    "_PodAnnotations", {"ascend.kubectl.kubernetes.io/ascend-910-configuration": str}, total=False
+)
 
 
 class _NodeMeta(TypedDict, total=False):
@@ -86,7 +86,7 @@ class _Container(TypedDict, total=False):
 
 
 class _PodSpec(TypedDict, total=False):
-    nodeName: str
+    nodeName: str | None
     containers: list[_Container]
     initContainers: list[_Container]
 
@@ -142,8 +142,8 @@ class KindDecoder:
     """Decodes one kind's list pages and watch events to the fields its schema names (``None``: whole)."""
 
     def __init__(self, item: type | None, page: type | None) -> None:
-        self._item = msgspec.json.Decoder(item) if item is not None else None
-        self._page = msgspec.json.Decoder(page) if page is not None else None
+        self._item: msgspec.json.Decoder[Any] | None = msgspec.json.Decoder(item) if item is not None else None
+        self._page: msgspec.json.Decoder[Any] | None = msgspec.json.Decoder(page) if page is not None else None
         self._event = msgspec.json.Decoder(_Event)
 
     def page(self, data: bytes | str) -> dict[str, Any]:
