@@ -16,9 +16,11 @@ RSS (``VmHWM``) and the CPU seconds the process used until then. Variants (``--v
 alternately so that the machine's load falls on both alike:
 
 - ``old``: the operator as committed (the informer's own ``json.loads``, pages of 500, consistent reads);
-- ``new``: the informer's first list served from the API server's watch cache (``resourceVersion=0``,
-  one request: the cache ignores ``limit`` there) and decoded by :func:`dspool.kube.decode.loads`; applied
-  here by patching the informer module in the operator's process (the merge changes ``informer.py`` itself).
+- ``new``: the pages and watch events decoded by :func:`dspool.kube.decode.for_informer` (nodes and pods
+  to the fields dspool reads), with this tree's compaction; applied here by patching the informer module
+  in the operator's process (the merge changes ``informer.py`` itself);
+- ``rv0``: ``new``, and the first list served as ``resourceVersion=0`` ("Any": from the watch cache, where
+  ``limit`` is ignored, so each kind comes in one response).
 
 ``--breakdown`` lists nodes and pods the way the informer does, in this process, and times each part
 apart: the API server and HTTP (bytes received), JSON decoding, compaction, for pages of 500 with
@@ -133,11 +135,16 @@ def cleanup(core: client.CoreV1Api, nodes: int) -> None:
 def patch_informer(variant: str) -> None:
     """In the operator's process: make the informer list and decode as ``variant`` says (``old``: as is).
 
-    ``new`` is the change ``informer.py`` gets at the merge: the first list from the watch cache
-    (``resourceVersion=0``; pages kept, see ``--breakdown`` for whether the cache honours them), pages
-    and watch events decoded by :func:`dspool.kube.decode.for_informer`.
+    ``new`` is the change ``informer.py`` gets at the merge: pages and watch events decoded by
+    :func:`dspool.kube.decode.for_informer`; ``rv0`` also lists from the watch cache (``resourceVersion=0``).
     """
-    if variant == "old":
+    if variant == "old":  # the compaction too, as it was (runtime calls the names it imported)
+        from memory import BASE_COMMIT, _views_at
+
+        from dspool.kube import runtime
+
+        old = _views_at(BASE_COMMIT)
+        runtime.compact_node, runtime.compact_pod = old.compact_node, old.compact_pod  # type: ignore[attr-defined]
         return
     from dspool.kube import decode, informer
 
@@ -149,8 +156,8 @@ def patch_informer(variant: str) -> None:
             kwargs: dict[str, Any] = {"limit": informer.PAGE_SIZE, "_preload_content": False, "_request_timeout": 60}
             if token:
                 kwargs["_continue"] = token
-            else:
-                kwargs["resource_version"] = "0"  # the watch cache: no quorum read of etcd
+            elif variant == "rv0":
+                kwargs["resource_version"] = "0"  # "Any": the watch cache, which ignores limit (one response)
             page = decoder.page(self.list_call(**kwargs).data)
             for item in page.get("items") or []:
                 key, view = self.compact(item)
