@@ -139,9 +139,8 @@ def patch_informer(variant: str) -> None:
     :func:`dspool.kube.decode.for_informer`; ``rv0`` also lists from the watch cache (``resourceVersion=0``).
     """
     if variant == "old":  # the compaction too, as it was (runtime calls the names it imported)
-        from memory import BASE_COMMIT, _views_at
-
         from dspool.kube import runtime
+        from memory import BASE_COMMIT, _views_at
 
         old = _views_at(BASE_COMMIT)
         runtime.compact_node, runtime.compact_pod = old.compact_node, old.compact_pod  # type: ignore[attr-defined]
