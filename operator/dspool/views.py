@@ -1,8 +1,9 @@
 """Compact views of Nodes and Pods, the ``--node-selector`` text and node presence: pure functions of API dicts.
 
 What the watches keep of each object is what accounting needs (5,000 nodes stay small, and heartbeats do
-not change a node's view); the operator's watches (``dspool.kube.informer``) and the CLI's one-shot reader
-(``dspool.kube.clusterview``) both use them, so ``dspool pool`` does not load the kopf layer.
+not change a node's view); label strings are interned and the parts thousands of objects repeat are shared
+(docs/operator.md, "Start-up and memory"); the operator's watches (``dspool.kube.informer``) and the
+CLI's one-shot reader (``dspool.kube.clusterview``) both use them, so ``dspool pool`` does not load kopf.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def parse_selector(text: str) -> dict[str, str]:
 # taints, allocatable resources and conditions, and pods of other workloads the same device requests.
 _EMPTY_DICT: dict[str, Any] = {}
 _EMPTY_LIST: list[Any] = []
-_SHARED_LIMIT = 8192  # distinct shared parts kept for reuse (cleared past it: sharing is only a saving)
+_SHARED_LIMIT = 32768  # distinct shared parts kept for reuse (cleared past it: sharing is only a saving)
+_INTERN_LONGEST = 256  # longer strings (messages, JSON in annotations) are rarely repeated
+# Filled from every watch's thread: a race builds a part twice or clears it early, both harmless.
 _shared: dict[Any, Any] = {}
 
 
@@ -51,9 +54,6 @@ def _share(key: Any, build: Callable[[], Any]) -> Any:
 def _text(value: Any) -> Any:
     """One copy of a short string that many objects repeat (label keys and values, node names, phases)."""
     return intern(value) if type(value) is str and len(value) <= _INTERN_LONGEST else value
-
-
-_INTERN_LONGEST = 256
 
 
 def _string_map(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
