@@ -45,7 +45,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from dspool.sim.apply import apply_pool, delete_pool
+from dspool.sim.apply import apply_pool, delete_pool, install_crd
 from dspool.sim.fleet import POOL_LABEL, NodeGroup, PoolFile, node_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +86,7 @@ def bench_pod(index: int, node: str, devices: int) -> dict[str, Any]:
 
 def populate(core: client.CoreV1Api, nodes: int, pods: int, device_pods_per_node: int) -> None:
     """Apply the pool and create the pods that are missing (idempotent: re-running adds only what is absent)."""
+    install_crd(core.api_client)  # the operator watches DSDs: nothing is decided before they are listed
     started = time.monotonic()
     pool = pool_of(nodes)
     apply_pool(core, pool)
