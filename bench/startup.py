@@ -249,16 +249,20 @@ def breakdown(core: client.CoreV1Api, nodes: int) -> None:
             pages: list[bytes] = []
             token = None
             started = time.perf_counter()
-            while True:
-                kwargs: dict[str, Any] = {**options, "_preload_content": False, "_request_timeout": 300}
-                if token:
-                    kwargs["_continue"] = token
-                    kwargs.pop("resource_version", None)
-                data = list_call(**kwargs).data
-                pages.append(data)
-                token = (decode.loads(data).get("metadata") or {}).get("continue")
-                if not token:
-                    break
+            try:
+                while True:
+                    kwargs: dict[str, Any] = {**options, "_preload_content": False, "_request_timeout": 300}
+                    if token:
+                        kwargs["_continue"] = token
+                        kwargs.pop("resource_version", None)
+                    data = list_call(**kwargs).data
+                    pages.append(data)
+                    token = (decode.loads(data).get("metadata") or {}).get("continue")
+                    if not token:
+                        break
+            except Exception as exc:  # a response cut by the server's request timeout: say so, go on
+                print(f"{kind:>4}  {mode}: failed after {time.perf_counter() - started:.1f} s: {exc!r:.150}")
+                continue
             fetched = time.perf_counter() - started
             started = time.perf_counter()
             for data in pages:
