@@ -151,37 +151,7 @@ def pod_object(index: int, node: str, devices: int, dsd: int | None) -> dict[str
                      "f:startTime": {}}}},
             ],
         },
-        "spec": {
-            "volumes": [{"name": f"kube-api-access-{index % 100000:05d}", "projected": {"sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
-                                                                               "fieldPath": "metadata.namespace"}}]}}],
-                "defaultMode": 420}}],
-            "containers": [{
-                "name": "main", "image": "registry.example/app:1.2.3",
-                "args": ["--port", "8000", "--model", "/models/m"],
-                "env": [{"name": "MODE", "value": "serve"}, {"name": "INDEX", "value": str(index)},
-                        {"name": "POD_IP",
-                         "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}}],
-                "ports": [{"containerPort": 8000, "protocol": "TCP"}],
-                "resources": {"limits": limits, "requests": limits},
-                "volumeMounts": [{"name": f"kube-api-access-{index % 100000:05d}", "readOnly": True,
-                                  "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
-                "readinessProbe": {"httpGet": {"path": "/health", "port": 8000, "scheme": "HTTP"}, "periodSeconds": 10,
-                                   "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
-                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
-                "imagePullPolicy": "IfNotPresent"}],
-            "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
-            "serviceAccountName": "default", "serviceAccount": "default", "nodeName": node, "securityContext": {},
-            "schedulerName": "default-scheduler",
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
-                             "tolerationSeconds": 300},
-                            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
-                             "tolerationSeconds": 300}],
-            "priority": 0, "enableServiceLinks": True, "preemptionPolicy": "PreemptLowerPriority",
-        },
+        "spec": pod_spec(index, node, limits),
         "status": {
             "phase": "Running",
             "conditions": [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": s}
@@ -194,6 +164,41 @@ def pod_object(index: int, node: str, devices: int, dsd: int | None) -> dict[str
                                    "containerID": f"containerd://{uuid.UUID(int=index).hex * 2}", "started": True}],
             "qosClass": "Guaranteed",
         },
+    }  # fmt: skip
+
+
+def pod_spec(index: int, node: str, limits: dict[str, str]) -> dict[str, Any]:
+    """A pod's spec as Deployments and admission leave it: a token volume, one container, tolerations."""
+    return {
+        "volumes": [{"name": f"kube-api-access-{index % 100000:05d}", "projected": {"sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
+                                                                           "fieldPath": "metadata.namespace"}}]}}],
+            "defaultMode": 420}}],
+        "containers": [{
+            "name": "main", "image": "registry.example/app:1.2.3",
+            "args": ["--port", "8000", "--model", "/models/m"],
+            "env": [{"name": "MODE", "value": "serve"}, {"name": "INDEX", "value": str(index)},
+                    {"name": "POD_IP",
+                     "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}}],
+            "ports": [{"containerPort": 8000, "protocol": "TCP"}],
+            "resources": {"limits": limits, "requests": limits},
+            "volumeMounts": [{"name": f"kube-api-access-{index % 100000:05d}", "readOnly": True,
+                              "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+            "readinessProbe": {"httpGet": {"path": "/health", "port": 8000, "scheme": "HTTP"}, "periodSeconds": 10,
+                               "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+            "imagePullPolicy": "IfNotPresent"}],
+        "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default", "serviceAccount": "default", "nodeName": node, "securityContext": {},
+        "schedulerName": "default-scheduler",
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+                         "tolerationSeconds": 300},
+                        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                         "tolerationSeconds": 300}],
+        "priority": 0, "enableServiceLinks": True, "preemptionPolicy": "PreemptLowerPriority",
     }  # fmt: skip
 
 
@@ -335,21 +340,25 @@ def run_arm(folder: Path, arm: str, against: str, traced: bool) -> dict[str, Any
         "reserved devices": sum(n.reserved for n in pool.nodes.values()),
     }  # fmt: skip
     if traced:
-        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        current, peak = tracemalloc.get_traced_memory()
-        figures["traced held MiB"] = current / 2**20
-        figures["traced peak MiB"] = peak / 2**20
-        figures["top"] = [
-            f"{stat.size / 2**20:6.1f} MiB {stat.count:>8} blocks  "
-            f"{Path(stat.traceback[0].filename).name}:{stat.traceback[0].lineno}  "
-            f"{_line(stat.traceback[0].filename, stat.traceback[0].lineno)}"
-            for stat in snapshot.statistics("lineno")[:5]
-        ]
+        figures |= traced_figures()
     else:
         figures["decode+compact s"], figures["pool s"] = decoded_s, pool_s  # untraced: tracemalloc slows it
         figures["baseline RSS MiB"] = baseline_kib / 1024
         figures["peak RSS MiB"] = _status_kib("VmHWM") / 1024
     return figures
+
+
+def traced_figures() -> dict[str, Any]:
+    """What tracemalloc saw: the peak, what is held now, and the top five sites of what is held."""
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    current, peak = tracemalloc.get_traced_memory()
+    top = [
+        f"{stat.size / 2**20:6.1f} MiB {stat.count:>8} blocks  "
+        f"{Path(stat.traceback[0].filename).name}:{stat.traceback[0].lineno}  "
+        f"{_line(stat.traceback[0].filename, stat.traceback[0].lineno)}"
+        for stat in snapshot.statistics("lineno")[:5]
+    ]
+    return {"traced held MiB": current / 2**20, "traced peak MiB": peak / 2**20, "top": top}
 
 
 def _line(filename: str, lineno: int) -> str:
