@@ -6,6 +6,7 @@ lists once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from kubernetes import client, config
 from dspool import api
 from dspool.catalog import Catalog
 from dspool.inventory import DEFAULT_FABRIC_LABEL, Pool, Reservation, build_pool, reservations_from_status
+from dspool.kube import decode
 from dspool.selectors import equality_selector, selector_selects
 from dspool.views import compact_job, compact_node, compact_pdb, compact_pod
 from dspool.weights.jobs import COMPONENT_LABEL, EVICT_COMPONENT, FETCH_COMPONENT
@@ -57,10 +59,9 @@ def read_cluster(
     """List nodes, pods and DSDs once and build the pool they describe."""
     core = client.CoreV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
-    sanitize = api_client.sanitize_for_serialization
-    nodes = [compact_node(sanitize(n)) for n in core.list_node().items]
+    nodes = [compact_node(n) for n in list_raw(core.list_node, decode.NODES)]
     nodes = [n for n in nodes if selector_selects(equality_selector(node_selector or {}), n["metadata"]["labels"])]
-    pods = [p for p in (compact_pod(sanitize(pod)) for pod in core.list_pod_for_all_namespaces().items) if p]
+    pods = [p for p in (compact_pod(pod) for pod in list_raw(core.list_pod_for_all_namespaces, decode.PODS)) if p]
     try:
         deployments = custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
     except client.ApiException as exc:
@@ -76,13 +77,30 @@ def read_cluster(
     return ClusterView(pool=pool, deployments=deployments, reservations=reservations, pods=pods)
 
 
+def list_raw(list_call: Any, decoder: decode.KindDecoder, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    """Every object of a kind, as its JSON decoded by ``decoder`` (the fields dspool reads), page by page.
+
+    The kubernetes client's model classes would build every field of 5,000 nodes and their pods first.
+    """
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"limit": page_size, "_preload_content": False}
+        if token:
+            kwargs["_continue"] = token
+        page = decoder.page(list_call(**kwargs).data)
+        yield from page.get("items") or []
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return
+
+
 def read_model_cache(api_client: client.ApiClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The model cache's record (dspool's fetch and evict Jobs, compacted) and the nodes, listed once."""
     sanitize = api_client.sanitize_for_serialization
     selector = f"{COMPONENT_LABEL} in ({FETCH_COMPONENT},{EVICT_COMPONENT})"
     jobs = client.BatchV1Api(api_client).list_job_for_all_namespaces(label_selector=selector).items
-    nodes = client.CoreV1Api(api_client).list_node().items
-    return [compact_job(sanitize(j)) for j in jobs], [compact_node(sanitize(n)) for n in nodes]
+    nodes = list_raw(client.CoreV1Api(api_client).list_node, decode.NODES)
+    return [compact_job(sanitize(j)) for j in jobs], [compact_node(n) for n in nodes]
 
 
 def read_pdbs(api_client: client.ApiClient) -> list[dict[str, Any]]:
