@@ -290,14 +290,14 @@ class PassRunner:
         """One pass over every DSD, oldest first, reserving as it goes; returns when its statuses are stored.
         Raises :class:`NotLeadingError` when the Lease was lost mid-pass (the rest is not written)."""
         started = self.monotonic()
-        state = self._prepare(snapshot, reconcile_settings)
-        state.notes, state.started_moves, state.plan_events = self._rebalance(
-            state.pool, state.bodies, state.pods_by_deployment, snapshot.pdbs, state.now, state.settings
-        )
-        state.refused = refusals_by_deployment(
-            snapshot.failing_workloads, snapshot.failed_creates, self._workload_owners, state.now
-        )
         try:
+            state = self._prepare(snapshot, reconcile_settings)
+            state.notes, state.started_moves, state.plan_events = self._rebalance(
+                state.pool, state.bodies, state.pods_by_deployment, snapshot.pdbs, state.now, state.settings
+            )
+            state.refused = refusals_by_deployment(
+                snapshot.failing_workloads, snapshot.failed_creates, self._workload_owners, state.now
+            )
             for body in state.bodies:
                 metadata = body["metadata"]
                 if self.manages(metadata["namespace"]) and not metadata.get("deletionTimestamp"):
@@ -306,6 +306,10 @@ class PassRunner:
             self._fill_model_cache(state)
             if self.live is not None:
                 self.live.end_pass(self.bookings(snapshot))  # the pool as stored, for the next pass
+        except BaseException:
+            if self.live is not None:
+                self.live.interrupted()  # the next pass compares every view: these changes may be half applied
+            raise
         finally:
             self.writes.cancel_pending()
         self._record_pass(state, self.monotonic() - started, leader)

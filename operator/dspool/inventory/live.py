@@ -199,6 +199,11 @@ class LivePool:
         self._sync(bookings)
         self._in_pass = False
 
+    def interrupted(self) -> None:
+        """The pass raised (before its changes were applied, or half way through): the next pass compares every
+        view it is given and recounts everything instead of trusting the changes it is handed."""
+        self._in_pass = True
+
     def rebuild(self, bookings: Iterable[Booking]) -> Pool:
         """The pool from what is stored, every booking read again and every node counted again (a write failed
         or a decision raised mid-pass: the pool may hold half a decision)."""
