@@ -114,9 +114,11 @@ def test_the_journal_names_each_key_changed_since_the_last_take_with_its_last_vi
     informer, _ = run(ScriptedApi([pages], [events]), journal=True)
     views, changes = informer.take()
     assert set(changes) == {"a", "b", "c"}  # everything is new to the first take
-    assert changes["c"] is None and changes["b"] is not None and changes["b"]["status"]["allocatable"] == {
-        "nvidia.com/gpu": "2"
-    }
+    assert (
+        changes["c"] is None
+        and changes["b"] is not None
+        and changes["b"]["status"]["allocatable"] == {"nvidia.com/gpu": "2"}
+    )
     assert [v["metadata"]["name"] for v in views] == ["a", "b"]
     assert informer.take() == (views, {})  # taken: nothing changed since
 

@@ -1,5 +1,6 @@
 """The accelerator pool: plain device accounting (:mod:`.pool`, with its :mod:`.free_index`), the pool built
-from what the watches hold (:mod:`.kubernetes`) and the pool kept between passes (:mod:`.live`). Imports neither placement nor rebalancing."""
+from what the watches hold (:mod:`.kubernetes`) and the pool kept between passes (:mod:`.live`). Imports
+neither placement nor rebalancing."""
 
 from dspool.inventory.free_index import FreeIndex
 from dspool.inventory.kubernetes import (

@@ -29,11 +29,13 @@ Pure: no API calls; the caller hands over views (``dspool.views``) and the chang
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from dspool.api import DEPLOYMENT_LABEL, REPLICA_LABEL, deployment_label_value, placements_from_status
 from dspool.catalog import Catalog
@@ -46,7 +48,7 @@ from dspool.inventory.kubernetes import (
 )
 from dspool.inventory.pool import NodeState, Pool, Reservation
 
-View = Mapping[str, Any]
+View = dict[str, Any]  # a compact view of a node or pod (dspool.views), as the watches keep it
 PodGroup = tuple[str, str]  # (namespace, DSD label value): how dspool's pods name their DSD
 
 
@@ -100,15 +102,18 @@ def _replica_index(value: str | None) -> int | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class _PodRecord:
-    """What one pod means to the pool: devices it holds on a node (none when unbound or finished), whose it is."""
+class _PodRecord(NamedTuple):
+    """What one pod means to the pool: devices it holds on a node (none when unbound or finished), whose it is.
+    (A tuple: 50,000 of them are made when the watches first list the pods.)"""
 
-    node: str  # "" when it holds nothing: not bound, Succeeded or Failed
+    node: str  # "" when it holds nothing: not bound, Succeeded or Failed, no device
     owner: str | None  # "namespace/DSD label" of a dspool pod: a reservation of it may cover the pod
     replica: int | None
     requests: Mapping[str, int]
     group: PodGroup | None  # dspool's pods by (namespace, DSD label), whatever their phase
+
+
+_NOT_DSPOOL = _PodRecord("", None, None, {}, None)
 
 
 def _pod_record(pod: View) -> _PodRecord:
@@ -116,13 +121,33 @@ def _pod_record(pod: View) -> _PodRecord:
     metadata = pod.get("metadata") or {}
     labels = metadata.get("labels") or {}
     node = (pod.get("spec") or {}).get("nodeName") or ""
-    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+    if node and (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
         node = ""
-    deployment = labels.get(DEPLOYMENT_LABEL)
-    owner = f"{metadata.get('namespace', 'default')}/{deployment}" if deployment is not None else None
     requests = pod_device_requests(pod) if node else {}
+    deployment = labels.get(DEPLOYMENT_LABEL)
+    if deployment is None:
+        return _PodRecord(node, None, None, requests, None) if requests else _NOT_DSPOOL
+    owner = f"{metadata.get('namespace', 'default')}/{deployment}"
     group = (metadata["namespace"], deployment) if deployment else None
     return _PodRecord(node if requests else "", owner, _replica_index(labels.get(REPLICA_LABEL)), requests, group)
+
+
+BULK_CHANGES = 2000  # more changes than this (the first lists, a re-list) are applied with the collector paused
+
+
+@contextmanager
+def _collection_paused(paused: bool) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while many records are made at once: each of its full
+    collections walks every object of a heap holding 50,000 pod views, and the first lists would trigger
+    several (the records hold no cycles; reference counting frees them)."""
+    if not paused or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _ready_since(view: View) -> tuple[bool, datetime | None]:
@@ -186,11 +211,14 @@ class LivePool:
         self._in_pass = True
         if changes is None or interrupted:
             changes = self._differences(nodes, pods)
-        for name, node_view in changes.nodes.items():
-            self._apply_node(name, node_view)
-        for key, pod_view in changes.pods.items():
-            self._apply_pod(key, pod_view)
-        self._sync(bookings, everything=interrupted)
+        with _collection_paused(len(changes.nodes) + len(changes.pods) > BULK_CHANGES):
+            added: list[NodeState] = []
+            for name, node_view in changes.nodes.items():
+                self._apply_node(name, node_view, added)
+            self.pool.add_nodes(added)  # at once: the listeners (the placement context) are told once
+            for key, pod_view in changes.pods.items():
+                self._apply_pod(key, pod_view)
+            self._sync(bookings, everything=interrupted)
         return self.pool
 
     def end_pass(self, bookings: Iterable[Booking]) -> None:
@@ -260,8 +288,9 @@ class LivePool:
             changed.update({key: None for key in held if key not in given})
         return changes
 
-    def _apply_node(self, name: str, view: View | None) -> None:
-        """A node added, changed or gone: its presence, and the pool's node set when its parsed state changed."""
+    def _apply_node(self, name: str, view: View | None, added: list[NodeState]) -> None:
+        """A node added, changed or gone: its presence, and the pool's node set when its parsed state changed
+        (a node added or replaced goes to ``added``)."""
         if view is None:
             if self._node_views.pop(name, None) is None:
                 return
@@ -288,13 +317,23 @@ class LivePool:
             self.pool.remove_node(name)
             return
         self._parsed[name] = parsed
-        self.pool.add_node(parsed.model_copy())  # a replaced node keeps its reservations (counted again)
+        added.append(parsed.model_copy())  # a replaced node keeps its reservations (counted again)
         self._dirty_nodes.add(name)
         if before is None:
             self._dirty_deployments |= self._wanted_on.get(name, set())  # bookings on it count again
 
     def _apply_pod(self, key: str, view: View | None) -> None:
         """A pod added, changed or gone: the pod index, and the nodes whose used count it changes."""
+        if view is not None and key not in self._pods:  # a new pod (all of them in the first lists): nothing to undo
+            record = _pod_record(view)
+            self._pods[key] = record
+            self._pod_views[key] = view
+            if record.group is not None:
+                self._groups.setdefault(record.group, {})[key] = view
+            if record.node:
+                self._on_node.setdefault(record.node, {})[key] = record
+                self._dirty_nodes.add(record.node)
+            return
         old = self._pods.pop(key, None)
         self._pod_views.pop(key, None)
         record = _pod_record(view) if view is not None else None

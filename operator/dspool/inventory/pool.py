@@ -167,12 +167,24 @@ class Pool(BaseModel):
 
     def add_node(self, node: NodeState) -> None:
         """Add a node, or replace the node of that name (its reservations stay: they are re-counted)."""
-        old = self.nodes.get(node.name)
-        self.nodes[node.name] = node
-        if old is not None:
-            node.reserved = sum(r.devices for rs in self.reservations.values() for r in rs if r.node == node.name)
-        self._note_node(node.name)
-        self._nodes_changed()
+        self.add_nodes([node])
+
+    def add_nodes(self, nodes: Iterable[NodeState]) -> None:
+        """:meth:`add_node` for many nodes, the listeners told once (a pool's first nodes, a re-list)."""
+        booked: dict[str, int] | None = None  # what the reservations book per node, summed once if needed
+        added = False
+        for node in nodes:
+            if node.name in self.nodes:
+                if booked is None:
+                    booked = defaultdict(int)
+                    for reservation in (r for rs in self.reservations.values() for r in rs):
+                        booked[reservation.node] += reservation.devices
+                node.reserved = booked.get(node.name, 0)
+            self.nodes[node.name] = node
+            self._note_node(node.name)
+            added = True
+        if added:
+            self._nodes_changed()
 
     def remove_node(self, name: str) -> None:
         """Remove a node; reservations on it are dropped with it (the devices are no longer in the pool)."""
