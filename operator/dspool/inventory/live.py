@@ -325,14 +325,14 @@ class LivePool:
     def _apply_pod(self, key: str, view: View | None) -> None:
         """A pod added, changed or gone: the pod index, and the nodes whose used count it changes."""
         if view is not None and key not in self._pods:  # a new pod (all of them in the first lists): nothing to undo
-            record = _pod_record(view)
-            self._pods[key] = record
+            new = _pod_record(view)
+            self._pods[key] = new
             self._pod_views[key] = view
-            if record.group is not None:
-                self._groups.setdefault(record.group, {})[key] = view
-            if record.node:
-                self._on_node.setdefault(record.node, {})[key] = record
-                self._dirty_nodes.add(record.node)
+            if new.group is not None:
+                self._groups.setdefault(new.group, {})[key] = view
+            if new.node:
+                self._on_node.setdefault(new.node, {})[key] = new
+                self._dirty_nodes.add(new.node)
             return
         old = self._pods.pop(key, None)
         self._pod_views.pop(key, None)
