@@ -253,10 +253,6 @@ class LivePool:
         """dspool's pods by (namespace, DSD label), whatever their phase."""
         return {group: list(views.values()) for group, views in self._groups.items()}
 
-    def node_views(self) -> list[View]:
-        """Every node view held (the nodes of the pool's selector, managed or not)."""
-        return list(self._node_views.values())
-
     def exported(self) -> Pool:
         """A copy of the pool's nodes for the metrics, which read it from the scrape thread while later passes
         change the pool: only the nodes changed since the last copy are copied again."""
