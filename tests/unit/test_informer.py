@@ -6,7 +6,14 @@ import json
 import threading
 from typing import Any
 
+from test_loop import FakeWriter
+
 from dspool.kube.informer import Informer
+from dspool.kube.runtime import OperatorRuntime, _compact_pod
+from dspool.loop import PassRunner
+from dspool.metrics import OperatorMetrics
+from dspool.reconcile import ReconcileSettings
+from dspool.settings import OperatorSettings
 from dspool.views import compact_node
 
 
@@ -146,3 +153,27 @@ def test_a_relist_keeps_the_objects_of_views_that_did_not_change_and_journals_on
     views, changes = informer.take()
     assert changes == {"b": None, "c": views[1]}  # a did not change: not journalled
     assert views[0] is first[0]  # and its view is the same object
+
+
+def test_watch_events_reach_the_pass_pool_through_the_runtimes_snapshot() -> None:
+    runtime = OperatorRuntime(OperatorSettings(metrics_port=0))
+    for name in ("nodes", "pods", "deepseekdeployments", "poddisruptionbudgets", "failingworkloads", "failedcreates"):
+        runtime.informers[name] = Informer(name, ScriptedApi([], []), lambda body: ("", None), lambda: None)
+    nodes = Informer("nodes", ScriptedApi([], []), runtime._compact_node, lambda: None, journal=True)
+    pods = Informer("pods", ScriptedApi([], []), _compact_pod, lambda: None, journal=True)
+    runtime.informers.update(nodes=nodes, pods=pods)
+    labels = {"nvidia.com/gpu.product": "NVIDIA-L20", "nvidia.com/gpu.count": "8"}
+    three = {"name": "c", "resources": {"requests": {"nvidia.com/gpu": "3"}}}
+    busy = {"metadata": {"name": "p", "namespace": "apps", "labels": {}},
+            "spec": {"nodeName": "a", "containers": [three]}, "status": {"phase": "Running"}}  # fmt: skip
+    for informer, event in ((nodes, {**node("a"), "metadata": {"name": "a", "labels": labels}}), (pods, busy)):
+        informer._handle("ADDED", event)
+    runner = PassRunner(OperatorSettings(metrics_port=0), runtime.catalog, FakeWriter(), OperatorMetrics())
+    assert runner.live is not None
+    runner.run_pass(runtime.snapshot(), ReconcileSettings())
+    assert (runner.live.pool.nodes["a"].used, runner.live.pool.nodes["a"].free) == (3, 5)
+    pods._handle("MODIFIED", {**busy, "status": {"phase": "Succeeded"}})  # the pod finished: its devices are free
+    snapshot = runtime.snapshot()
+    assert snapshot.changes is not None and list(snapshot.changes.pods) == ["apps/p"] and not snapshot.changes.nodes
+    runner.run_pass(snapshot, ReconcileSettings())
+    assert runner.live.pool.nodes["a"].free == 8
