@@ -20,6 +20,10 @@ decision), add what the cluster refuses to its status (:meth:`~PassRunner._statu
 writes, and wait for them when it gives devices back; then wait for the last statuses
 (:meth:`~PassRunner._settle`) and record the pass (:meth:`~PassRunner._record_pass`).
 
+The pool lives between passes (:class:`dspool.inventory.LivePool`): a pass applies to it what the watches
+changed since the last one (``Snapshot.changes``), decides on it, and hands it back as stored
+(``LivePool.end_pass``); ``PassRunner(incremental=False)`` builds it from every node and pod instead, as before.
+
 Nothing here talks to the API server: the writer is injected (``dspool.kube.writer`` in the operator, a
 fake in the tests), and so are the clocks.
 """
