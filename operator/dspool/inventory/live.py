@@ -123,7 +123,7 @@ def _pod_record(pod: View) -> _PodRecord:
     node = (pod.get("spec") or {}).get("nodeName") or ""
     if node and (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
         node = ""
-    requests = pod_device_requests(pod) if node else {}
+    requests = _shared(pod_device_requests(pod)) if node else {}
     deployment = labels.get(DEPLOYMENT_LABEL)
     if deployment is None:
         return _PodRecord(node, None, None, requests, None) if requests else _NOT_DSPOOL
@@ -148,6 +148,29 @@ def _collection_paused(paused: bool) -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+PARSED_FIELDS = tuple(name for name in NodeState.model_fields if name not in ("used", "reserved"))
+
+
+def _same_node(parsed: NodeState, held: NodeState) -> bool:
+    """Whether a node parsed again reads as the one the pool holds (its counts aside)."""
+    return all(getattr(parsed, name) == getattr(held, name) for name in PARSED_FIELDS)
+
+
+_SHARED_REQUESTS: dict[tuple[tuple[str, int], ...], Mapping[str, int]] = {}
+
+
+def _shared(requests: dict[str, int]) -> Mapping[str, int]:
+    """One dict per request shape (pods ask for a few shapes; 50,000 pods would hold 50,000 equal dicts).
+    Never changed: records only read it."""
+    key = tuple(requests.items())
+    found = _SHARED_REQUESTS.get(key)
+    if found is None:
+        if len(_SHARED_REQUESTS) >= 4096:  # a cluster with that many shapes: stop sharing, keep memory bounded
+            return requests
+        found = _SHARED_REQUESTS[key] = requests
+    return found
 
 
 def _ready_since(view: View) -> tuple[bool, datetime | None]:
@@ -175,7 +198,6 @@ class LivePool:
         self.pool = Pool()
         self.pool.track_changes()
         self._node_views: dict[str, View] = {}
-        self._parsed: dict[str, NodeState] = {}  # managed nodes as parsed (never changed: the pool holds copies)
         self._ready: set[str] = set()
         self._not_ready: dict[str, datetime | None] = {}
         self._pod_views: dict[str, View] = {}
@@ -305,15 +327,15 @@ class LivePool:
                 self._ready.discard(name)
                 self._not_ready[name] = since
             parsed = node_from_k8s(view, self.catalog, self.fabric_label)
-        before = self._parsed.get(name)
-        if parsed == before:
+        before = self.pool.nodes.get(name)
+        if parsed is None or before is None:
+            if parsed is None and before is not None:
+                self.pool.remove_node(name)
+            if parsed is None:
+                return
+        elif _same_node(parsed, before):
             return  # nothing the pool reads changed (a condition's time, the node's capacity)
-        if parsed is None:
-            del self._parsed[name]
-            self.pool.remove_node(name)
-            return
-        self._parsed[name] = parsed
-        added.append(parsed.model_copy())  # a replaced node keeps its reservations (counted again)
+        added.append(parsed)  # a replaced node keeps its reservations (counted again)
         self._dirty_nodes.add(name)
         if before is None:
             self._dirty_deployments |= self._wanted_on.get(name, set())  # bookings on it count again
