@@ -20,6 +20,10 @@ decision), add what the cluster refuses to its status (:meth:`~PassRunner._statu
 writes, and wait for them when it gives devices back; then wait for the last statuses
 (:meth:`~PassRunner._settle`) and record the pass (:meth:`~PassRunner._record_pass`).
 
+The pool lives between passes (:class:`dspool.inventory.LivePool`): a pass applies to it what the watches
+changed since the last one (``Snapshot.changes``), decides on it, and hands it back as stored
+(``LivePool.end_pass``); ``PassRunner(incremental=False)`` builds it from every node and pod instead, as before.
+
 Nothing here talks to the API server: the writer is injected (``dspool.kube.writer`` in the operator, a
 fake in the tests), and so are the clocks.
 """
@@ -37,7 +41,7 @@ from typing import Any
 from dspool import api
 from dspool.api import Phase
 from dspool.catalog import Catalog
-from dspool.inventory import NodeCache, Pool, build_pool, reservations_from_status
+from dspool.inventory import Booking, LivePool, NodeCache, Pool, WatchChanges, booked_reservations, build_pool
 from dspool.ledger import digest, object_key
 from dspool.metrics import DeploymentSample, OperatorMetrics, PassSample
 from dspool.pass_writes import PassWrites, Writer, describe_failure
@@ -78,6 +82,8 @@ class Snapshot:
     failing_workloads: list[dict[str, Any]] = field(default_factory=list)
     failed_creates: list[dict[str, Any]] = field(default_factory=list)
     cache_jobs: list[dict[str, Any]] = field(default_factory=list)  # the node model cache's record (fetch Jobs)
+    # What the node and pod watches changed since the snapshot before (None: unknown, compare every view)
+    changes: WatchChanges | None = None
 
 
 @dataclass
@@ -228,6 +234,7 @@ class PassRunner:
         now: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        incremental: bool = True,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -237,6 +244,9 @@ class PassRunner:
         self.monotonic = monotonic
         self.sleep = sleep
         self.node_cache = NodeCache()  # nodes are parsed once per change, not once per pass
+        # The pool kept between passes; without it (``incremental=False``, the benchmark's "before"), each pass
+        # builds its pool from every node and pod.
+        self.live = LivePool(catalog, settings.fabric_label) if incremental else None
         self.writes = PassWrites(writer, settings.write_concurrency)
         self._steady: dict[str, _Steady] = {}  # uid -> a decision that left it Ready
         self._workload_owners: dict[tuple[str, str], str] = {}  # (namespace, workload name) -> DSD label
@@ -247,16 +257,34 @@ class PassRunner:
         return not self.settings.namespaces or namespace in self.settings.namespaces
 
     def build_pool(self, snapshot: Snapshot) -> Pool:
-        """The pool as the snapshot (plus our own status writes not yet echoed by the watch) describes it."""
-        reservations = []
-        for entry in snapshot.deployments:
-            meta = entry["metadata"]
-            stored = self.writer.ledger.booking_of(meta["uid"], entry.get("status") or {})
-            parsed = api.placements_from_status({"placements": stored["placements"]})
-            reservations.extend(reservations_from_status(meta["namespace"], meta["name"], parsed))
+        """The pool as the snapshot (plus our own status writes not yet echoed by the watch) describes it, built
+        from every node and pod (the pool kept between passes must end every pass equal to it)."""
+        reservations = booked_reservations(self.bookings(snapshot))
         return build_pool(
             snapshot.nodes, snapshot.pods, reservations, self.catalog, self.settings.fabric_label, self.node_cache
         )
+
+    def bookings(self, snapshot: Snapshot) -> list[Booking]:
+        """What every DSD books: its stored placements, or what we wrote until the watch echoes it (a write the
+        watch has echoed is dropped from the ledger here)."""
+        ledger = self.writer.ledger
+        found = []
+        for entry in snapshot.deployments:
+            meta = entry["metadata"]
+            status = entry.get("status") or {}
+            if ledger.unechoed(meta["uid"]) is not None:
+                ledger.booking_of(meta["uid"], status)  # forgets our write once the stored status equals it
+            written = ledger.unechoed(meta["uid"])
+            placements = (written if written is not None else status).get("placements") or []
+            found.append(Booking(f"{meta['namespace']}/{meta['name']}", (entry, written), placements))
+        return found
+
+    def _rebuild_pool(self, state: _PassState) -> None:
+        """The pool from what is stored (a write failed, a decision raised): after the writes in flight."""
+        if self.live is not None:
+            state.pool = self.live.rebuild(self.bookings(state.snapshot))
+        else:
+            state.pool = self.build_pool(state.snapshot)
 
     def drain(self) -> None:
         """Wait until every follow-up write submitted so far has finished (tests, shutdown)."""
@@ -266,20 +294,26 @@ class PassRunner:
         """One pass over every DSD, oldest first, reserving as it goes; returns when its statuses are stored.
         Raises :class:`NotLeadingError` when the Lease was lost mid-pass (the rest is not written)."""
         started = self.monotonic()
-        state = self._prepare(snapshot, reconcile_settings)
-        state.notes, state.started_moves, state.plan_events = self._rebalance(
-            state.pool, state.bodies, state.pods_by_deployment, snapshot.pdbs, state.now, state.settings
-        )
-        state.refused = refusals_by_deployment(
-            snapshot.failing_workloads, snapshot.failed_creates, self._workload_owners, state.now
-        )
         try:
+            state = self._prepare(snapshot, reconcile_settings)
+            state.notes, state.started_moves, state.plan_events = self._rebalance(
+                state.pool, state.bodies, state.pods_by_deployment, snapshot.pdbs, state.now, state.settings
+            )
+            state.refused = refusals_by_deployment(
+                snapshot.failing_workloads, snapshot.failed_creates, self._workload_owners, state.now
+            )
             for body in state.bodies:
                 metadata = body["metadata"]
                 if self.manages(metadata["namespace"]) and not metadata.get("deletionTimestamp"):
                     self._pass_one(state, body)
             self._settle(state)  # the pass ends when its statuses are stored; objects and events may follow
             self._fill_model_cache(state)
+            if self.live is not None:
+                self.live.end_pass(self.bookings(snapshot))  # the pool as stored, for the next pass
+        except BaseException:
+            if self.live is not None:
+                self.live.interrupted()  # the next pass compares every view: these changes may be half applied
+            raise
         finally:
             self.writes.cancel_pending()
         self._record_pass(state, self.monotonic() - started, leader)
@@ -293,9 +327,7 @@ class PassRunner:
         live = {entry["metadata"]["uid"] for entry in snapshot.deployments}
         self.writer.ledger.forget_deleted(live)
         self._steady = {uid: entry for uid, entry in self._steady.items() if uid in live}
-        pool = self.build_pool(snapshot)  # first: it drops from the ledger the writes the watch has echoed
-        present = present_nodes(snapshot.nodes, now, self.settings.node_grace_seconds)
-        pods_by_deployment = _pods_by_deployment(snapshot.pods)
+        pool, present, pods_by_deployment = self._pool_for_pass(snapshot, now)
         bodies = self._with_unechoed_statuses(snapshot.deployments)
         demand = DemandMix.of(demand_of(bodies, self.catalog)) if bodies else None
         cache_nodes: tuple[dict[str, str], dict[str, int]] = ({}, {})
@@ -308,6 +340,17 @@ class PassRunner:
             snapshot, now, pool, present, pods_by_deployment, bodies, demand, reconcile_settings, settings,
             cache_nodes=cache_nodes,
         )  # fmt: skip
+
+    def _pool_for_pass(self, snapshot: Snapshot, now: datetime) -> tuple[Pool, Collection[str], PodsByDeployment]:
+        """The pool, the nodes present and each DSD's pods: the pool kept between passes, brought up to date
+        with what the watches changed, or (``incremental=False``) all built again from the snapshot. First in a
+        pass: reading the bookings drops from the ledger the writes the watch has echoed."""
+        grace = self.settings.node_grace_seconds
+        if self.live is None:
+            pool = self.build_pool(snapshot)
+            return pool, present_nodes(snapshot.nodes, now, grace), _pods_by_deployment(snapshot.pods)
+        pool = self.live.start_pass(snapshot.nodes, snapshot.pods, snapshot.changes, self.bookings(snapshot))
+        return pool, self.live.present(now, grace), self.live.pods_by_deployment()
 
     def _with_unechoed_statuses(self, deployments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The DSDs oldest first, each with the status we wrote last until the watch echoes it."""
@@ -337,7 +380,7 @@ class PassRunner:
             # Freed devices may go to the next DSD only once this release is stored.
             state.outcome.barriers += 1
             if not self._settle(state):
-                state.pool = self.build_pool(state.snapshot)
+                self._rebuild_pool(state)
 
     def _decide(self, state: _PassState, body: dict[str, Any]) -> _Decided | None:
         """One DSD's decision: none when it is steady (the remembered one stands) or when deciding raised
@@ -367,7 +410,7 @@ class PassRunner:
         except Exception as exc:  # one broken DSD must not stall the others
             log.warning("reconciling %s failed (will retry): %s", key, describe_failure(exc))
             self._settle(state)  # the pool may hold half of that DSD's changes: rebuild it from what is stored
-            state.pool = self.build_pool(state.snapshot)
+            self._rebuild_pool(state)
             state.outcome.barriers += 1
             return None
         result.events = [*state.plan_events.get(key, []), *result.events]
@@ -468,8 +511,10 @@ class PassRunner:
             log.info("pass: %d DSDs decided in %.2f s (%d steady, not decided again), %d written, %d failed, "
                      "%.2f s in all", len(outcome.results), state.decided, outcome.skipped, outcome.written,
                      len(outcome.failed), seconds)  # fmt: skip
+        # The metrics read the pool from the scrape thread: a copy of the pool kept between passes.
+        pool = self.live.exported() if self.live is not None else state.pool
         sample = PassSample(
-            state.pool, state.samples, seconds, leader=leader, catalog=self.catalog,
+            pool, state.samples, seconds, leader=leader, catalog=self.catalog,
             demand=state.demand.models if state.demand else (), node_metrics=self.settings.node_metrics, at=state.now,
             model_cache=state.settings.model_cache if state.settings.model_cache_dir is not None else None,
         )  # fmt: skip

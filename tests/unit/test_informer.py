@@ -6,7 +6,14 @@ import json
 import threading
 from typing import Any
 
+from test_loop import FakeWriter
+
 from dspool.kube.informer import Informer
+from dspool.kube.runtime import OperatorRuntime, _compact_pod
+from dspool.loop import PassRunner
+from dspool.metrics import OperatorMetrics
+from dspool.reconcile import ReconcileSettings
+from dspool.settings import OperatorSettings
 from dspool.views import compact_node
 
 
@@ -63,10 +70,10 @@ class ScriptedApi:
         return Response(data=pages[index])
 
 
-def run(api: ScriptedApi) -> tuple[Informer, list[int]]:
+def run(api: ScriptedApi, journal: bool = False) -> tuple[Informer, list[int]]:
     changes: list[int] = []
     informer = Informer("nodes", api, lambda body: (body["metadata"]["name"], compact_node(body)),
-                        lambda: changes.append(1))  # fmt: skip
+                        lambda: changes.append(1), journal=journal)  # fmt: skip
     api.informer = informer
     informer.start()
     assert api.done.wait(10)
@@ -100,3 +107,73 @@ def test_a_too_old_resource_version_lists_again_from_scratch() -> None:
     watch_versions = [c["resource_version"] for c in api.calls if c.get("watch")]
     assert watch_versions == ["5", "50", "50"]  # 410: list again; a watch that just ends resumes, no list
     assert sum(1 for c in api.calls if not c.get("watch")) == 2
+
+
+def test_the_journal_names_each_key_changed_since_the_last_take_with_its_last_view() -> None:
+    pages = [{"items": [node("a"), node("b")], "metadata": {"resourceVersion": "10"}}]
+    events = [
+        {"type": "MODIFIED", "object": node("a", heartbeat="t1", version="11")},  # a heartbeat: not a change
+        {"type": "MODIFIED", "object": node("b", gpus="4", version="12")},
+        {"type": "MODIFIED", "object": node("b", gpus="2", version="13")},
+        {"type": "ADDED", "object": node("c", version="14")},
+        {"type": "DELETED", "object": node("c", version="15")},
+    ]
+    informer, _ = run(ScriptedApi([pages], [events]), journal=True)
+    views, changes = informer.take()
+    assert set(changes) == {"a", "b", "c"}  # everything is new to the first take
+    assert (
+        changes["c"] is None
+        and changes["b"] is not None
+        and changes["b"]["status"]["allocatable"] == {"nvidia.com/gpu": "2"}
+    )
+    assert [v["metadata"]["name"] for v in views] == ["a", "b"]
+    assert informer.take() == (views, {})  # taken: nothing changed since
+
+
+def test_a_relist_keeps_the_objects_of_views_that_did_not_change_and_journals_only_the_others() -> None:
+    api = ScriptedApi(
+        [[{"items": [node("a"), node("b")], "metadata": {"resourceVersion": "5"}}],
+         [{"items": [node("a", heartbeat="t9"), node("c")], "metadata": {"resourceVersion": "50"}}]],
+        [[], [{"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}], []],
+    )  # fmt: skip
+    informer = Informer("nodes", api, lambda body: (body["metadata"]["name"], compact_node(body)), lambda: None,
+                        journal=True)  # fmt: skip
+    api.informer = informer
+    first: list[dict[str, Any]] = []
+    original = api.__call__
+
+    def calls(**kwargs: Any) -> Response:
+        if kwargs.get("watch") and not first:  # between the first list and the relist: the pass takes the views
+            first.extend(informer.take()[0])
+        return original(**kwargs)
+
+    informer.list_call = calls
+    informer.start()
+    assert api.done.wait(10)
+    views, changes = informer.take()
+    assert changes == {"b": None, "c": views[1]}  # a did not change: not journalled
+    assert views[0] is first[0]  # and its view is the same object
+
+
+def test_watch_events_reach_the_pass_pool_through_the_runtimes_snapshot() -> None:
+    runtime = OperatorRuntime(OperatorSettings(metrics_port=0))
+    for name in ("nodes", "pods", "deepseekdeployments", "poddisruptionbudgets", "failingworkloads", "failedcreates"):
+        runtime.informers[name] = Informer(name, ScriptedApi([], []), lambda body: ("", None), lambda: None)
+    nodes = Informer("nodes", ScriptedApi([], []), runtime._compact_node, lambda: None, journal=True)
+    pods = Informer("pods", ScriptedApi([], []), _compact_pod, lambda: None, journal=True)
+    runtime.informers.update(nodes=nodes, pods=pods)
+    labels = {"nvidia.com/gpu.product": "NVIDIA-L20", "nvidia.com/gpu.count": "8"}
+    three = {"name": "c", "resources": {"requests": {"nvidia.com/gpu": "3"}}}
+    busy = {"metadata": {"name": "p", "namespace": "apps", "labels": {}},
+            "spec": {"nodeName": "a", "containers": [three]}, "status": {"phase": "Running"}}  # fmt: skip
+    for informer, event in ((nodes, {**node("a"), "metadata": {"name": "a", "labels": labels}}), (pods, busy)):
+        informer._handle("ADDED", event)
+    runner = PassRunner(OperatorSettings(metrics_port=0), runtime.catalog, FakeWriter(), OperatorMetrics())
+    assert runner.live is not None
+    runner.run_pass(runtime.snapshot(), ReconcileSettings())
+    assert (runner.live.pool.nodes["a"].used, runner.live.pool.nodes["a"].free) == (3, 5)
+    pods._handle("MODIFIED", {**busy, "status": {"phase": "Succeeded"}})  # the pod finished: its devices are free
+    snapshot = runtime.snapshot()
+    assert snapshot.changes is not None and list(snapshot.changes.pods) == ["apps/p"] and not snapshot.changes.nodes
+    runner.run_pass(snapshot, ReconcileSettings())
+    assert runner.live.pool.nodes["a"].free == 8

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from dspool.api import DEPLOYMENT_LABEL, REPLICA_LABEL, ReplicaPlacement, deployment_label_value
@@ -92,6 +93,7 @@ def node_from_k8s(
     )
 
 
+@lru_cache(maxsize=1024)  # a cluster has a few resource names; every pod of every pass asks
 def _is_extended_resource(name: str) -> bool:
     """Extended resources are domain-prefixed names outside kubernetes.io (e.g. nvidia.com/gpu)."""
     if "/" not in name:
@@ -127,8 +129,12 @@ def pod_device_requests(pod: Mapping[str, Any]) -> dict[str, int]:
     A container's limit counts when it has no request.
     """
     spec = pod.get("spec") or {}
+    containers = spec.get("containers") or []
+    if len(containers) == 1 and not spec.get("initContainers"):  # most pods: one container, nothing to add up
+        counts = _container_requests(containers[0])
+        return dict(sorted(counts.items())) if len(counts) > 1 else counts
     steady: dict[str, int] = {}
-    for container in spec.get("containers") or []:
+    for container in containers:
         _add(steady, _container_requests(container))
     sidecars: dict[str, int] = {}
     init_peak: dict[str, int] = {}

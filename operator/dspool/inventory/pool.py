@@ -132,6 +132,7 @@ class Pool(BaseModel):
     _free_index: FreeIndex[NodeState] | None = PrivateAttr(default=None)
     _listeners: list[PoolListener] = PrivateAttr(default_factory=list)
     _trials: list[_Trial] = PrivateAttr(default_factory=list)  # innermost last
+    _changes: PoolChanges | None = PrivateAttr(default=None)  # what changed since taken (a pool kept between passes)
 
     def free_index(self) -> FreeIndex[NodeState]:
         """The pool's :class:`FreeIndex`, built on first use and kept exact by the booking methods."""
@@ -166,11 +167,24 @@ class Pool(BaseModel):
 
     def add_node(self, node: NodeState) -> None:
         """Add a node, or replace the node of that name (its reservations stay: they are re-counted)."""
-        old = self.nodes.get(node.name)
-        self.nodes[node.name] = node
-        if old is not None:
-            node.reserved = sum(r.devices for rs in self.reservations.values() for r in rs if r.node == node.name)
-        self._nodes_changed()
+        self.add_nodes([node])
+
+    def add_nodes(self, nodes: Iterable[NodeState]) -> None:
+        """:meth:`add_node` for many nodes, the listeners told once (a pool's first nodes, a re-list)."""
+        booked: dict[str, int] | None = None  # what the reservations book per node, summed once if needed
+        added = False
+        for node in nodes:
+            if node.name in self.nodes:
+                if booked is None:
+                    booked = defaultdict(int)
+                    for reservation in (r for rs in self.reservations.values() for r in rs):
+                        booked[reservation.node] += reservation.devices
+                node.reserved = booked.get(node.name, 0)
+            self.nodes[node.name] = node
+            self._note_node(node.name)
+            added = True
+        if added:
+            self._nodes_changed()
 
     def remove_node(self, name: str) -> None:
         """Remove a node; reservations on it are dropped with it (the devices are no longer in the pool)."""
@@ -178,13 +192,76 @@ class Pool(BaseModel):
             return
         for deployment in list(self.reservations):
             kept = [r for r in self.reservations[deployment] if r.node != name]
+            if len(kept) != len(self.reservations[deployment]):
+                self._note_deployment(deployment)
             if kept:
                 self.reservations[deployment] = kept
             else:
                 del self.reservations[deployment]
+        self._note_node(name)
         self._nodes_changed()
 
+    # ------------------------------------------------------------------- a pool kept between passes
+
+    def track_changes(self) -> None:
+        """From now on, record which nodes and deployments change (:meth:`take_changes`): a pool kept between
+        passes (:mod:`dspool.inventory.live`) puts back after a pass what the pass changed, and only that."""
+        if self._changes is None:
+            self._changes = PoolChanges()
+
+    def take_changes(self) -> PoolChanges:
+        """What changed since the last call (nothing when changes are not tracked), and start afresh."""
+        changes = self._changes
+        if changes is None:
+            return PoolChanges()
+        self._changes = PoolChanges()
+        return changes
+
+    def replace_reservations(self, deployment: str, reservations: Iterable[Reservation]) -> None:
+        """Make ``reservations`` (those on pool nodes) the deployment's only ones, whatever it held before; the
+        nodes' ``reserved`` counts follow. For the pool kept between passes, which puts back what is stored;
+        never inside a :meth:`trial`."""
+        assert not self._trials, "replace_reservations is not undone by a trial"
+        old = self.reservations.pop(deployment, [])
+        kept = [r for r in reservations if r.node in self.nodes]
+        delta: dict[str, int] = defaultdict(int)
+        for reservation in old:
+            delta[reservation.node] -= reservation.devices
+        for reservation in kept:
+            delta[reservation.node] += reservation.devices
+        if kept:
+            self.reservations[deployment] = kept
+        if old or kept:
+            self._note_deployment(deployment)
+        for name, change in delta.items():
+            node = self.nodes.get(name)
+            if node is not None and change:
+                node.reserved = max(0, node.reserved + change)
+                self._counts_changed(node)
+
+    def set_used(self, name: str, used: int) -> None:
+        """Set a node's ``used`` count (the devices its uncovered pods hold, as counted from its pods); never
+        inside a :meth:`trial`."""
+        assert not self._trials, "set_used is not undone by a trial"
+        node = self.nodes[name]
+        if node.used != used:
+            node.used = used
+            self._counts_changed(node)
+
+    def _note_node(self, name: str) -> None:
+        changes: PoolChanges | None = (self.__pydantic_private__ or {}).get("_changes")
+        if changes is not None:
+            changes.nodes.add(name)
+
+    def _note_deployment(self, deployment: str) -> None:
+        changes: PoolChanges | None = (self.__pydantic_private__ or {}).get("_changes")
+        if changes is not None:
+            changes.deployments.add(deployment)
+
     def _nodes_changed(self) -> None:
+        changes: PoolChanges | None = (self.__pydantic_private__ or {}).get("_changes")
+        if changes is not None:
+            changes.node_set = True
         self._groups = None
         self._free_index = None
         for listener in self._listeners:
@@ -192,7 +269,11 @@ class Pool(BaseModel):
 
     def _counts_changed(self, node: NodeState) -> None:
         """Keep the free index exact after a node's counts changed (called by every booking method)."""
-        index: FreeIndex[NodeState] | None = (self.__pydantic_private__ or {}).get("_free_index")
+        private = self.__pydantic_private__ or {}
+        changes: PoolChanges | None = private.get("_changes")
+        if changes is not None:
+            changes.nodes.add(node.name)
+        index: FreeIndex[NodeState] | None = private.get("_free_index")
         if index is not None:
             index.moved(node)
 
@@ -243,6 +324,7 @@ class Pool(BaseModel):
         trial = self._open_trial()
         if trial is not None:
             trial.remember(self, deployment, wanted)
+        self._note_deployment(deployment)
         booked = self.reservations.setdefault(deployment, [])
         for name, devices in wanted.items():
             node = self.nodes[name]
@@ -263,6 +345,7 @@ class Pool(BaseModel):
         trial = self._open_trial()
         if trial is not None:
             trial.remember(self, deployment, [r.node for r in booked if r.replica == replica])
+        self._note_deployment(deployment)
         keep: list[Reservation] = []
         for reservation in booked:
             if reservation.replica != replica:
@@ -345,6 +428,15 @@ class Pool(BaseModel):
 
 
 @dataclass
+class PoolChanges:
+    """What changed in a pool since its changes were last taken (:meth:`Pool.take_changes`)."""
+
+    nodes: set[str] = field(default_factory=set)  # counts changed, or the node added, replaced or removed
+    deployments: set[str] = field(default_factory=set)  # reservations booked, released or replaced
+    node_set: bool = False  # a node added, replaced or removed
+
+
+@dataclass
 class _Trial:
     """What a :meth:`Pool.trial` changed, as it was before: node counts and deployments' reservations."""
 
@@ -367,6 +459,7 @@ class _Trial:
             node.used, node.reserved = used, reserved
             pool._counts_changed(node)
         for deployment, booked in self.reservations.items():
+            pool._note_deployment(deployment)
             if booked is None:
                 pool.reservations.pop(deployment, None)
             else:

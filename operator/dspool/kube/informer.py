@@ -5,6 +5,11 @@ kubernetes client's model classes cost most of a list's time and memory. This in
 JSON directly (``_preload_content=False``), pages through the first list, keeps what the pass needs
 (:mod:`dspool.views`), and calls ``on_change`` only when a kept view really changed (node heartbeats do
 not). It re-lists when the watch's resource version is too old (410 Gone) and retries on errors.
+
+A view is replaced only when it changed (a re-list keeps the object of every view that did not), so the pass
+may tell a change by identity. With ``journal=True`` the informer also records which keys changed since the
+pass last took its views (:meth:`Informer.take`): the pool kept between passes (``dspool.inventory.live``)
+applies those changes, on the pass's thread, instead of reading every view again.
 """
 
 from __future__ import annotations
@@ -35,13 +40,17 @@ class Gone(Exception):
 class Informer:
     """Keeps ``{key: view}`` of one kind in step with the API server (thread-safe reads)."""
 
-    def __init__(self, name: str, list_call: ListCall, compact: Compact, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, name: str, list_call: ListCall, compact: Compact, on_change: Callable[[], None], journal: bool = False
+    ) -> None:
         self.name = name
         self.list_call = list_call
         self.compact = compact
         self.on_change = on_change
         self.synced = threading.Event()  # set once the first full list is in
         self._items: dict[str, dict[str, Any]] = {}
+        # key -> its view now, or None (gone), for every key changed since the last take (None: no journal)
+        self._changes: dict[str, dict[str, Any] | None] | None = {} if journal else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._resource_version = ""
@@ -60,6 +69,15 @@ class Informer:
         """A copy of the current views."""
         with self._lock:
             return list(self._items.values())
+
+    def take(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
+        """The current views and what changed since the last take (key -> view, None when gone), read at once:
+        the changes turn the views of the last take into these. Without a journal, no changes."""
+        with self._lock:
+            changes = self._changes
+            if changes is not None:
+                self._changes = {}
+            return list(self._items.values()), dict(changes or {})
 
     def __len__(self) -> int:
         with self._lock:
@@ -100,11 +118,29 @@ class Informer:
                 self._resource_version = metadata.get("resourceVersion", "")
                 break
         with self._lock:
-            changed = fresh != self._items
+            changed = self._keep_unchanged(fresh)
             self._items = fresh
         self.synced.set()
         if changed:
             self.on_change()
+
+    def _keep_unchanged(self, fresh: dict[str, dict[str, Any]]) -> bool:
+        """After a re-list: keep the old object of every view that did not change, journal the others and the
+        keys gone; whether anything changed. Called under the lock."""
+        changed = False
+        for key, view in fresh.items():
+            before = self._items.get(key)
+            if before is not None and before == view:
+                fresh[key] = before
+            else:
+                changed = True
+                if self._changes is not None:
+                    self._changes[key] = view
+        for key in self._items.keys() - fresh.keys():
+            changed = True
+            if self._changes is not None:
+                self._changes[key] = None
+        return changed
 
     def _watch(self) -> None:
         response = self.list_call(
@@ -138,9 +174,13 @@ class Informer:
             if kind == "DELETED" or view is None:
                 self._items.pop(key, None)
                 changed = before is not None
+                view = None
             else:
-                self._items[key] = view
                 changed = before != view
+                if changed:
+                    self._items[key] = view  # an unchanged view keeps its object: the pass tells changes by identity
+            if changed and self._changes is not None:
+                self._changes[key] = view
         if changed:
             self.on_change()
 

@@ -6,6 +6,9 @@ Wiring only; the decisions are in :mod:`dspool.loop` (the pass) and the pure cor
 - **Watches.** Nodes (of the pool), pods (those that hold devices or are dspool's), DSDs and PDBs are
   kept by light informers (:mod:`dspool.kube.informer`); any real change wakes the loop, node heartbeats
   do not. Nothing is decided before every informer has listed its kind once.
+- **One pool kept between passes** (:class:`dspool.inventory.LivePool`, held by the pass runner): the node and
+  pod watches journal which keys changed, and each snapshot hands those changes to the pass, which applies
+  them on its own thread; a watch thread never touches the pool.
 - **One pass at a time**, on a worker thread, while this process leads; a burst of changes becomes one
   pass (``debounce_seconds``); every ``resync_seconds`` a pass runs anyway.
 - **The Lease** is renewed on its own thread (:class:`dspool.kube.lease.LeaseKeeper`); on gaining it the
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import socket
@@ -30,6 +34,7 @@ from prometheus_client import start_http_server
 
 from dspool import api
 from dspool.catalog import Catalog, load_catalog
+from dspool.inventory import WatchChanges, pod_key
 from dspool.kube.informer import Informer
 from dspool.kube.lease import LeaderLease, LeaseKeeper
 from dspool.kube.writer import ApiWriter
@@ -119,8 +124,9 @@ class OperatorRuntime:
         core, policy = client.CoreV1Api(api_client), client.PolicyV1Api(api_client)
         custom = client.CustomObjectsApi(api_client)
         informers = {
-            "nodes": Informer("nodes", core.list_node, self._compact_node, self.notify),
-            "pods": Informer("pods", core.list_pod_for_all_namespaces, _compact_pod, self.notify),
+            # nodes and pods journal their changes: the pass applies them to the pool it keeps between passes
+            "nodes": Informer("nodes", core.list_node, self._compact_node, self.notify, journal=True),
+            "pods": Informer("pods", core.list_pod_for_all_namespaces, _compact_pod, self.notify, journal=True),
             "deepseekdeployments": Informer(
                 "deepseekdeployments",
                 functools.partial(custom.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL),
@@ -232,10 +238,14 @@ class OperatorRuntime:
         return bool(self.informers) and all(i.synced.is_set() for i in self.informers.values())
 
     def snapshot(self) -> Snapshot:
-        """The watches' current views as plain lists."""
+        """The watches' current views as plain lists, with what the node and pod watches changed since the last
+        snapshot (each informer's views and changes are read at once, so they agree)."""
+        nodes, node_changes = self.informers["nodes"].take()
+        pods, pod_changes = self.informers["pods"].take()
         return Snapshot(
-            nodes=self.informers["nodes"].values(),
-            pods=self.informers["pods"].values(),
+            nodes=nodes,
+            pods=pods,
+            changes=WatchChanges(node_changes, pod_changes),
             deployments=self.informers["deepseekdeployments"].values(),
             pdbs=self.informers["poddisruptionbudgets"].values(),
             failing_workloads=self.informers["failingworkloads"].values(),
@@ -257,6 +267,9 @@ class OperatorRuntime:
         if self.first_pass_at is None:
             self.first_pass_at = time.monotonic()
             log.info("first pass done %.1f s after start", self.first_pass_at - self.started_at)
+            # What the first lists and the first pass made lives long (views, the pool): out of the cyclic
+            # collector's way, so that its full collections do not walk it on every later pass.
+            gc.freeze()
 
     async def main_loop(self) -> None:
         """Run a pass whenever the cluster changed, and every resync period, once every watch has synced."""
@@ -285,7 +298,7 @@ class OperatorRuntime:
 
 
 def _compact_pod(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    return str(body.get("metadata", {}).get("uid")), compact_pod(body)
+    return pod_key(body), compact_pod(body)  # the pool kept between passes knows pods by namespace/name
 
 
 def _by_uid(compact: Any) -> Any:
