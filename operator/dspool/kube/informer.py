@@ -14,7 +14,6 @@ applies those changes, on the pass's thread, instead of reading every view again
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+
+from dspool.kube import decode
 
 log = logging.getLogger("dspool")
 
@@ -47,6 +48,7 @@ class Informer:
         self.list_call = list_call
         self.compact = compact
         self.on_change = on_change
+        self.decoder = decode.for_informer(name)  # nodes and pods: only the fields the views read
         self.synced = threading.Event()  # set once the first full list is in
         self._items: dict[str, dict[str, Any]] = {}
         # key -> its view now, or None (gone), for every key changed since the last take (None: no journal)
@@ -107,7 +109,7 @@ class Informer:
             kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False, "_request_timeout": 60}
             if token:
                 kwargs["_continue"] = token
-            page = json.loads(self.list_call(**kwargs).data)
+            page = self.decoder.page(self.list_call(**kwargs).data)
             for item in page.get("items") or []:
                 key, view = self.compact(item)
                 if view is not None:
@@ -153,7 +155,7 @@ class Informer:
                     return
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = self.decoder.event(line)
                 self._handle(event.get("type", ""), event.get("object") or {})
         finally:
             response.release_conn()
