@@ -731,6 +731,10 @@ class FaultRun:
             settle_started = time.monotonic()
             settled = self._settle()
             self.result.settle_seconds = time.monotonic() - settle_started
+            if not settled:  # every thread's stack into the operators' logs: what were they waiting for?
+                for operator in self.operators:
+                    operator.signal(signal.SIGUSR1)
+                time.sleep(1)
         self.result.watch_reconnects = recorder.reconnects
         self.result.versions = len(recorder.observations)
         self._check(recorder.observations, settled)

@@ -10,7 +10,9 @@ garbage-collect their workloads.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 from typing import Any
 
 import kopf
@@ -72,6 +74,8 @@ def run(settings: OperatorSettings) -> None:
     level = settings.log_level
     kopf.configure(debug=level == "debug", quiet=level in ("warning", "error"), log_format=kopf.LogFormat.JSON)
     quiet_connection_tracebacks()  # an unreachable API server: one line per retry, no traceback
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck operator is waiting for
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if level == "error":
         logging.getLogger().setLevel(logging.ERROR)
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
