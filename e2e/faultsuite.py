@@ -233,11 +233,13 @@ class OperatorProcess:
             return ""
 
 
-def restart_apiserver(hard: bool) -> float:
-    """Restart kube-apiserver of the local control plane (``e2e/cluster.py restart``); seconds it was away."""
+def restart_apiserver(hard: bool, kubeconfig: str) -> float:
+    """Restart kube-apiserver of the local control plane whose kubeconfig this is (``e2e/cluster.py restart``
+    in that kubeconfig's state directory: not `.cluster/` when the run is on another one); seconds it was away."""
     args = [sys.executable, str(CLUSTER_SCRIPT), "restart", "kube-apiserver", *(["--hard"] if hard else [])]
+    env = {**os.environ, "DSPOOL_CLUSTER_DIR": str(Path(kubeconfig).resolve().parent)}
     started = time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True)
+    done = subprocess.run(args, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"restarting kube-apiserver failed:\n{done.stdout}{done.stderr}")
     return time.monotonic() - started
@@ -774,7 +776,7 @@ class FaultRun:
             time.sleep(step.down_seconds)
             victim.start()
         elif step.action == "apiserver-restart":
-            restart_apiserver(step.hard)
+            restart_apiserver(step.hard, self.kubeconfig)
             wait_api_ready(self.api_client)
         elif step.action == "lease-race":
             self._start_operator()
