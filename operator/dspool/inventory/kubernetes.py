@@ -174,7 +174,8 @@ def hold_pods(pool: Pool, pods: Iterable[Mapping[str, Any]]) -> None:
     pool.hold(held)
 
 
-def _replica_index(value: str | None) -> int | None:
+def replica_index(value: str | None) -> int | None:
+    """A pod's replica label as an index (None when absent or not a number)."""
     if value is None:
         return None
     try:
@@ -265,7 +266,7 @@ def build_pool(
         labels = metadata.get("labels") or {}
         deployment = labels.get(DEPLOYMENT_LABEL)
         if deployment is not None:
-            key = (f"{metadata.get('namespace', 'default')}/{deployment}", _replica_index(labels.get(REPLICA_LABEL)))
+            key = (f"{metadata.get('namespace', 'default')}/{deployment}", replica_index(labels.get(REPLICA_LABEL)))
             if (key[0], key[1], node_name) in covered:
                 continue
         devices = pod_device_requests(pod).get(state.resource_name, 0)

@@ -44,6 +44,7 @@ from dspool.inventory.kubernetes import (
     TERMINAL_PHASES,
     node_from_k8s,
     pod_device_requests,
+    replica_index,
     reservations_from_status,
 )
 from dspool.inventory.pool import NodeState, Pool, Reservation
@@ -93,15 +94,6 @@ def _reservations(booking: Booking) -> list[Reservation]:
     return reservations_from_status(namespace, name, parsed)
 
 
-def _replica_index(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
 class _PodRecord(NamedTuple):
     """What one pod means to the pool: devices it holds on a node (none when unbound or finished), whose it is.
     (A tuple: 50,000 of them are made when the watches first list the pods.)"""
@@ -129,7 +121,7 @@ def _pod_record(pod: View) -> _PodRecord:
         return _PodRecord(node, None, None, requests, None) if requests else _NOT_DSPOOL
     owner = f"{metadata.get('namespace', 'default')}/{deployment}"
     group = (metadata["namespace"], deployment) if deployment else None
-    return _PodRecord(node if requests else "", owner, _replica_index(labels.get(REPLICA_LABEL)), requests, group)
+    return _PodRecord(node if requests else "", owner, replica_index(labels.get(REPLICA_LABEL)), requests, group)
 
 
 BULK_CHANGES = 2000  # more changes than this (the first lists, a re-list) are applied with the collector paused
