@@ -542,7 +542,7 @@ def engine_refusal_for(
         backends: list[Backend] = [Backend(spec.backend)]
     else:
         backends = [b for vendor in (vendors or set(Vendor)) for b in BACKENDS_BY_VENDOR[vendor]]
-    defaults = {Backend.VLLM: images.vllm, Backend.VLLM_ASCEND: images.vllm_ascend, Backend.MINDIE: images.mindie}
+    defaults = images.by_backend()
     pinned = spec.serving.image
     reasons = []
     for backend in sorted(set(backends)):

@@ -99,6 +99,10 @@ class ImageDefaults:
     # Secrets every engine and fetch pod pulls its images with (a private registry or mirror).
     pull_secrets: tuple[str, ...] = ()
 
+    def by_backend(self) -> dict[Backend, str]:
+        """The image each engine runs by default (the 910-class image for Ascend: 310P images are picked per node)."""
+        return {Backend.VLLM: self.vllm, Backend.VLLM_ASCEND: self.vllm_ascend, Backend.MINDIE: self.mindie}
+
 
 DEFAULT_IMAGES = ImageDefaults()
 
